@@ -1,0 +1,93 @@
+"""ONNX export of a VM checkpoint into `<repository>/<name>/<version>/` with a parity check.
+
+The version folder is assembled in a temporary sibling and renamed into place, so a crash or a
+failed parity check never leaves a half-written version that a server could pick up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from exporters.manifest import MANIFEST_NAME, MODEL_FILE, ModelManifest, TensorSpec, sha256_file
+from models.features import FeatureSpec
+from models.train import INPUT_NAMES, load_checkpoint
+from models.vm import VerticalModel
+
+OPSET = 17
+OUTPUT_NAMES = ("p_ctr", "p_cvr")
+
+
+class ExportError(RuntimeError):
+    """Export refused: bad arguments, an existing version, or a parity check that failed."""
+
+
+def example_inputs(spec: FeatureSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random but valid inputs (every index inside its field) for tracing and parity checks."""
+    rng = np.random.default_rng(seed)
+    offsets = spec.offsets
+    sparse = np.stack([rng.integers(0, s + 1, batch) + o for s, o in zip(spec.field_sizes, offsets, strict=True)], 1)
+    recent = rng.integers(0, spec.n_categories + 1, (batch, spec.recent_k)) + spec.recent_offset
+    dense = rng.normal(0.0, 1.0, (batch, spec.dense_width)).astype(np.float32)
+    return {"sparse": sparse.astype(np.int64), "recent": recent.astype(np.int64), "dense": dense}
+
+
+def parity(model: VerticalModel, onnx_path: Path, inputs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Max absolute / relative difference between eager PyTorch and onnxruntime on `inputs`."""
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUT_NAMES), inputs)
+    with torch.no_grad():
+        ref = model(*(torch.from_numpy(inputs[k]) for k in INPUT_NAMES))
+    abs_err = max(float(np.max(np.abs(g - r.numpy()))) for g, r in zip(got, ref, strict=True))
+    rel_err = max(float(np.max(np.abs(g - r.numpy()) / np.maximum(np.abs(r.numpy()), 1e-6)))
+                  for g, r in zip(got, ref, strict=True))
+    return {"max_abs": abs_err, "max_rel": rel_err, "n": int(len(inputs["dense"]))}
+
+
+def export_onnx(checkpoint: str | Path, repository: str | Path, name: str, version: int, *,
+                parity_examples: int = 10_000, atol: float = 1e-5) -> Path:
+    """Exports `checkpoint` as `<repository>/<name>/<version>/model.onnx` + manifest.json."""
+    if version < 1:
+        raise ExportError(f"version must be >= 1, got {version}")
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ExportError(f"model name {name!r} must be non-empty and use only letters, digits, '-' and '_'")
+    target = Path(repository) / name / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists: versions are immutable, export a new version number")
+    model, payload = load_checkpoint(checkpoint)
+    spec = model.spec
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=target.parent))
+    try:
+        onnx_path = staging / MODEL_FILE
+        trace = example_inputs(spec, 8)
+        torch.onnx.export(
+            model, tuple(torch.from_numpy(trace[k]) for k in INPUT_NAMES), str(onnx_path),
+            input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=False,
+            dynamic_axes={n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)},
+        )
+        check = parity(model, onnx_path, example_inputs(spec, parity_examples, seed=1))
+        if check["max_abs"] > atol:
+            raise ExportError(f"ONNX parity failed: max abs error {check['max_abs']:.2e} > {atol:.0e}")
+        manifest = ModelManifest(
+            name=name, version=version, fm_version=str(payload.get("fm_version", "none")),
+            feature_spec=spec.to_dict(),
+            inputs=(TensorSpec("sparse", "int64", ("batch", spec.n_fields)),
+                    TensorSpec("recent", "int64", ("batch", spec.recent_k)),
+                    TensorSpec("dense", "float32", ("batch", spec.dense_width))),
+            outputs=tuple(TensorSpec(o, "float32", ("batch",)) for o in OUTPUT_NAMES),
+            opset=OPSET, source=str(payload.get("source", "")), metrics=payload.get("metrics", {}), parity=check,
+        )
+        manifest = replace(manifest, sha256=sha256_file(onnx_path))
+        (staging / MANIFEST_NAME).write_text(manifest.to_json())
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,1 @@
+"""Online side: the gRPC ranking service, inference backends, the CLI."""

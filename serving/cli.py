@@ -1,0 +1,184 @@
+"""`adrank`: one console script fronting every stage. Each verb parses flags and calls one package
+function; heavy imports (torch, locust) happen inside the verb so `adrank serve` starts light."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_RUN = "runs/demo"
+
+
+def _cmd_data(a: argparse.Namespace) -> int:
+    from models.data import load_dataset
+
+    events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+    events.save(a.out)
+    print(f"{len(events):,} events from {a.dataset} → {a.out}; cardinality {dict(events.cardinality)}")
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from models.pipeline import TrainJob, run_train_job
+
+    result, ckpt = run_train_job(TrainJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs,
+                                          data_path=a.data_path, out_dir=a.out))
+    t = result.metrics["test"]
+    print(f"checkpoint {ckpt}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}; "
+          f"CVR AUC {t.get('cvr_auc', float('nan')):.4f}")
+    return 0
+
+
+def _next_version(repository: Path, name: str) -> int:
+    from serving.model_repository import version_dirs
+
+    return max(version_dirs(repository, name), default=0) + 1
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from exporters.onnx_export import export_onnx
+
+    repo = Path(a.repository)
+    version = a.version or _next_version(repo, a.name)
+    path = export_onnx(a.checkpoint, repo, a.name, version)
+    print(f"exported {a.name} v{version} → {path}")
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from serving.config import ServerConfig
+    from serving.server import serve_forever
+
+    config = ServerConfig.from_env(host=a.host, port=a.port, model_repository=a.repository, backend=a.backend,
+                                   triton_url=a.triton_url, default_model=a.model, max_candidates=a.max_candidates)
+    asyncio.run(serve_forever(config, metrics_port=a.metrics_port, ready_file=a.ready_file))
+    return 0
+
+
+def _cmd_score(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from serving.client import build_request, render_table, score
+
+    catalog = None
+    if a.catalog and Path(a.catalog).exists():
+        from models.catalog import load_catalog
+
+        catalog = load_catalog(a.catalog)
+    req = build_request(a.user, a.candidates, catalog, seed=a.seed, request_time_ms=a.time_ms, model=a.model,
+                        version=a.version)
+    try:
+        resp = score(a.target, req, timeout_s=a.timeout)
+    except Exception as exc:  # grpc.RpcError: print code + message, exit non-zero
+        code = getattr(exc, "code", lambda: None)()
+        details = getattr(exc, "details", lambda: str(exc))()
+        print(f"error: {code.name if code else type(exc).__name__}: {details}", file=sys.stderr)
+        return 2
+    Console().print(render_table(resp, req, limit=a.show))
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from serving.demo import run_demo
+
+    return run_demo(out_dir=a.out, n_events=a.events, seed=a.seed, requests=a.requests)
+
+
+def _delegate(module: str, func: str = "main"):
+    def run(a: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).__dict__[func](a.rest)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adrank", description="Ads ranking on historical FM embeddings.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    def data_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens", "taobao"))
+        sp.add_argument("--events", type=int, default=300_000, help="synthetic only: number of events")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--data-path", default=None, help="taobao only: folder or CSV in the BARS layout")
+
+    sp = sub.add_parser("data", help="generate or load events and save them as .npz")
+    data_flags(sp)
+    sp.add_argument("--out", default=f"{DEFAULT_RUN}/events.npz")
+    sp.set_defaults(func=_cmd_data)
+
+    sp = sub.add_parser("train", help="train a model")
+    sp.add_argument("what", choices=("vm",))
+    data_flags(sp)
+    sp.add_argument("--epochs", type=int, default=2)
+    sp.add_argument("--out", default=DEFAULT_RUN)
+    sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("export", help="export a VM checkpoint to ONNX in a model repository")
+    sp.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/vm.pt")
+    sp.add_argument("--repository", default=f"{DEFAULT_RUN}/model_repository")
+    sp.add_argument("--name", default="vm")
+    sp.add_argument("--version", type=int, default=None, help="default: one above the newest")
+    sp.set_defaults(func=_cmd_export)
+
+    sp = sub.add_parser("serve", help="run the gRPC ranking service")
+    sp.add_argument("--backend", default="embedded", choices=("embedded", "triton"))
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=50051, help="0 picks a free port (see --ready-file)")
+    sp.add_argument("--repository", default=f"{DEFAULT_RUN}/model_repository")
+    sp.add_argument("--model", default="vm", help="default model name")
+    sp.add_argument("--triton-url", default="127.0.0.1:8001")
+    sp.add_argument("--max-candidates", type=int, default=1000)
+    sp.add_argument("--metrics-port", type=int, default=None)
+    sp.add_argument("--ready-file", default=None, help="written with the bound port once SERVING")
+    sp.set_defaults(func=_cmd_serve)
+
+    sp = sub.add_parser("score", help="score candidates for a user and print the ranking")
+    sp.add_argument("--target", default="127.0.0.1:50051")
+    sp.add_argument("--user", type=int, required=True)
+    sp.add_argument("--candidates", type=int, default=200)
+    sp.add_argument("--catalog", default=f"{DEFAULT_RUN}/catalog.npz")
+    sp.add_argument("--model", default="")
+    sp.add_argument("--version", type=int, default=None)
+    sp.add_argument("--time-ms", type=int, default=None)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--show", type=int, default=20, help="rows to print")
+    sp.add_argument("--timeout", type=float, default=5.0)
+    sp.set_defaults(func=_cmd_score)
+
+    sp = sub.add_parser("demo", help="data → train → export → serve → score, end to end")
+    sp.add_argument("--out", default=DEFAULT_RUN)
+    sp.add_argument("--events", type=int, default=300_000)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--requests", type=int, default=200)
+    sp.set_defaults(func=_cmd_demo)
+
+    for verb, module, text in (("triton", "serving.triton.cli", "start|stop|status the bundled tritonserver"),
+                               ("loadtest", "loadtests.runner", "locust load test against latency budgets"),
+                               ("bench", "loadtests.bench", "benchmarks: cache | serve | all")):
+        sp = sub.add_parser(verb, help=text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=_delegate(module))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        print(f"error: {exc}. Is the extra that provides it installed? (pip install -e '.[triton,load,dev]')",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

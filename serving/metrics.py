@@ -1,0 +1,21 @@
+"""Prometheus metrics of the ranking service (exposed on --metrics-port when given)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class ServiceMetrics:
+    """One instance per server; a registry of its own so tests can run several servers in a process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter("adrank_score_requests", "Score calls by outcome", ["model", "version", "code"],
+                                registry=self.registry)
+        self.latency = Histogram("adrank_score_latency_seconds", "Server-side Score latency", ["model"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.candidates = Counter("adrank_scored_candidates", "Candidates scored", ["model"], registry=self.registry)
+        self.degraded = Counter("adrank_degraded_requests", "Requests scored without user FM history", ["reason"],
+                                registry=self.registry)

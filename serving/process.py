@@ -1,0 +1,83 @@
+"""Starts `adrank serve` as a child process and waits until it is SERVING (used by the demo, the
+benchmarks and the integration tests, so all of them exercise the real server process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class ServerProcess:
+    """Usage::
+
+        with ServerProcess(["--repository", repo]) as srv:
+            score(srv.target, request)
+    """
+
+    def __init__(self, serve_args: list[str], *, startup_timeout_s: float = 60.0, log_path: str | None = None) -> None:
+        self.serve_args = serve_args
+        self.startup_timeout_s = startup_timeout_s
+        self._tmp = tempfile.TemporaryDirectory(prefix="adrank-serve-")
+        self.ready_file = Path(self._tmp.name) / "port"
+        self.log_path = Path(log_path) if log_path else Path(self._tmp.name) / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", "0", "--ready-file", str(self.ready_file),
+               *self.serve_args]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"server not ready in {self.startup_timeout_s} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        self.port = int(self.ready_file.read_text())
+        if self.health() != health_pb2.HealthCheckResponse.SERVING:
+            raise RuntimeError("server wrote its port but health is not SERVING")
+        return self
+
+    def health(self, service: str = "") -> int:
+        with grpc.insecure_channel(self.target) as ch:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM (graceful drain), then SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._tmp.cleanup()

@@ -1,0 +1,94 @@
+"""The AdRanking gRPC servicer: validate → features → infer → rank.
+
+Errors are typed (serving.errors) and mapped to their gRPC status with the message that names the
+field; an unexpected exception is logged and returned as INTERNAL without taking the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import grpc
+import numpy as np
+
+from models.features import DEVICES, PLACEMENTS, features_for_request, vocab_index
+from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
+from serving.backends.base import InferenceBackend
+from serving.config import ServerConfig
+from serving.errors import InvalidRequest, RankingError
+from serving.metrics import ServiceMetrics
+from serving.validation import ParsedRequest, parse_request
+
+log = logging.getLogger(__name__)
+
+
+def rank_response(parsed: ParsedRequest, p_ctr: np.ndarray, p_cvr: np.ndarray) -> list[ranking_pb2.ScoredCandidate]:
+    """Candidates ordered by expected value (bid × pCTR × pCVR); ties keep request order."""
+    ev = parsed.bid * p_ctr.astype(np.float64) * p_cvr.astype(np.float64)
+    order = np.lexsort((np.arange(len(ev)), -ev))
+    return [
+        ranking_pb2.ScoredCandidate(ad_id=int(parsed.ad_id[i]), request_index=int(i), p_ctr=float(p_ctr[i]),
+                                    p_cvr=float(p_cvr[i]), expected_value=float(ev[i]), rank=r + 1)
+        for r, i in enumerate(order)
+    ]
+
+
+class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
+    def __init__(self, config: ServerConfig, backend: InferenceBackend, metrics: ServiceMetrics | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.metrics = metrics or ServiceMetrics()
+
+    async def Score(self, request: ranking_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreResponse:  # noqa: N802
+        t0 = time.perf_counter()
+        model_label, version_label = request.model.name or self.config.default_model, "?"
+        try:
+            response = await self._score(request, t0)
+            version_label = str(response.served_by.model_version)
+            self.metrics.requests.labels(model_label, version_label, "OK").inc()
+            self.metrics.latency.labels(model_label).observe(time.perf_counter() - t0)
+            self.metrics.candidates.labels(model_label).inc(len(response.candidates))
+            return response
+        except RankingError as exc:
+            self.metrics.requests.labels(model_label, version_label, exc.code.name).inc()
+            await context.abort(exc.code, str(exc))
+        except Exception:
+            log.exception("Score failed for request_id=%r", request.request_id)
+            self.metrics.requests.labels(model_label, version_label, "INTERNAL").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error while scoring; see server log")
+        raise AssertionError("unreachable")  # context.abort raises
+
+    async def _score(self, request: ranking_pb2.ScoreRequest, t0: float) -> ranking_pb2.ScoreResponse:
+        parsed = parse_request(request, self.config, self.config.default_model)
+        handle = self.backend.resolve(parsed.model_name, parsed.model_version)
+        spec = handle.feature_spec
+        if parsed.dense.shape[1] > spec.max_extra_dense:
+            raise InvalidRequest(f"candidates.dense_features: {parsed.dense.shape[1]} values exceed model "
+                                 f"{handle.name}/{handle.version}'s width of {spec.max_extra_dense}")
+        t_feat = time.perf_counter()
+        inputs = features_for_request(
+            spec, ad_id=parsed.ad_id, advertiser_id=parsed.advertiser_id, campaign_id=parsed.campaign_id,
+            category=parsed.category, bid=parsed.bid, placement=vocab_index(PLACEMENTS, parsed.placement),
+            device=vocab_index(DEVICES, parsed.device), hour=parsed.hour, user_segment=parsed.segment,
+            recent_categories=parsed.recent_categories, extra_dense=parsed.dense if parsed.dense.size else None,
+        )
+        t_infer = time.perf_counter()
+        result = await self.backend.infer(handle, inputs)
+        t_rank = time.perf_counter()
+        flags = []
+        if parsed.time_defaulted:
+            flags.append(ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED)
+        response = ranking_pb2.ScoreResponse(
+            request_id=parsed.request_id or uuid.uuid4().hex,
+            candidates=rank_response(parsed, result.p_ctr, result.p_cvr),
+            served_by=ranking_pb2.ServedBy(model_name=handle.name, model_version=handle.version,
+                                           fm_version=handle.fm_version, backend=self.backend.name),
+            flags=flags, request_time_ms=parsed.request_time_ms,
+        )
+        end = time.perf_counter()
+        response.timing.features_us = int((t_infer - t_feat) * 1e6)
+        response.timing.inference_us = int((t_rank - t_infer) * 1e6)
+        response.timing.total_us = int((end - t0) * 1e6)
+        return response
