@@ -1,11 +1,16 @@
-"""Training and evaluation of the vertical model, and the checkpoint format export reads."""
+"""Training and evaluation of vertical models, and the checkpoint format export reads.
+
+`prepare_vm_data` builds what every VM variant reads (features, split, and optionally the DAS log of
+FM predictions and a source of FM code histories) once; `fit_vm` trains one variant on it. The
+experiment runs many variants over one `VMData`, so the FM runs once per example (DAS).
+"""
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +20,15 @@ from tqdm.auto import tqdm
 
 from models.data.schema import EventLog
 from models.data.splits import per_user_split_mask, time_split_mask
+from models.distill import DistillConfig, StudentAdapter, scale_grad, soft_bce
 from models.features import FeatureSpec, features_from_events
+from models.loopfm import drop_history
 from models.metrics import summarize
-from models.vm import VerticalModel, VMConfig
+from models.vm import BASE_INPUTS, VerticalModel, VMConfig
 
-INPUT_NAMES = ("sparse", "recent", "dense")
+INPUT_NAMES = BASE_INPUTS
+# rows -> (codes float32 [B, L, d], mask float32 [B, L]) of FM codes strictly before each row's time
+HistorySource = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +44,18 @@ class TrainConfig:
 
 
 @dataclass
+class VMData:
+    events: EventLog
+    spec: FeatureSpec
+    feats: dict[str, np.ndarray]
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    fm_logits: np.ndarray | None = None  # DAS log: FM pCTR logit per row, computed once
+    history: HistorySource | None = None
+    fm_version: str = "none"
+
+
+@dataclass
 class TrainResult:
     model: VerticalModel
     spec: FeatureSpec
@@ -43,6 +64,8 @@ class TrainResult:
     metrics: dict[str, dict[str, float]]
     loss_curve: list[float] = field(default_factory=list)
     source: str = ""
+    fm_version: str = "none"
+    test_predictions: np.ndarray | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -51,19 +74,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _tensors(feats: Mapping[str, np.ndarray], idx: np.ndarray) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(feats[k][idx])) for k in INPUT_NAMES)
+def prepare_vm_data(events: EventLog, train_config: TrainConfig = TrainConfig()) -> VMData:
+    """Features on the whole log (history features only look strictly backwards), then the split."""
+    spec = FeatureSpec.from_cardinality(events.cardinality)
+    feats = features_from_events(spec, events)
+    split = per_user_split_mask if train_config.split == "per_user" else time_split_mask
+    is_test = split(events, train_config.test_fraction)
+    return VMData(events, spec, feats, np.flatnonzero(~is_test), np.flatnonzero(is_test))
 
 
-def predict(model: VerticalModel, feats: Mapping[str, np.ndarray], batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: bool = False,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    tensors = [torch.from_numpy(np.ascontiguousarray(data.feats[k][rows])) for k in BASE_INPUTS]
+    if config.history_dim:
+        if data.history is None:
+            raise ValueError("a LoopFM VM needs VMData.history (FM codes from the embedding cache)")
+        codes, mask = data.history(rows, config.history_len)
+        if codes.shape[-1] != config.history_dim:
+            raise ValueError(f"history codes have width {codes.shape[-1]}, the VM expects {config.history_dim}")
+        m = torch.from_numpy(mask)
+        if train:
+            m = drop_history(m, config.history_dropout, generator)
+        tensors += [torch.from_numpy(codes), m, torch.arange(len(rows))]
+    return tuple(tensors)
+
+
+def predict(model: VerticalModel, data: VMData, rows: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
-    n = len(feats["dense"])
-    ctr, cvr = np.empty(n, np.float32), np.empty(n, np.float32)
+    ctr, cvr = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
     with torch.no_grad():
-        for s in range(0, n, batch_size):
-            idx = np.arange(s, min(n, s + batch_size))
-            p1, p2 = model(*_tensors(feats, idx))
-            ctr[idx], cvr[idx] = p1.numpy(), p2.numpy()
+        for s in range(0, len(rows), batch_size):
+            sl = slice(s, s + batch_size)
+            p1, p2 = model(*batch_inputs(data, model.config, rows[sl]))
+            ctr[sl], cvr[sl] = p1.numpy(), p2.numpy()
     return ctr, cvr
 
 
@@ -78,37 +121,55 @@ def evaluate(events: EventLog, p_ctr: np.ndarray, p_cvr: np.ndarray) -> dict[str
     return out
 
 
-def train_vm(events: EventLog, vm_config: VMConfig = VMConfig(), train_config: TrainConfig = TrainConfig(),
-             *, progress: bool = True) -> TrainResult:
-    """Splits `events` by time, builds features on the whole log (history features only ever look
-    strictly backwards), trains with the ESMM loss and evaluates on the test split."""
+def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainConfig = TrainConfig(),
+           distill: DistillConfig = DistillConfig(), *, progress: bool = True, desc: str = "train vm") -> TrainResult:
+    """Trains one VM variant with the ESMM loss (+ KD per `distill`) and evaluates on the test rows."""
     seed_everything(train_config.seed)
     torch.set_num_threads(train_config.threads)
-    spec = FeatureSpec.from_cardinality(events.cardinality)
-    feats = features_from_events(spec, events)
-    split = per_user_split_mask if train_config.split == "per_user" else time_split_mask
-    is_test = split(events, train_config.test_fraction)
-    train_idx, test_idx = np.flatnonzero(~is_test), np.flatnonzero(is_test)
+    if distill.mode != "none" and data.fm_logits is None:
+        raise ValueError("distillation needs VMData.fm_logits (the DAS log of FM predictions)")
+    if distill.mode == "aux" and not vm_config.aux_head:
+        vm_config = replace(vm_config, aux_head=True)
+    events = data.events
     click = torch.from_numpy(events["click"].astype(np.float32))
     conv = torch.from_numpy(events["conversion"].astype(np.float32))
-
-    model = VerticalModel(spec, vm_config)
+    fm_logits = torch.from_numpy(data.fm_logits.astype(np.float32)) if data.fm_logits is not None else None
+    model = VerticalModel(data.spec, vm_config)
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
+    adapter = StudentAdapter() if distill.adapter else None
+    adapter_opt = torch.optim.Adam(adapter.parameters(), lr=1e-2) if adapter is not None else None
+    gen = torch.Generator().manual_seed(train_config.seed)
     rng = np.random.default_rng(train_config.seed)
     curve: list[float] = []
     bs = train_config.batch_size
     for epoch in range(train_config.epochs):
         model.train()
-        perm = rng.permutation(train_idx)
-        bar = tqdm(range(0, len(perm), bs), desc=f"train vm epoch {epoch + 1}/{train_config.epochs}",
+        perm = rng.permutation(data.train_idx)
+        bar = tqdm(range(0, len(perm), bs), desc=f"{desc} epoch {epoch + 1}/{train_config.epochs}",
                    disable=not progress, leave=False)
         running = 0.0
         for step, s in enumerate(bar):
-            idx = perm[s:s + bs]
-            ctr_logit, cvr_logit = model.logits(*_tensors(feats, idx))
+            rows = perm[s:s + bs]
+            h = model.trunk(*batch_inputs(data, vm_config, rows, train=True, generator=gen))
+            ctr_logit, cvr_logit = model.ctr_head(h).squeeze(-1), model.cvr_head(h).squeeze(-1)
             p_ctcvr = torch.sigmoid(ctr_logit) * torch.sigmoid(cvr_logit)
-            loss = F.binary_cross_entropy_with_logits(ctr_logit, click[idx]) + F.binary_cross_entropy(
-                p_ctcvr.clamp(1e-7, 1 - 1e-7), conv[idx])
+            loss = F.binary_cross_entropy_with_logits(ctr_logit, click[rows]) + F.binary_cross_entropy(
+                p_ctcvr.clamp(1e-7, 1 - 1e-7), conv[rows])
+            if distill.mode != "none":
+                fm = fm_logits[rows]
+                if adapter is not None:  # fit the adapter to fresh labels first, then distil from it
+                    a_loss = F.binary_cross_entropy_with_logits(adapter(fm), click[rows])
+                    adapter_opt.zero_grad(set_to_none=True)
+                    a_loss.backward()
+                    adapter_opt.step()
+                    with torch.no_grad():
+                        fm = adapter(fm)
+                target = distill.label_scale * torch.sigmoid(fm)
+                if distill.mode == "single":
+                    loss = loss + distill.weight * soft_bce(ctr_logit, target)
+                else:
+                    kd_logit = model.kd_head(scale_grad(h, distill.grad_scale)).squeeze(-1)
+                    loss = loss + distill.weight * soft_bce(kd_logit, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -116,14 +177,19 @@ def train_vm(events: EventLog, vm_config: VMConfig = VMConfig(), train_config: T
             if step % 50 == 0:
                 curve.append(running)
                 bar.set_postfix(loss=f"{running:.4f}")
-    test_feats = {k: v[test_idx] for k, v in feats.items()}
-    p_ctr, p_cvr = predict(model, test_feats)
-    metrics = {"test": evaluate(events.take(test_idx), p_ctr, p_cvr),
-               "sizes": {"train": int(len(train_idx)), "test": int(len(test_idx))}}
-    return TrainResult(model, spec, vm_config, train_config, metrics, curve, events.source)
+    p_ctr, p_cvr = predict(model, data, data.test_idx)
+    metrics = {"test": evaluate(events.take(data.test_idx), p_ctr, p_cvr),
+               "sizes": {"train": int(len(data.train_idx)), "test": int(len(data.test_idx))}}
+    return TrainResult(model, data.spec, vm_config, train_config, metrics, curve, events.source, data.fm_version, p_ctr)
 
 
-def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str = "none") -> Path:
+def train_vm(events: EventLog, vm_config: VMConfig = VMConfig(), train_config: TrainConfig = TrainConfig(),
+             *, progress: bool = True) -> TrainResult:
+    """The baseline VM on an event log (no FM inputs)."""
+    return fit_vm(prepare_vm_data(events, train_config), vm_config, train_config, progress=progress)
+
+
+def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | None = None) -> Path:
     """Writes weights + everything export needs (spec, config, metrics) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +200,7 @@ def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str = 
         "train_config": asdict(result.train_config),
         "metrics": result.metrics,
         "loss_curve": result.loss_curve,
-        "fm_version": fm_version,
+        "fm_version": fm_version or result.fm_version,
         "source": result.source,
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -154,3 +220,8 @@ def load_checkpoint(path: str | Path) -> tuple[VerticalModel, dict]:
 
 def metrics_json(result: TrainResult) -> str:
     return json.dumps(result.metrics, indent=2, sort_keys=True)
+
+
+def tensors_for(feats: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Base input tensors for `rows` (for callers outside a training run)."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(feats[k][rows])) for k in BASE_INPUTS)
