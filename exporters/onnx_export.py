@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,11 +89,15 @@ def export_onnx(checkpoint: str | Path, repository: str | Path, name: str, versi
         onnx_path = staging / MODEL_FILE
         trace = example_inputs(spec, 8, config=config)
         axes = {n: {0: "users" if n in ("fm_history", "fm_history_mask") else "batch"} for n in (*names, *OUTPUT_NAMES)}
-        torch.onnx.export(
-            model, tuple(torch.from_numpy(trace[k]) for k in names), str(onnx_path),
-            input_names=list(names), output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=False,
-            dynamic_axes=axes,
-        )
+        with warnings.catch_warnings():
+            # the TorchScript-based exporter is chosen on purpose (stable opset-17 graphs with dynamic
+            # axes); its deprecation notice is not actionable for users of this tool
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                model, tuple(torch.from_numpy(trace[k]) for k in names), str(onnx_path),
+                input_names=list(names), output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=False,
+                dynamic_axes=axes,
+            )
         check = parity(model, onnx_path, example_inputs(spec, parity_examples, seed=1, config=config))
         if check["max_abs"] > atol:
             raise ExportError(f"ONNX parity failed: max abs error {check['max_abs']:.2e} > {atol:.0e}")

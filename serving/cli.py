@@ -53,8 +53,11 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     from serving.config import ServerConfig
     from serving.server import serve_forever
 
+    cache_backend, cache_location = ("redis", a.cache_url) if a.cache_url else \
+        ("embedded", a.cache_dir) if a.cache_dir else (None, None)
     config = ServerConfig.from_env(host=a.host, port=a.port, model_repository=a.repository, backend=a.backend,
-                                   triton_url=a.triton_url, default_model=a.model, max_candidates=a.max_candidates)
+                                   triton_url=a.triton_url, default_model=a.model, max_candidates=a.max_candidates,
+                                   cache_backend=cache_backend, cache_location=cache_location)
     asyncio.run(serve_forever(config, metrics_port=a.metrics_port, ready_file=a.ready_file))
     return 0
 
@@ -135,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="vm", help="default model name")
     sp.add_argument("--triton-url", default="127.0.0.1:8001")
     sp.add_argument("--max-candidates", type=int, default=1000)
+    sp.add_argument("--cache-dir", default=None, help="embedded embedding cache (LoopFM models read FM history)")
+    sp.add_argument("--cache-url", default=None, help="Redis embedding cache, redis://HOST:PORT/DB")
     sp.add_argument("--metrics-port", type=int, default=None)
     sp.add_argument("--ready-file", default=None, help="written with the bound port once SERVING")
     sp.set_defaults(func=_cmd_serve)

@@ -14,6 +14,8 @@ class ServerConfig:
     default_model: str = "vm"
     backend: str = "embedded"  # "embedded" (in-process onnxruntime) | "triton"
     triton_url: str = "127.0.0.1:8001"
+    cache_backend: str = "none"  # "embedded" | "redis" | "none": where LoopFM models read FM history
+    cache_location: str = ""  # directory (embedded) or redis:// URL
     max_candidates: int = 1000
     max_dense_features: int = 64
     max_recent_categories: int = 64

@@ -51,9 +51,19 @@ class RankingServer:
         self.config = config
         self.backend = backend or make_backend(config)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        self.service = AdRankingService(config, self.backend)
+        from serving.history import HistoryProvider
+
+        self.service = AdRankingService(config, self.backend,
+                                        history=HistoryProvider(config.cache_backend, config.cache_location))
         self._server: grpc.aio.Server | None = None
+        self._refresher: asyncio.Task | None = None
         self.port: int | None = None
+
+    async def _refresh_cache(self) -> None:
+        history = self.service.history
+        while True:
+            await asyncio.sleep(history.refresh_s)
+            await asyncio.to_thread(history.refresh)
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -75,6 +85,10 @@ class RankingServer:
         await server.start()
         self._server = server
         await self.backend.start()
+        for key, state in self.service.readiness().items():
+            if state != "ready":
+                log.warning("model %s loaded but not ready: %s", key, state)
+        self._refresher = asyncio.create_task(self._refresh_cache())
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d via %s backend: %s", SERVICE_NAME, self.config.host, self.port,
                  self.backend.name, self.backend.models())
@@ -82,6 +96,8 @@ class RankingServer:
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._refresher is not None:
+            self._refresher.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
         await self.backend.close()

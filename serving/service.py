@@ -17,7 +17,9 @@ from models.features import DEVICES, PLACEMENTS, features_for_request, vocab_ind
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.backends.base import InferenceBackend
 from serving.config import ServerConfig
-from serving.errors import InvalidRequest, RankingError
+from serving.backends.base import ModelHandle
+from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, RankingError
+from serving.history import HistoryProvider, needs_history
 from serving.metrics import ServiceMetrics
 from serving.validation import ParsedRequest, parse_request
 
@@ -36,10 +38,43 @@ def rank_response(parsed: ParsedRequest, p_ctr: np.ndarray, p_cvr: np.ndarray) -
 
 
 class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
-    def __init__(self, config: ServerConfig, backend: InferenceBackend, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(self, config: ServerConfig, backend: InferenceBackend, metrics: ServiceMetrics | None = None,
+                 history: HistoryProvider | None = None) -> None:
         self.config = config
         self.backend = backend
         self.metrics = metrics or ServiceMetrics()
+        self.history = history or HistoryProvider()
+
+    def resolve(self, name: str, version: int | None) -> ModelHandle:
+        """A pinned version must be ready (its FM history readable); an unpinned request goes to the
+        newest version that is, so a rollout whose embeddings are missing never takes traffic."""
+        if version is not None:
+            handle = self.backend.resolve(name, version)
+            self.history.check(handle)
+            return handle
+        reasons = []
+        for v in reversed(self.backend.models().get(name, [])):
+            handle = self.backend.resolve(name, v)
+            try:
+                self.history.check(handle)
+                return handle
+            except ModelNotReady as exc:
+                reasons.append(f"v{v}: {exc}")
+        if reasons:
+            raise ModelNotReady(f"model.name: no version of {name!r} is ready; " + "; ".join(reasons))
+        return self.backend.resolve(name, None)  # raises ModelNotFound naming what exists
+
+    def readiness(self) -> dict[str, str]:
+        """Per loaded version: "ready" or why not (logged at start-up)."""
+        out = {}
+        for name, versions in self.backend.models().items():
+            for v in versions:
+                try:
+                    self.history.check(self.backend.resolve(name, v))
+                    out[f"{name}/{v}"] = "ready"
+                except (ModelNotReady, ModelNotFound) as exc:
+                    out[f"{name}/{v}"] = str(exc)
+        return out
 
     async def Score(self, request: ranking_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreResponse:  # noqa: N802
         t0 = time.perf_counter()
@@ -62,7 +97,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
 
     async def _score(self, request: ranking_pb2.ScoreRequest, t0: float) -> ranking_pb2.ScoreResponse:
         parsed = parse_request(request, self.config, self.config.default_model)
-        handle = self.backend.resolve(parsed.model_name, parsed.model_version)
+        handle = self.resolve(parsed.model_name, parsed.model_version)
         spec = handle.feature_spec
         if parsed.dense.shape[1] > spec.max_extra_dense:
             raise InvalidRequest(f"candidates.dense_features: {parsed.dense.shape[1]} values exceed model "
@@ -74,10 +109,18 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
             device=vocab_index(DEVICES, parsed.device), hour=parsed.hour, user_segment=parsed.segment,
             recent_categories=parsed.recent_categories, extra_dense=parsed.dense if parsed.dense.size else None,
         )
+        flags = []
+        cache_us = 0
+        if needs_history(handle):
+            hist = await self.history.inputs(handle, parsed.user_id, parsed.request_time_ms, len(parsed.ad_id))
+            inputs.update(hist.tensors)
+            flags.extend(hist.flags)
+            cache_us = hist.cache_us
+            if hist.flags:
+                self.metrics.degraded.labels("user_history_missing").inc()
         t_infer = time.perf_counter()
         result = await self.backend.infer(handle, inputs)
         t_rank = time.perf_counter()
-        flags = []
         if parsed.time_defaulted:
             flags.append(ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED)
         response = ranking_pb2.ScoreResponse(
@@ -88,7 +131,8 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
             flags=flags, request_time_ms=parsed.request_time_ms,
         )
         end = time.perf_counter()
-        response.timing.features_us = int((t_infer - t_feat) * 1e6)
+        response.timing.cache_us = cache_us
+        response.timing.features_us = int((t_infer - t_feat) * 1e6) - cache_us
         response.timing.inference_us = int((t_rank - t_infer) * 1e6)
         response.timing.total_us = int((end - t0) * 1e6)
         return response
