@@ -20,8 +20,8 @@ def run_demo(*, out_dir: str = "runs/demo", n_events: int = 300_000, seed: int =
     from exporters.onnx_export import export_onnx
     from models.catalog import load_catalog
     from models.pipeline import CATALOG, TrainJob, run_train_job
-    from serving.client import build_request, render_table
     from serving.cli import _next_version
+    from serving.client import build_request, render_table
     from serving.process import ServerProcess
 
     out = Path(out_dir)

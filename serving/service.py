@@ -15,9 +15,8 @@ import numpy as np
 
 from models.features import DEVICES, PLACEMENTS, features_for_request, vocab_index
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
-from serving.backends.base import InferenceBackend
+from serving.backends.base import InferenceBackend, ModelHandle
 from serving.config import ServerConfig
-from serving.backends.base import ModelHandle
 from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, RankingError
 from serving.history import HistoryProvider, needs_history
 from serving.metrics import ServiceMetrics

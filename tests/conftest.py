@@ -22,3 +22,42 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _, ckpt = run_train_job(TrainJob(n_events=20_000, seed=0, epochs=1, out_dir=str(out)), progress=False)
     export_onnx(ckpt, out / "model_repository", "vm", 1, parity_examples=2_000)
     return out
+
+
+@pytest.fixture(scope="session")
+def loopfm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A LoopFM VM (sum pooling over 8-wide codes) trained through the embedded cache, exported as
+    `vm_loopfm` v1 (fm_version "fm-test01") and v2 (same graph, manifest naming "fm-absent", whose
+    codes the cache lacks). Codes are deterministic functions of (user, time), not FM outputs: the
+    serving path, not model quality, is under test here."""
+    import json
+
+    import numpy as np
+
+    from embedding_cache import open_reader
+    from exporters.onnx_export import export_onnx
+    from models.catalog import build_catalog, save_catalog
+    from models.data import load_dataset
+    from models.embed import cache_history, publish_codes
+    from models.train import TrainConfig, fit_vm, prepare_vm_data, save_checkpoint
+    from models.vm import VMConfig
+
+    out = tmp_path_factory.mktemp("loopfm_run")
+    events = load_dataset("synthetic", n_events=20_000, seed=0)
+    phase = (events["user_id"][:, None] * 0.37 + events["ts_ms"][:, None] / 8.64e7 + np.arange(8)[None, :])
+    codes = np.tanh(np.sin(phase)).astype(np.float32)
+    rows = np.arange(len(events))
+    publish_codes(out / "cache", "fm-test01", events, rows, codes, codec="int8")
+    data = prepare_vm_data(events, TrainConfig(epochs=1))
+    data.history = cache_history(open_reader("embedded", out / "cache", "fm-test01"), events, "fm-test01")
+    data.fm_version = "fm-test01"
+    result = fit_vm(data, VMConfig(history_dim=8, history_len=8), TrainConfig(epochs=1), progress=False)
+    ckpt = save_checkpoint(result, out / "vm_loopfm.pt")
+    repo = out / "model_repository"
+    export_onnx(ckpt, repo, "vm_loopfm", 1, parity_examples=1_000)
+    export_onnx(ckpt, repo, "vm_loopfm", 2, parity_examples=1_000)
+    manifest = json.loads((repo / "vm_loopfm" / "2" / "manifest.json").read_text())
+    manifest["fm_version"] = "fm-absent"
+    (repo / "vm_loopfm" / "2" / "manifest.json").write_text(json.dumps(manifest))
+    save_catalog(build_catalog(events), out / "catalog.npz")
+    return {"dir": out, "repo": repo, "cache": out / "cache", "events": events, "codes": codes}

@@ -8,8 +8,8 @@ Usage::
 """
 
 from models.data.schema import EVENT_COLUMNS, EventLog, SchemaError
-from models.data.splits import per_user_chronological_split, per_user_split_mask, time_split, time_split_mask
 from models.data.sources import load_dataset
+from models.data.splits import per_user_chronological_split, per_user_split_mask, time_split, time_split_mask
 
 __all__ = [
     "EVENT_COLUMNS",

@@ -1,0 +1,314 @@
+"""Redis backend: one packed value per user and per ad under a snapshot prefix, and a `current` pointer.
+
+Key layout (prefix "adrank"; see docs/cache.md):
+
+    adrank:versions                         SET of fm_versions with data
+    adrank:{fm}:seq                         INCR counter for snapshot ids
+    adrank:{fm}:current                     current snapshot id (one SET flips it atomically)
+    adrank:{fm}:snapshots                   LIST of published ids, oldest first (retention)
+    adrank:{fm}:{snap}:meta                 JSON: dim, codec params, counts, created_ms, max_segment
+    adrank:{fm}:{snap}:state:{name}         float32 bytes: prior (cold start), pq_centroids (pq only)
+    adrank:{fm}:{snap}:u:{user_id}          n x int64 ts (ascending) | n x code bytes | n x float32 scale (int8)
+    adrank:{fm}:{snap}:a:{ad_id}            code bytes | float32 scale (int8)
+
+A request is one MGET (meta + user + ads): one round trip. `meta` rides along so a reader whose snapshot
+was deleted by retention notices (meta is None), refreshes and retries instead of returning misses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import redis
+from prometheus_client.registry import CollectorRegistry
+
+from embedding_cache.codecs import Codec, codec_from_manifest
+from embedding_cache.config import LookupLimits, RetentionConfig
+from embedding_cache.csr import RawHistory
+from embedding_cache.errors import (
+    CacheError,
+    CacheUnavailableError,
+    FmVersionMismatchError,
+    SnapshotNotFoundError,
+)
+from embedding_cache.reader import CacheReader, ViewInfo, check_fm_version
+from embedding_cache.snapshot_data import SnapshotData
+from embedding_cache.writer import SnapshotWriter, format_snapshot_id
+
+_BATCH = 2_000
+
+
+@contextmanager
+def _available(url: str) -> Iterator[None]:
+    """Turn connection failures into CacheUnavailableError (gRPC UNAVAILABLE)."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise CacheUnavailableError(f"redis at {url} unavailable: {exc}") from exc
+
+
+class _Keys:
+    """Key names of one fm_version (the single place the layout is spelled out)."""
+
+    def __init__(self, prefix: str, fm_version: str) -> None:
+        self.prefix, self.fm = prefix, fm_version
+        self.versions = f"{prefix}:versions"
+        self.seq = f"{prefix}:{fm_version}:seq"
+        self.current = f"{prefix}:{fm_version}:current"
+        self.snapshots = f"{prefix}:{fm_version}:snapshots"
+
+    def snap(self, snapshot_id: str) -> str:
+        return f"{self.prefix}:{self.fm}:{snapshot_id}"
+
+    def meta(self, snapshot_id: str) -> str:
+        return f"{self.snap(snapshot_id)}:meta"
+
+    def state(self, snapshot_id: str, name: str) -> str:
+        return f"{self.snap(snapshot_id)}:state:{name}"
+
+    def user(self, snapshot_id: str, user_id: int) -> str:
+        return f"{self.snap(snapshot_id)}:u:{user_id}"
+
+    def ad(self, snapshot_id: str, ad_id: int) -> str:
+        return f"{self.snap(snapshot_id)}:a:{ad_id}"
+
+
+def _connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+
+class _RedisView:
+    """Everything a reader needs about one snapshot; swapped as one reference on refresh."""
+
+    def __init__(self, keys: _Keys, snapshot_id: str, meta: dict, codec: Codec, prior: np.ndarray) -> None:
+        self.snapshot_id, self.meta, self.codec, self.prior = snapshot_id, meta, codec, prior
+        self.meta_key = keys.meta(snapshot_id)
+        self.user_prefix = f"{keys.snap(snapshot_id)}:u:"
+        self.ad_prefix = f"{keys.snap(snapshot_id)}:a:"
+        self.bpr = codec.bytes_per_row
+        self.scale_bytes = 4 if codec.has_row_scale else 0
+        self.info = ViewInfo(snapshot_id, prior)
+
+
+def _load_view(client: redis.Redis, keys: _Keys, snapshot_id: str) -> _RedisView:
+    raw_meta = client.get(keys.meta(snapshot_id))
+    if raw_meta is None:
+        raise SnapshotNotFoundError(f"redis snapshot {snapshot_id} of {keys.fm} not found (deleted or never written)")
+    meta = json.loads(raw_meta)
+    state = {}
+    for name in meta["state"]:
+        state[name] = np.frombuffer(client.get(keys.state(snapshot_id, name)) or b"", np.float32)
+    return _RedisView(keys, snapshot_id, meta, codec_from_manifest(meta["codec"], state), state["prior"])
+
+
+class RedisReader(CacheReader):
+    """Reads one fm_version from Redis; every lookup is a single MGET."""
+
+    backend = "redis"
+
+    def __init__(self, url: str, fm_version: str, *, snapshot_id: str | None = None, prefix: str = "adrank",
+                 limits: LookupLimits | None = None, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(fm_version, limits or LookupLimits(), registry)
+        self.url = url
+        self._keys = _Keys(prefix, fm_version)
+        self._pinned = snapshot_id
+        self._client = _connect(url)
+        self._view = self._open(snapshot_id)
+
+    def _open(self, snapshot_id: str | None) -> _RedisView:
+        with _available(self.url):
+            if snapshot_id is None:
+                current = self._client.get(self._keys.current)
+                if current is None:
+                    if self._client.sismember(self._keys.versions, self.fm_version):
+                        raise SnapshotNotFoundError(f"fm_version {self.fm_version} has no published snapshot")
+                    known = sorted(v.decode() for v in self._client.smembers(self._keys.versions))
+                    raise FmVersionMismatchError(
+                        f"redis {self.url} has no embeddings for fm_version {self.fm_version!r}; it has {known}")
+                snapshot_id = current.decode()
+            view = _load_view(self._client, self._keys, snapshot_id)
+        if view.meta.get("fm_version") != self.fm_version:
+            raise FmVersionMismatchError(f"snapshot {snapshot_id} is {view.meta.get('fm_version')}")
+        self.metrics.record_snapshot(view.snapshot_id, int(view.meta["created_ms"]))
+        return view
+
+    @property
+    def dim(self) -> int:
+        return self._view.codec.dim
+
+    @property
+    def snapshot_id(self) -> str:
+        return self._view.snapshot_id
+
+    def refresh(self) -> bool:
+        if self._pinned:
+            return False
+        try:
+            with _available(self.url):
+                current = self._client.get(self._keys.current)
+            if current is None or current.decode() == self._view.snapshot_id:
+                return False
+            self._view = self._open(current.decode())
+            return True
+        except CacheError:
+            self.metrics.record_refresh_failure()
+            raise
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- lookups ---------------------------------------------------------------------------------------
+    def _mget(self, user_ids: np.ndarray, ad_ids: np.ndarray) -> tuple[_RedisView, list, list]:
+        """One MGET of [meta, users..., ads...]; retried once on a fresh view if the snapshot vanished."""
+        for attempt in range(2):
+            view = self._view
+            keys = [view.meta_key]
+            keys += [view.user_prefix + str(u) for u in user_ids.tolist()]
+            keys += [view.ad_prefix + str(a) for a in ad_ids.tolist()]
+            with _available(self.url):
+                values = self._client.mget(keys)
+            if values[0] is not None:
+                n = len(user_ids)
+                return view, values[1:1 + n], values[1 + n:]
+            if attempt == 0 and not self._pinned:
+                self.refresh()
+        raise SnapshotNotFoundError(f"snapshot {self._view.snapshot_id} of {self.fm_version} was deleted")
+
+    @staticmethod
+    def _decode_users(view: _RedisView, values: list, t: np.ndarray, max_len: int) -> RawHistory:
+        b, bpr, sb = len(values), view.bpr, view.scale_bytes
+        raw = np.zeros((b, max_len, bpr), np.uint8)
+        scales = np.zeros((b, max_len), np.float32)
+        stamps = np.zeros((b, max_len), np.int64)
+        lengths = np.zeros(b, np.int64)
+        row_bytes = 8 + bpr + sb
+        for i, value in enumerate(values):  # per user (B = 1 when serving), never per row
+            if not value:
+                continue
+            n = len(value) // row_bytes
+            ts = np.frombuffer(value, np.int64, n)
+            cut = int(np.searchsorted(ts, t[i]))
+            k = min(cut, max_len)
+            if not k:
+                continue
+            lengths[i] = k
+            stamps[i, :k] = ts[cut - k:cut][::-1]
+            codes = np.frombuffer(value, np.uint8, n * bpr, 8 * n).reshape(n, bpr)
+            raw[i, :k] = codes[cut - k:cut][::-1]
+            if sb:
+                scales[i, :k] = np.frombuffer(value, np.float32, n, (8 + bpr) * n)[cut - k:cut][::-1]
+        out = np.zeros((b, max_len, view.codec.dim), np.float32)
+        mask = np.arange(max_len)[None, :] < lengths[:, None]
+        if mask.any():
+            out[mask] = view.codec.decode(raw[mask], scales[mask])
+        return RawHistory(out, lengths, stamps)
+
+    @staticmethod
+    def _decode_ads(view: _RedisView, values: list) -> tuple[np.ndarray, np.ndarray]:
+        hit = np.fromiter((v is not None for v in values), bool, len(values))
+        out = np.zeros((len(values), view.codec.dim), np.float32)
+        if hit.any():
+            blob = np.frombuffer(b"".join(v for v in values if v is not None), np.uint8)
+            rows = blob.reshape(int(hit.sum()), view.bpr + view.scale_bytes)
+            scales = rows[:, view.bpr:].copy().view(np.float32).ravel() if view.scale_bytes else rows[:0, 0]
+            out[hit] = view.codec.decode(np.ascontiguousarray(rows[:, :view.bpr]), scales)
+        return out, hit
+
+    def _users(self, user_ids: np.ndarray, t: np.ndarray, max_len: int) -> tuple[RawHistory, ViewInfo]:
+        view, uvals, _ = self._mget(user_ids, user_ids[:0])
+        return self._decode_users(view, uvals, t, max_len), view.info
+
+    def _ads(self, ad_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, ViewInfo]:
+        view, _, avals = self._mget(ad_ids[:0], ad_ids)
+        codes, hit = self._decode_ads(view, avals)
+        return codes, hit, view.info
+
+    def _request(self, user_id: int, t: int, max_len: int, ad_ids: np.ndarray
+                 ) -> tuple[RawHistory, np.ndarray, np.ndarray, ViewInfo]:
+        view, uvals, avals = self._mget(np.array([user_id], np.int64), ad_ids)
+        raw = self._decode_users(view, uvals, np.array([t], np.int64), max_len)
+        codes, hit = self._decode_ads(view, avals)
+        return raw, codes, hit, view.info
+
+
+class RedisWriter(SnapshotWriter):
+    """Publishes snapshots to Redis: write every key under a new snapshot prefix, then flip `current`.
+
+    The previous snapshot is kept in this process for carrying rows into the next publish; a fresh writer
+    process reads it back from Redis once (SCAN of its user and ad keys).
+    """
+
+    def __init__(self, url: str, fm_version: str, dim: int, codec: str = "int8",
+                 retention: RetentionConfig | None = None, prefix: str = "adrank", **codec_params: int) -> None:
+        super().__init__(check_fm_version(fm_version), dim, codec, retention, **codec_params)
+        self.url = url
+        self._keys = _Keys(prefix, fm_version)
+        self._client = _connect(url)
+        self._last: SnapshotData | None = None
+
+    def _load_base(self) -> SnapshotData | None:
+        with _available(self.url):
+            current = self._client.get(self._keys.current)
+            if current is None:
+                return None
+            if self._last is not None and self._last.snapshot_id == current.decode():
+                return self._last
+            from embedding_cache.redis_scan import read_snapshot
+
+            return read_snapshot(self._client, self._keys, current.decode())
+
+    def _next_snapshot_id(self) -> str:
+        with _available(self.url):
+            return format_snapshot_id(int(self._client.incr(self._keys.seq)))
+
+    def _store(self, data: SnapshotData) -> None:
+        keys, sid = self._keys, data.snapshot_id
+        with _available(self.url):
+            pipe = self._client.pipeline(transaction=False)
+            off, ts, codes, scales = data.offsets, data.ts, data.codes, data.scales
+            for i, uid in enumerate(data.user_ids.tolist()):
+                s, e = int(off[i]), int(off[i + 1])
+                value = ts[s:e].tobytes() + codes[s:e].tobytes() + (scales[s:e].tobytes() if len(scales) else b"")
+                pipe.set(keys.user(sid, uid), value)
+                if len(pipe) >= _BATCH:
+                    pipe.execute()
+            for i, aid in enumerate(data.ad_ids.tolist()):
+                scale = data.ad_scales[i:i + 1].tobytes() if len(data.ad_scales) else b""
+                pipe.set(keys.ad(sid, aid), data.ad_codes[i].tobytes() + scale)
+                if len(pipe) >= _BATCH:
+                    pipe.execute()
+            state = {"prior": data.prior, **data.codec.state()}
+            for name, arr in state.items():
+                pipe.set(keys.state(sid, name), np.ascontiguousarray(arr, np.float32).tobytes())
+            meta = {"fm_version": data.fm_version, "snapshot_id": sid, "created_ms": data.created_ms,
+                    "codec": data.codec.params(), "dim": data.dim, "n_users": int(len(data.user_ids)),
+                    "n_rows": data.n_rows, "n_ads": int(len(data.ad_ids)), "max_segment": data.max_segment,
+                    "state": sorted(state)}
+            pipe.set(keys.meta(sid), json.dumps(meta))  # meta last: its presence means the snapshot is complete
+            pipe.execute()
+            # Flip: one SET is atomic; readers see the old or the new snapshot id, never a mix.
+            flip = self._client.pipeline(transaction=True)
+            flip.set(keys.current, sid).rpush(keys.snapshots, sid).sadd(keys.versions, data.fm_version)
+            flip.execute()
+            self._last = data
+            self._apply_retention()
+
+    def _apply_retention(self) -> None:
+        ids = [s.decode() for s in self._client.lrange(self._keys.snapshots, 0, -1)]
+        for sid in ids[: max(0, len(ids) - self.retention.keep_snapshots)]:
+            self._client.delete(self._keys.meta(sid))  # first, so readers on it notice and refresh
+            batch = []
+            for key in self._client.scan_iter(match=f"{self._keys.snap(sid)}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= _BATCH:
+                    self._client.unlink(*batch)
+                    batch = []
+            if batch:
+                self._client.unlink(*batch)
+            self._client.lrem(self._keys.snapshots, 1, sid)
+
+    def close(self) -> None:
+        self._client.close()

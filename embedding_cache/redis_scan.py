@@ -1,0 +1,59 @@
+"""Reading a whole Redis snapshot back into CSR arrays (a fresh writer carrying rows into its first publish).
+
+Off the request path: O(store) SCAN + MGET. Kept apart from redis_backend.py to keep both modules small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import redis
+
+from embedding_cache.snapshot_data import SnapshotData
+
+
+def _scan_values(client: redis.Redis, pattern: str, prefix_len: int) -> tuple[list[int], list[bytes]]:
+    ids: list[int] = []
+    values: list[bytes] = []
+    keys = list(client.scan_iter(match=pattern, count=2000))
+    for i in range(0, len(keys), 2000):
+        chunk = keys[i:i + 2000]
+        for key, value in zip(chunk, client.mget(chunk), strict=True):
+            if value is not None:
+                ids.append(int(key[prefix_len:]))
+                values.append(value)
+    return ids, values
+
+
+def read_snapshot(client: redis.Redis, keys, snapshot_id: str) -> SnapshotData:  # keys: redis_backend._Keys
+    """Rebuild the SnapshotData of a published Redis snapshot."""
+    from embedding_cache.redis_backend import _load_view
+
+    view = _load_view(client, keys, snapshot_id)
+    bpr, sb = view.bpr, view.scale_bytes
+    row = 8 + bpr + sb
+    prefix = f"{keys.snap(snapshot_id)}:u:"
+    uids, uvals = _scan_values(client, prefix + "*", len(prefix))
+    order = np.argsort(np.asarray(uids, np.int64), kind="stable")
+    ts_parts, code_parts, scale_parts, counts = [], [], [], []
+    for i in order.tolist():
+        value = uvals[i]
+        n = len(value) // row
+        counts.append(n)
+        ts_parts.append(np.frombuffer(value, np.int64, n))
+        code_parts.append(np.frombuffer(value, np.uint8, n * bpr, 8 * n).reshape(n, bpr))
+        scale_parts.append(np.frombuffer(value, np.float32, n, (8 + bpr) * n) if sb else np.zeros(0, np.float32))
+    aprefix = f"{keys.snap(snapshot_id)}:a:"
+    aids, avals = _scan_values(client, aprefix + "*", len(aprefix))
+    aorder = np.argsort(np.asarray(aids, np.int64), kind="stable")
+    ablob = np.frombuffer(b"".join(avals[i] for i in aorder.tolist()), np.uint8).reshape(len(aids), bpr + sb)
+    empty_codes = np.zeros((0, bpr), np.uint8)
+    return SnapshotData(
+        fm_version=keys.fm, snapshot_id=snapshot_id, codec=view.codec, created_ms=int(view.meta["created_ms"]),
+        user_ids=np.asarray(uids, np.int64)[order], offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+        ts=np.concatenate(ts_parts) if ts_parts else np.zeros(0, np.int64),
+        codes=np.concatenate(code_parts) if code_parts else empty_codes,
+        scales=np.concatenate(scale_parts).astype(np.float32) if ts_parts else np.zeros(0, np.float32),
+        ad_ids=np.asarray(aids, np.int64)[aorder], ad_codes=np.ascontiguousarray(ablob[:, :bpr]),
+        ad_scales=ablob[:, bpr:].copy().view(np.float32).ravel() if sb else np.zeros(0, np.float32),
+        prior=view.prior, max_segment=int(view.meta["max_segment"]),
+    )

@@ -1,0 +1,79 @@
+"""Embedded snapshots: atomic publish layout, refusal of damaged snapshots, old snapshot keeps serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedding_cache import CorruptSnapshotError, EmbeddedWriter, RetentionConfig, open_reader
+from embedding_cache.embedded import list_snapshots, open_snapshot
+
+T0 = 1_700_000_000_000
+
+
+def _publish(root: Path, k: int, **kwargs: object) -> str:
+    w = EmbeddedWriter(root, "fm-v1", dim=4, codec="int8", **kwargs)
+    w.append_user_codes(np.arange(10), np.full(10, T0 + k), np.full((10, 4), k / 10, np.float32))
+    w.append_ad_codes(np.arange(3), np.full((3, 4), k / 10, np.float32))
+    return w.publish()
+
+
+def test_layout_and_manifest(tmp_path: Path) -> None:
+    sid = _publish(tmp_path, 1)
+    vdir = tmp_path / "fm-v1"
+    assert (vdir / "CURRENT").read_text().strip() == sid
+    manifest = json.loads((vdir / "snapshots" / sid / "manifest.json").read_text())
+    assert manifest["fm_version"] == "fm-v1" and manifest["dim"] == 4 and manifest["codec"]["codec"] == "int8"
+    assert manifest["n_users"] == 10 and manifest["n_rows"] == 10 and manifest["n_ads"] == 3
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    assert not [p for p in (vdir / "snapshots").iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["truncate_codes", "flip_offsets", "flip_codes", "manifest", "missing_ts"])
+def test_damaged_snapshot_refused_and_previous_keeps_serving(tmp_path: Path, damage: str) -> None:
+    _publish(tmp_path, 1)
+    reader = open_reader("embedded", tmp_path, "fm-v1")
+    sid = _publish(tmp_path, 2)
+    sdir = tmp_path / "fm-v1" / "snapshots" / sid
+    if damage == "truncate_codes":
+        data = (sdir / "codes.bin").read_bytes()
+        (sdir / "codes.bin").write_bytes(data[:-7])
+    elif damage in ("flip_offsets", "flip_codes"):
+        path = sdir / ("offsets.bin" if damage == "flip_offsets" else "codes.bin")
+        data = bytearray(path.read_bytes())
+        data[8] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "manifest":
+        (sdir / "manifest.json").write_text((sdir / "manifest.json").read_text()[:-20])
+    else:
+        (sdir / "ts.bin").unlink()
+    with pytest.raises(CorruptSnapshotError, match=sid):
+        reader.refresh()
+    assert reader.snapshot_id == "s000001" and reader.metrics.refresh_failures == 1
+    hb = reader.user_history(np.arange(10), T0 + 100, 4)
+    assert (hb.lengths == 1).all()
+    np.testing.assert_allclose(hb.codes[:, 0], 0.1, atol=1e-2)
+    with pytest.raises(CorruptSnapshotError):
+        open_reader("embedded", tmp_path, "fm-v1")
+
+
+def test_full_verification_catches_large_file_damage(tmp_path: Path) -> None:
+    sid = _publish(tmp_path, 1)
+    open_snapshot(tmp_path, "fm-v1", verify="full")
+    path = tmp_path / "fm-v1" / "snapshots" / sid / "ts.bin"
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptSnapshotError, match="sha256"):
+        open_snapshot(tmp_path, "fm-v1", verify="full")
+
+
+def test_snapshot_retention_keeps_the_newest(tmp_path: Path) -> None:
+    for k in range(1, 6):
+        _publish(tmp_path, k, retention=RetentionConfig(keep_snapshots=2))
+    assert list_snapshots(tmp_path, "fm-v1") == ["s000004", "s000005"]
+    hb = open_reader("embedded", tmp_path, "fm-v1").user_history(np.array([0]), T0 + 100, 8)
+    assert hb.lengths[0] == 5  # rows carried from every earlier snapshot
