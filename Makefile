@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 RECBOLE := recbole==1.2.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint protos clean
+.PHONY: demo test install lint protos clean bench loadtest
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -27,6 +27,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# All performance figures in docs/benchmarks.md (ratios against baselines measured in the same run).
+bench: $(STAMP)
+	$(VENV)/bin/adrank bench all --json runs/bench/bench.json
+
+# A 30 s locust run against a server started by `make demo`-style artefacts in runs/demo.
+loadtest: $(STAMP)
+	$(VENV)/bin/adrank loadtest --find-capacity --target $${TARGET:-127.0.0.1:50051} --catalog runs/demo/catalog.npz --out runs/loadtest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -184,7 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Verbs whose flags belong to another module's parser: handed over before argparse sees them.
+DELEGATED = {"triton": "serving.triton.cli", "loadtest": "loadtests.runner", "bench": None}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        ns = argparse.Namespace(rest=argv[1:])
+        module = DELEGATED[argv[0]]
+        try:
+            return int((_delegate(module) if module else _cmd_bench)(ns) or 0)
+        except ModuleNotFoundError as exc:
+            print(f"error: {exc}. Is the extra that provides it installed? (pip install -e '.[triton,load,dev]')",
+                  file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

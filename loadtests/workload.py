@@ -1,0 +1,133 @@
+"""What a load-test user sends: Zipf-popular users, a candidate-count distribution, catalog ads.
+
+Numpy + protobuf only (no locust, no gevent), so the runner, the benchmarks and unit tests share it.
+Requests are built once into a pool of serialized messages: building 200 candidates in Python costs
+more than the server spends scoring them, and on a small machine the load generator shares the CPUs
+with the server, so per-call building would measure the client.
+
+Usage::
+
+    pool = RequestPool.build(load_catalog("runs/demo/catalog.npz"), CandidateSpec.parse("uniform:50:300"))
+    payload, n_candidates = pool.next()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from protos.adrank.v1 import ranking_pb2
+
+PLACEMENTS = ("feed", "story", "search", "video")
+PLACEMENT_WEIGHTS = (0.6, 0.2, 0.1, 0.1)
+DEVICES = ("ios", "android", "web")
+DEVICE_WEIGHTS = (0.45, 0.45, 0.1)
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """How many candidates a request carries.
+
+    ``fixed:N`` (or just ``N``), ``uniform:MIN:MAX`` (inclusive), ``lognormal:MEDIAN:SIGMA:MIN:MAX``
+    (clipped to MIN..MAX).
+    """
+
+    kind: str
+    low: int
+    high: int
+    median: float = 0.0
+    sigma: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> CandidateSpec:
+        parts = spec.strip().lower().split(":")
+        try:
+            if len(parts) == 1 or parts[0] == "fixed":
+                n = int(parts[-1])
+                out = cls("fixed", n, n)
+            elif parts[0] == "uniform" and len(parts) == 3:
+                out = cls("uniform", int(parts[1]), int(parts[2]))
+            elif parts[0] == "lognormal" and len(parts) == 5:
+                out = cls("lognormal", int(parts[3]), int(parts[4]), float(parts[1]), float(parts[2]))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--candidates: {spec!r} is not fixed:N, uniform:MIN:MAX or "
+                             "lognormal:MEDIAN:SIGMA:MIN:MAX") from None
+        if out.low < 1 or out.high < out.low:
+            raise ValueError(f"--candidates: {spec!r} needs 1 <= MIN <= MAX")
+        if out.kind == "lognormal" and (out.median <= 0 or out.sigma < 0):
+            raise ValueError(f"--candidates: {spec!r} needs MEDIAN > 0 and SIGMA >= 0")
+        return out
+
+    def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.kind == "fixed":
+            return np.full(size, self.low, dtype=np.int64)
+        if self.kind == "uniform":
+            return rng.integers(self.low, self.high + 1, size=size)
+        draw = rng.lognormal(np.log(self.median), self.sigma, size=size)
+        return np.clip(np.rint(draw), self.low, self.high).astype(np.int64)
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return f"fixed:{self.low}"
+        if self.kind == "uniform":
+            return f"uniform:{self.low}:{self.high}"
+        return f"lognormal:{self.median:g}:{self.sigma:g}:{self.low}:{self.high}"
+
+
+def zipf_users(user_ids: np.ndarray, size: int, rng: np.random.Generator, exponent: float = 1.1) -> np.ndarray:
+    """`size` user ids with P(rank k) ∝ k^-exponent over a random popularity order of `user_ids`."""
+    order = rng.permutation(len(user_ids))
+    p = 1.0 / np.arange(1, len(user_ids) + 1, dtype=np.float64) ** exponent
+    return user_ids[order[rng.choice(len(user_ids), size=size, p=p / p.sum())]]
+
+
+def build_score_request(catalog: Mapping[str, np.ndarray], user_id: int, n_candidates: int, rng: np.random.Generator,
+                        request_time_ms: int) -> ranking_pb2.ScoreRequest:
+    """One request: the user's catalog features, `n_candidates` distinct catalog ads with their bids
+    (jittered ±20% as auctions do), a placement/device mix and the request time."""
+    req = ranking_pb2.ScoreRequest(user_id=int(user_id), request_time_ms=int(request_time_ms))
+    req.context.placement = PLACEMENTS[rng.choice(len(PLACEMENTS), p=PLACEMENT_WEIGHTS)]
+    req.context.device = DEVICES[rng.choice(len(DEVICES), p=DEVICE_WEIGHTS)]
+    users = catalog["user_id"]
+    u = int(np.searchsorted(users, user_id))
+    if u < len(users) and users[u] == user_id:
+        req.user.segment = int(catalog["user_segment"][u])
+        req.user.recent_categories.extend(int(c) for c in catalog["user_recent"][u] if c >= 0)
+    n_ads = len(catalog["ad_id"])
+    pick = rng.choice(n_ads, size=min(int(n_candidates), n_ads), replace=False)
+    bids = catalog["bid"][pick].astype(np.float64) * rng.uniform(0.8, 1.2, size=len(pick))
+    ad, adv, camp, cat = (catalog[k][pick].tolist() for k in ("ad_id", "advertiser_id", "campaign_id", "category"))
+    req.candidates.extend(
+        ranking_pb2.Candidate(ad_id=a, advertiser_id=v, campaign_id=c, category=g, bid=b)
+        for a, v, c, g, b in zip(ad, adv, camp, cat, bids.tolist(), strict=True)
+    )
+    return req
+
+
+@dataclass
+class RequestPool:
+    """Serialized requests cycled in order; the order itself is the Zipf draw, so cycling keeps the mix."""
+
+    payloads: list[bytes]
+    n_candidates: list[int]
+    user_ids: np.ndarray
+    _i: int = 0
+
+    @classmethod
+    def build(cls, catalog: Mapping[str, np.ndarray], candidates: CandidateSpec, *, size: int = 1000, seed: int = 0,
+              zipf_exponent: float = 1.1, request_time_ms: int | None = None) -> RequestPool:
+        rng = np.random.default_rng(seed)
+        t = int(catalog["max_ts_ms"][0]) + 1 if request_time_ms is None else request_time_ms
+        users = zipf_users(np.asarray(catalog["user_id"]), size, rng, zipf_exponent)
+        counts = candidates.sample(rng, size)
+        reqs = [build_score_request(catalog, int(u), int(n), rng, t) for u, n in zip(users, counts, strict=True)]
+        return cls([r.SerializeToString() for r in reqs], [len(r.candidates) for r in reqs], users)
+
+    def next(self) -> tuple[bytes, int]:
+        i = self._i % len(self.payloads)
+        self._i += 1
+        return self.payloads[i], self.n_candidates[i]
