@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class FeatureSpec:
     def n_fields(self) -> int:
         return len(self.field_sizes)
 
-    @property
+    @cached_property
     def offsets(self) -> np.ndarray:
         """Start of each field in the shared table; each field has size + 1 slots (the last is OOV)."""
         return np.cumsum([0, *[s + 1 for s in self.field_sizes]])[:-1].astype(np.int64)

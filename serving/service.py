@@ -26,14 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def rank_response(parsed: ParsedRequest, p_ctr: np.ndarray, p_cvr: np.ndarray) -> list[ranking_pb2.ScoredCandidate]:
-    """Candidates ordered by expected value (bid × pCTR × pCVR); ties keep request order."""
+    """The best `top_k` candidates by expected value (bid × pCTR × pCVR); ties keep request order."""
     ev = parsed.bid * p_ctr.astype(np.float64) * p_cvr.astype(np.float64)
-    order = np.lexsort((np.arange(len(ev)), -ev))
-    return [
-        ranking_pb2.ScoredCandidate(ad_id=int(parsed.ad_id[i]), request_index=int(i), p_ctr=float(p_ctr[i]),
-                                    p_cvr=float(p_cvr[i]), expected_value=float(ev[i]), rank=r + 1)
-        for r, i in enumerate(order)
-    ]
+    order = np.lexsort((np.arange(len(ev)), -ev))[:parsed.top_k]
+    make = ranking_pb2.ScoredCandidate
+    # plain Python scalars: message construction from numpy scalars is several times slower
+    return [make(ad_id=a, request_index=i, p_ctr=c, p_cvr=v, expected_value=e, rank=r)
+            for r, (a, i, c, v, e) in enumerate(zip(parsed.ad_id[order].tolist(), order.tolist(),
+                                                     p_ctr[order].tolist(), p_cvr[order].tolist(),
+                                                     ev[order].tolist(), strict=True), start=1)]
 
 
 class AdRankingService(ranking_pb2_grpc.AdRankingServicer):

@@ -37,6 +37,7 @@ class ParsedRequest:
     dense: np.ndarray  # float32 [N, E]
     model_name: str
     model_version: int | None
+    top_k: int | None = None  # None = return every candidate
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -86,22 +87,22 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
         raise InvalidRequest(f"user.recent_categories[{_first_bad(recent < 0)}]: must be >= 0")
 
     cands = req.candidates
-    ad_id = np.fromiter((c.ad_id for c in cands), dtype=np.int64, count=n)
-    advertiser = np.fromiter((c.advertiser_id for c in cands), dtype=np.int64, count=n)
-    campaign = np.fromiter((c.campaign_id for c in cands), dtype=np.int64, count=n)
-    category = np.fromiter((c.category for c in cands), dtype=np.int64, count=n)
-    bid = np.fromiter((c.bid for c in cands), dtype=np.float64, count=n)
+    # one pass over the candidate messages (attribute access is the cost), then vectorized checks
+    ints = np.array([(c.ad_id, c.advertiser_id, c.campaign_id, c.category, len(c.dense_features)) for c in cands],
+                    dtype=np.int64)
+    bid = np.array([c.bid for c in cands], dtype=np.float64)
+    ad_id, advertiser, campaign, category, widths = (np.ascontiguousarray(ints[:, j]) for j in range(5))
     for name, arr in (("ad_id", ad_id), ("advertiser_id", advertiser), ("campaign_id", campaign), ("category", category)):
         _check_ids(name, arr)
     bad_bid = ~np.isfinite(bid) | (bid < 0)
     if bad_bid.any():
         i = _first_bad(bad_bid)
         raise InvalidRequest(f"candidates[{i}].bid: must be finite and >= 0, got {bid[i]}")
-    widths = np.fromiter((len(c.dense_features) for c in cands), dtype=np.int64, count=n)
     width = int(widths.max())
     if width > config.max_dense_features:
         i = _first_bad(widths > config.max_dense_features)
-        raise InvalidRequest(f"candidates[{i}].dense_features: {widths[i]} values exceed the limit of {config.max_dense_features}")
+        raise InvalidRequest(f"candidates[{i}].dense_features: {widths[i]} values exceed the limit of "
+                             f"{config.max_dense_features}")
     dense = np.zeros((n, width), dtype=np.float32)
     if width:
         for i, c in enumerate(cands):  # only requests that carry dense features pay this loop
@@ -114,9 +115,12 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
     version = req.model.version if req.model.HasField("version") else None
     if version is not None and version < 1:
         raise InvalidRequest(f"model.version: must be >= 1, got {version}")
+    top_k = req.top_k if req.HasField("top_k") else None
+    if top_k is not None and top_k < 1:
+        raise InvalidRequest(f"top_k: must be >= 1 when set, got {top_k}")
     return ParsedRequest(
         request_id=req.request_id, user_id=req.user_id, request_time_ms=t, time_defaulted=not req.HasField("request_time_ms"),
         placement=ctx.placement, device=ctx.device, hour=hour, segment=req.user.segment, recent_categories=recent,
         ad_id=ad_id, advertiser_id=advertiser, campaign_id=campaign, category=category, bid=bid, dense=dense,
-        model_name=req.model.name or default_model, model_version=version,
+        model_name=req.model.name or default_model, model_version=version, top_k=top_k,
     )

@@ -164,3 +164,15 @@ def test_score_cli_reports_errors_with_code(server, tiny_run):
                           "--candidates", "3", "--version", "9", "--catalog", str(tiny_run / "catalog.npz")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and "NOT_FOUND" in out.stderr
+
+
+def test_top_k_returns_the_best_k_of_all_scored(stub, catalog):
+    req = build_request(int(catalog["user_id"][2]), 100, catalog, seed=4, request_time_ms=int(catalog["max_ts_ms"][0]))
+    full = stub.Score(req, timeout=5)
+    req.top_k = 7
+    top = stub.Score(req, timeout=5)
+    assert [c.ad_id for c in top.candidates] == [c.ad_id for c in full.candidates[:7]]
+    assert [c.rank for c in top.candidates] == list(range(1, 8))
+    req.top_k = 0
+    err = _abort(stub, req)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("top_k")

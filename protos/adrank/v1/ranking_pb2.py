@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/adrank/v1/ranking.proto\x12\tadrank.v1\"V\n\x07\x43ontext\x12\x11\n\tplacement\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x18\n\x0bhour_of_day\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_hour_of_day\":\n\x0cUserFeatures\x12\x0f\n\x07segment\x18\x01 \x01(\x05\x12\x19\n\x11recent_categories\x18\x02 \x03(\x05\"}\n\tCandidate\x12\r\n\x05\x61\x64_id\x18\x01 \x01(\x03\x12\x15\n\radvertiser_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\x05\x12\x0b\n\x03\x62id\x18\x05 \x01(\x01\x12\x16\n\x0e\x64\x65nse_features\x18\x06 \x03(\x02\";\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x80\x02\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x1c\n\x0frequest_time_ms\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12#\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x12.adrank.v1.Context\x12%\n\x04user\x18\x05 \x01(\x0b\x32\x17.adrank.v1.UserFeatures\x12(\n\ncandidates\x18\x06 \x03(\x0b\x32\x14.adrank.v1.Candidate\x12#\n\x05model\x18\x07 \x01(\x0b\x32\x14.adrank.v1.ModelSpecB\x12\n\x10_request_time_ms\"{\n\x0fScoredCandidate\x12\r\n\x05\x61\x64_id\x18\x01 \x01(\x03\x12\x15\n\rrequest_index\x18\x02 \x01(\r\x12\r\n\x05p_ctr\x18\x03 \x01(\x02\x12\r\n\x05p_cvr\x18\x04 \x01(\x02\x12\x16\n\x0e\x65xpected_value\x18\x05 \x01(\x01\x12\x0c\n\x04rank\x18\x06 \x01(\r\"Z\n\x08ServedBy\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nfm_version\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\"W\n\x06Timing\x12\x10\n\x08total_us\x18\x01 \x01(\r\x12\x13\n\x0b\x66\x65\x61tures_us\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61\x63he_us\x18\x03 \x01(\r\x12\x14\n\x0cinference_us\x18\x04 \x01(\r\"\xd7\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x03(\x0b\x32\x1a.adrank.v1.ScoredCandidate\x12&\n\tserved_by\x18\x03 \x01(\x0b\x32\x13.adrank.v1.ServedBy\x12\x1e\n\x05\x66lags\x18\x04 \x03(\x0e\x32\x0f.adrank.v1.Flag\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.adrank.v1.Timing\x12\x17\n\x0frequest_time_ms\x18\x06 \x01(\x03*w\n\x04\x46lag\x12\x14\n\x10\x46LAG_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46LAG_USER_HISTORY_MISSING\x10\x01\x12\x19\n\x15\x46LAG_AD_CODES_MISSING\x10\x02\x12\x1f\n\x1b\x46LAG_REQUEST_TIME_DEFAULTED\x10\x03\x32G\n\tAdRanking\x12:\n\x05Score\x12\x17.adrank.v1.ScoreRequest\x1a\x18.adrank.v1.ScoreResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/adrank/v1/ranking.proto\x12\tadrank.v1\"V\n\x07\x43ontext\x12\x11\n\tplacement\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x18\n\x0bhour_of_day\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_hour_of_day\":\n\x0cUserFeatures\x12\x0f\n\x07segment\x18\x01 \x01(\x05\x12\x19\n\x11recent_categories\x18\x02 \x03(\x05\"}\n\tCandidate\x12\r\n\x05\x61\x64_id\x18\x01 \x01(\x03\x12\x15\n\radvertiser_id\x18\x02 \x01(\x03\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\x03\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\x05\x12\x0b\n\x03\x62id\x18\x05 \x01(\x01\x12\x16\n\x0e\x64\x65nse_features\x18\x06 \x03(\x02\";\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_version\"\x9e\x02\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x1c\n\x0frequest_time_ms\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12#\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x12.adrank.v1.Context\x12%\n\x04user\x18\x05 \x01(\x0b\x32\x17.adrank.v1.UserFeatures\x12(\n\ncandidates\x18\x06 \x03(\x0b\x32\x14.adrank.v1.Candidate\x12#\n\x05model\x18\x07 \x01(\x0b\x32\x14.adrank.v1.ModelSpec\x12\x12\n\x05top_k\x18\x08 \x01(\rH\x01\x88\x01\x01\x42\x12\n\x10_request_time_msB\x08\n\x06_top_k\"{\n\x0fScoredCandidate\x12\r\n\x05\x61\x64_id\x18\x01 \x01(\x03\x12\x15\n\rrequest_index\x18\x02 \x01(\r\x12\r\n\x05p_ctr\x18\x03 \x01(\x02\x12\r\n\x05p_cvr\x18\x04 \x01(\x02\x12\x16\n\x0e\x65xpected_value\x18\x05 \x01(\x01\x12\x0c\n\x04rank\x18\x06 \x01(\r\"Z\n\x08ServedBy\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\x12\n\nfm_version\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\"W\n\x06Timing\x12\x10\n\x08total_us\x18\x01 \x01(\r\x12\x13\n\x0b\x66\x65\x61tures_us\x18\x02 \x01(\r\x12\x10\n\x08\x63\x61\x63he_us\x18\x03 \x01(\r\x12\x14\n\x0cinference_us\x18\x04 \x01(\r\"\xd7\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12.\n\ncandidates\x18\x02 \x03(\x0b\x32\x1a.adrank.v1.ScoredCandidate\x12&\n\tserved_by\x18\x03 \x01(\x0b\x32\x13.adrank.v1.ServedBy\x12\x1e\n\x05\x66lags\x18\x04 \x03(\x0e\x32\x0f.adrank.v1.Flag\x12!\n\x06timing\x18\x05 \x01(\x0b\x32\x11.adrank.v1.Timing\x12\x17\n\x0frequest_time_ms\x18\x06 \x01(\x03*w\n\x04\x46lag\x12\x14\n\x10\x46LAG_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46LAG_USER_HISTORY_MISSING\x10\x01\x12\x19\n\x15\x46LAG_AD_CODES_MISSING\x10\x02\x12\x1f\n\x1b\x46LAG_REQUEST_TIME_DEFAULTED\x10\x03\x32G\n\tAdRanking\x12:\n\x05Score\x12\x17.adrank.v1.ScoreRequest\x1a\x18.adrank.v1.ScoreResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.adrank.v1.ranking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FLAG']._serialized_start=1164
-  _globals['_FLAG']._serialized_end=1283
+  _globals['_FLAG']._serialized_start=1194
+  _globals['_FLAG']._serialized_end=1313
   _globals['_CONTEXT']._serialized_start=45
   _globals['_CONTEXT']._serialized_end=131
   _globals['_USERFEATURES']._serialized_start=133
@@ -42,15 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSPEC']._serialized_start=320
   _globals['_MODELSPEC']._serialized_end=379
   _globals['_SCOREREQUEST']._serialized_start=382
-  _globals['_SCOREREQUEST']._serialized_end=638
-  _globals['_SCOREDCANDIDATE']._serialized_start=640
-  _globals['_SCOREDCANDIDATE']._serialized_end=763
-  _globals['_SERVEDBY']._serialized_start=765
-  _globals['_SERVEDBY']._serialized_end=855
-  _globals['_TIMING']._serialized_start=857
-  _globals['_TIMING']._serialized_end=944
-  _globals['_SCORERESPONSE']._serialized_start=947
-  _globals['_SCORERESPONSE']._serialized_end=1162
-  _globals['_ADRANKING']._serialized_start=1285
-  _globals['_ADRANKING']._serialized_end=1356
+  _globals['_SCOREREQUEST']._serialized_end=668
+  _globals['_SCOREDCANDIDATE']._serialized_start=670
+  _globals['_SCOREDCANDIDATE']._serialized_end=793
+  _globals['_SERVEDBY']._serialized_start=795
+  _globals['_SERVEDBY']._serialized_end=885
+  _globals['_TIMING']._serialized_start=887
+  _globals['_TIMING']._serialized_end=974
+  _globals['_SCORERESPONSE']._serialized_start=977
+  _globals['_SCORERESPONSE']._serialized_end=1192
+  _globals['_ADRANKING']._serialized_start=1315
+  _globals['_ADRANKING']._serialized_end=1386
 # @@protoc_insertion_point(module_scope)

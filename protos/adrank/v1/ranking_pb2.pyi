@@ -61,7 +61,7 @@ class ModelSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("request_id", "user_id", "request_time_ms", "context", "user", "candidates", "model")
+    __slots__ = ("request_id", "user_id", "request_time_ms", "context", "user", "candidates", "model", "top_k")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIME_MS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ScoreRequest(_message.Message):
     USER_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: int
     request_time_ms: int
@@ -76,7 +77,8 @@ class ScoreRequest(_message.Message):
     user: UserFeatures
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     model: ModelSpec
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., request_time_ms: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., user: _Optional[_Union[UserFeatures, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ...) -> None: ...
+    top_k: int
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., request_time_ms: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., user: _Optional[_Union[UserFeatures, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class ScoredCandidate(_message.Message):
     __slots__ = ("ad_id", "request_index", "p_ctr", "p_cvr", "expected_value", "rank")
