@@ -21,6 +21,8 @@ def _cmd_data(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    if a.what == "fm":
+        return _cmd_train_fm(a)
     from models.pipeline import TrainJob, run_train_job
 
     result, ckpt = run_train_job(TrainJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs,
@@ -28,6 +30,53 @@ def _cmd_train(a: argparse.Namespace) -> int:
     t = result.metrics["test"]
     print(f"checkpoint {ckpt}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}; "
           f"CVR AUC {t.get('cvr_auc', float('nan')):.4f}")
+    return 0
+
+
+def _split_for(dataset: str):
+    from models.train import TrainConfig
+
+    return TrainConfig(split="per_user", test_fraction=0.1) if dataset == "movielens" else TrainConfig()
+
+
+def _cmd_train_fm(a: argparse.Namespace) -> int:
+    from models.data import load_dataset
+    from models.fm_pipeline import FMTrainConfig, save_fm, train_fm
+    from models.train import prepare_vm_data
+
+    events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+    data = prepare_vm_data(events, _split_for(a.dataset))
+    config = FMTrainConfig(epochs=a.epochs, seed=a.seed)
+    fm = train_fm(data, config)
+    path = save_fm(fm, data, config, Path(a.out) / "fm.pt")
+    t = fm.metrics["test"]
+    print(f"FM {fm.fm_version} → {path}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}")
+    return 0
+
+
+def _cmd_embed(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from models.data import load_dataset
+    from models.fm_pipeline import embed_split
+    from models.train import prepare_vm_data
+
+    events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+    data = prepare_vm_data(events, _split_for(a.dataset))
+    rows = {"train": data.train_idx, "test": data.test_idx, "all": np.arange(len(events))}[a.split]
+    fm_version, snapshot, n = embed_split(a.fm_checkpoint, data, rows, a.cache_dir, codec=a.codec)
+    print(f"{n:,} codes of {fm_version} ({a.split} split, {a.codec}) published as snapshot {snapshot} in {a.cache_dir}")
+    return 0
+
+
+def _cmd_experiment(a: argparse.Namespace) -> int:
+    from models.experiment import run_experiment
+
+    command = f"adrank experiment --dataset {a.dataset} --seeds {a.seeds} --out {a.out}" + (" --quick" if a.quick else "")
+    summary = run_experiment(a.dataset, a.seeds, a.out, quick=a.quick, command=command)
+    print(Path(a.out, "results.md").read_text())
+    failed = [k for k, ok in summary["checks"].items() if not ok]
+    print("all checks hold" if not failed else f"checks that do not hold: {failed}")
     return 0
 
 
@@ -128,11 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_data)
 
     sp = sub.add_parser("train", help="train a model")
-    sp.add_argument("what", choices=("vm",))
+    sp.add_argument("what", choices=("vm", "fm"))
     data_flags(sp)
     sp.add_argument("--epochs", type=int, default=2)
     sp.add_argument("--out", default=DEFAULT_RUN)
     sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("embed", help="compute LoopFM codes for a data split and publish them to the cache")
+    data_flags(sp)
+    sp.add_argument("--fm-checkpoint", default=f"{DEFAULT_RUN}/fm.pt")
+    sp.add_argument("--split", default="all", choices=("train", "test", "all"))
+    sp.add_argument("--cache-dir", default=f"{DEFAULT_RUN}/cache")
+    sp.add_argument("--codec", default="int4", choices=("float32", "float16", "int8", "int4", "pq"))
+    sp.set_defaults(func=_cmd_embed)
+
+    sp = sub.add_parser("experiment", help="train every VM variant over shared FM artefacts; results table")
+    sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
+    sp.add_argument("--seeds", type=int, default=3)
+    sp.add_argument("--out", default="runs/experiment")
+    sp.add_argument("--quick", action="store_true", help="small profile (≈ 3 min) for tests")
+    sp.set_defaults(func=_cmd_experiment)
 
     sp = sub.add_parser("export", help="export a VM checkpoint to ONNX in a model repository")
     sp.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/vm.pt")

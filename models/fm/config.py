@@ -34,6 +34,10 @@ class FMConfig:
     the causal window looks at *older* events."""
     n_event_types: int = 3
     """0 impression, 1 click, 2 conversion."""
+    shared_target_vocab: bool = False
+    """History item and category ids are pre-offset into the target's shared sparse vocabulary, and
+    events embed through that same table: a clicked ad in the history and the same ad as the candidate
+    are one vector, so history-candidate matching does not have to align two tables first."""
 
     # --- encoder ---
     d_model: int = 32

@@ -80,9 +80,9 @@ class FoundationModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.events = EventEmbedding(cfg)
         self.sparse = nn.Embedding(cfg.n_sparse, d)
         nn.init.normal_(self.sparse.weight, std=0.1)
+        self.events = EventEmbedding(cfg, shared=self.sparse if cfg.shared_target_vocab else None)
         self.dense = nn.Linear(cfg.dense_dim, d)
         self.ns_norm = nn.LayerNorm(d)
         self.encoder = CompSkipEncoder(cfg)

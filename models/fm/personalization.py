@@ -54,16 +54,20 @@ class TypedAdapter(nn.Module):
 class EventEmbedding(nn.Module):
     """Turns the raw history tensors into event tokens [B, T, d]; padded events become zero vectors."""
 
-    def __init__(self, cfg: FMConfig) -> None:
+    def __init__(self, cfg: FMConfig, shared: nn.Embedding | None = None) -> None:
         super().__init__()
         d = cfg.d_model
-        self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
-        self.category = nn.Embedding(cfg.n_categories, d, padding_idx=0)
+        if shared is not None:  # items and categories index the target's table (see FMConfig)
+            self.item = self.category = shared
+        else:
+            self.item = nn.Embedding(cfg.n_items, d, padding_idx=0)
+            self.category = nn.Embedding(cfg.n_categories, d, padding_idx=0)
         self.event_type = nn.Embedding(cfg.n_event_types, d)
         self.age = nn.Linear(2, d)
         self.norm = nn.LayerNorm(d)
         self.adapter = TypedAdapter(d, cfg.type_widths)
-        for emb in (self.item, self.category, self.event_type):
+        own = [self.event_type] if shared is not None else [self.item, self.category, self.event_type]
+        for emb in own:  # a list, not a set: initialization order must be reproducible
             nn.init.normal_(emb.weight, std=0.1)
             if emb.padding_idx is not None:
                 with torch.no_grad():

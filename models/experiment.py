@@ -1,0 +1,247 @@
+"""`adrank experiment`: every VM variant over shared FM artefacts, several seeds, one results table.
+
+Per seed: load data → split by time → train the FM (+ code autoencoder) on the train split → log FM
+predictions once per example (DAS) and a code per event → train each VM variant on the same split
+→ evaluate on the test split. Transfer ratio TR = ΔNE_VM / ΔNE_FM against the seed's own baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from models.data import load_dataset
+from models.data.schema import EventLog
+from models.distill import DistillConfig
+from models.embed import open_history, publish_codes
+from models.fm_pipeline import FMTrainConfig, train_fm
+from models.metrics import transfer_ratio
+from models.train import HistorySource, TrainConfig, VMData, fit_vm, prepare_vm_data
+from models.vm import VMConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    n_events: int
+    fm_epochs: int
+    vm_epochs: int
+    history_len: int  # L the VM reads
+    fm_history_len: int  # T the FM reads
+    ablations: bool
+    fm_batch_size: int = 256
+    fm_lr: float = 1e-3
+    fm_size: tuple[tuple[str, int], ...] = (("n_layers", 2), ("d_model", 16), ("n_heads", 2), ("hidden_dim", 64),
+                                            ("window", 8))
+
+
+PROFILES = {
+    "quick": Profile(n_events=30_000, fm_epochs=1, vm_epochs=2, history_len=8, fm_history_len=16, ablations=False),
+    "default": Profile(n_events=300_000, fm_epochs=3, vm_epochs=3, history_len=32, fm_history_len=32, ablations=True),
+}
+
+# name → (VM config overrides, distillation)
+VARIANTS: dict[str, tuple[dict, DistillConfig]] = {
+    "vm_baseline": ({}, DistillConfig()),
+    "vm_kd": ({}, DistillConfig(mode="single")),
+    "vm_kd_aux": ({}, DistillConfig(mode="aux", adapter=True)),
+    "vm_loopfm_sum": ({"history_pooling": "sum"}, DistillConfig()),
+    "vm_loopfm_attn": ({"history_pooling": "attention"}, DistillConfig()),
+    "vm_kd_loopfm": ({"history_pooling": "sum"}, DistillConfig(mode="single")),
+}
+LOOPFM_VARIANTS = {"vm_loopfm_sum", "vm_loopfm_attn", "vm_kd_loopfm"}
+
+
+class CodeCache:
+    """The seed's FM codes published to the embedded cache, one snapshot root per codec: VMs read
+    their history through the same reader the ranking service uses (strictly before t, one fm_version,
+    the population prior for users without history)."""
+
+    def __init__(self, root: Path, fm_version: str, events: EventLog, codes: np.ndarray) -> None:
+        self.root, self.fm_version, self.events, self.codes = root, fm_version, events, codes
+
+    def history(self, codec: str = "int4", width: int | None = None) -> HistorySource:
+        root = self.root / codec
+        if not root.exists():
+            publish_codes(root, self.fm_version, self.events, np.arange(len(self.events)), self.codes, codec=codec)
+        return open_history(root, self.fm_version, self.events, width=width)
+
+
+def _run_variant(data: VMData, name: str, overrides: dict, distill: DistillConfig, base: VMConfig,
+                 tc: TrainConfig, progress: bool) -> dict:
+    cfg = replace(base, **overrides) if name in LOOPFM_VARIANTS else replace(base, history_dim=0)
+    t0 = time.perf_counter()
+    res = fit_vm(data, cfg, tc, distill, progress=progress, desc=name)
+    m = res.metrics["test"]
+    return {"auc": m["ctr_auc"], "ne": m["ctr_ne"], "calibration": m["ctr_calibration"],
+            "cvr_auc": m.get("cvr_auc", float("nan")), "seconds": time.perf_counter() - t0,
+            "loss_curve": res.loss_curve}
+
+
+def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict:
+    events = load_dataset(dataset, n_events=profile.n_events, seed=seed)
+    split = "per_user" if dataset == "movielens" else "time"
+    tc = TrainConfig(epochs=profile.vm_epochs, seed=seed, split=split, test_fraction=0.1 if split == "per_user" else 0.2)
+    data = prepare_vm_data(events, tc)
+    log(f"[seed {seed}] {len(events):,} events, train {len(data.train_idx):,} / test {len(data.test_idx):,}")
+    t0 = time.perf_counter()
+    fm = train_fm(data, FMTrainConfig(history_len=profile.fm_history_len, epochs=profile.fm_epochs, seed=seed,
+                                      batch_size=profile.fm_batch_size, lr=profile.fm_lr, fm=dict(profile.fm_size)),
+                  progress=progress)
+    log(f"[seed {seed}] FM {fm.fm_version}: test AUC {fm.metrics['test']['ctr_auc']:.4f} "
+        f"NE {fm.metrics['test']['ctr_ne']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    data.fm_logits, data.fm_version = fm.logits, fm.fm_version
+    cache = CodeCache(work_dir / f"cache-seed{seed}", fm.fm_version, events, fm.codes)
+    data.history = cache.history("int4")  # served codes are int4 (LoopFM)
+    base = VMConfig(history_dim=fm.codes.shape[1], history_len=profile.history_len)
+    out: dict = {"fm": {"auc": fm.metrics["test"]["ctr_auc"], "ne": fm.metrics["test"]["ctr_ne"],
+                        "calibration": fm.metrics["test"]["ctr_calibration"], "loss_curve": fm.loss_curve},
+                 "fm_version": fm.fm_version}
+    test = events.take(data.test_idx)
+    if test.has_ground_truth:
+        from models.metrics import summarize
+
+        o = summarize(test["click"], test["p_click"])
+        out["oracle"] = {"auc": o["auc"], "ne": o["ne"], "calibration": o["calibration"]}
+    for name, (overrides, distill) in VARIANTS.items():
+        out[name] = _run_variant(data, name, overrides, distill, base, tc, progress)
+        log(f"[seed {seed}] {name:16s} AUC {out[name]['auc']:.4f} NE {out[name]['ne']:.4f}")
+    if profile.ablations:
+        out["ablations"] = run_ablations(data, cache, base, tc, progress, log)
+    return out
+
+
+def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfig, progress: bool,
+                  log: Callable[[str], None]) -> dict:
+    """LoopFM-sum VM (no KD) under one change at a time: history length, code prefix width, codec."""
+    results: dict[str, dict] = {}
+    d = cache.codes.shape[1]
+    runs: list[tuple[str, int, int, str]] = (
+        [(f"L={n}", n, d, "int4") for n in (1, 4, 16, 64)]
+        + [(f"width={w}", base.history_len, w, "int4") for w in (4, 8, 16)]
+        + [(f"codec={c}", base.history_len, d, c) for c in ("float32", "int8")]
+    )
+    for label, length, width, codec in runs:
+        data.history = cache.history(codec, width=width if width < d else None)
+        cfg = replace(base, history_len=length, history_dim=width, history_pooling="sum")
+        r = fit_vm(data, cfg, tc, progress=progress, desc=f"ablation {label}")
+        results[label] = {"auc": r.metrics["test"]["ctr_auc"], "ne": r.metrics["test"]["ctr_ne"]}
+        log(f"  ablation {label:10s} AUC {results[label]['auc']:.4f} NE {results[label]['ne']:.4f}")
+    data.history = cache.history("int4")
+    return results
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """mean ± std per variant, transfer ratios per seed, and the acceptance checks as booleans."""
+    names = ["fm", *VARIANTS]
+    summary: dict = {"variants": {}, "transfer_ratio": {}, "checks": {}}
+    for n in names:
+        auc = np.array([s[n]["auc"] for s in per_seed])
+        ne = np.array([s[n]["ne"] for s in per_seed])
+        cal = np.array([s[n]["calibration"] for s in per_seed])
+        summary["variants"][n] = {"auc_mean": float(auc.mean()), "auc_std": float(auc.std(ddof=0)),
+                                  "ne_mean": float(ne.mean()), "ne_std": float(ne.std(ddof=0)),
+                                  "calibration": float(cal.mean()), "auc": auc.tolist(), "ne": ne.tolist()}
+    if "oracle" in per_seed[0]:
+        summary["oracle"] = {k: float(np.mean([s["oracle"][k] for s in per_seed])) for k in ("auc", "ne")}
+    for n in VARIANTS:
+        if n == "vm_baseline":
+            continue
+        trs = [transfer_ratio(s["vm_baseline"]["ne"], s[n]["ne"], s["fm"]["ne"]) for s in per_seed]
+        summary["transfer_ratio"][n] = {"mean": float(np.nanmean(trs)), "per_seed": trs}
+    v = summary["variants"]
+    tr = summary["transfer_ratio"]
+    summary["checks"] = {
+        "fm_beats_baseline": v["fm"]["ne_mean"] < v["vm_baseline"]["ne_mean"],
+        "loopfm_beats_baseline": v["vm_loopfm_sum"]["ne_mean"] < v["vm_baseline"]["ne_mean"],
+        "kd_loopfm_beats_kd_every_seed": all(s["vm_kd_loopfm"]["ne"] < s["vm_kd"]["ne"] for s in per_seed),
+        "tr_kd_loopfm_ge_1.5x_tr_kd": tr["vm_kd_loopfm"]["mean"] >= 1.5 * tr["vm_kd"]["mean"],
+        "aux_kd_ge_single_kd": v["vm_kd_aux"]["ne_mean"] <= v["vm_kd"]["ne_mean"],
+    }
+    if any("ablations" in s for s in per_seed):
+        labels = per_seed[0]["ablations"].keys()
+        summary["ablations"] = {
+            lab: {"auc_mean": float(np.mean([s["ablations"][lab]["auc"] for s in per_seed])),
+                  "ne_mean": float(np.mean([s["ablations"][lab]["ne"] for s in per_seed])),
+                  "ne_std": float(np.std([s["ablations"][lab]["ne"] for s in per_seed]))}
+            for lab in labels
+        }
+    return summary
+
+
+def write_results(out_dir: Path, dataset: str, seeds: list[int], profile_name: str, per_seed: list[dict],
+                  summary: dict, command: str, seconds: float) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"dataset": dataset, "seeds": seeds, "profile": profile_name, "command": command,
+               "seconds": seconds, **summary, "per_seed": per_seed}
+    (out_dir / "results.json").write_text(json.dumps(payload, indent=2, default=float))
+    lines = [f"# Results: {dataset} ({profile_name} profile, seeds {seeds})", "", f"Command: `{command}`  ",
+             f"Wall time: {seconds / 60:.1f} min on this machine.", "",
+             "| variant | AUC (mean ± std) | NE (mean ± std) | calibration | TR |", "|---|---|---|---|---|"]
+    for n, v in summary["variants"].items():
+        tr = summary["transfer_ratio"].get(n, {}).get("mean")
+        lines.append(f"| {n} | {v['auc_mean']:.4f} ± {v['auc_std']:.4f} | {v['ne_mean']:.4f} ± {v['ne_std']:.4f} | "
+                     f"{v['calibration']:.3f} | {'' if tr is None else f'{tr:.3f}'} |")
+    if "oracle" in summary:
+        lines.append(f"| oracle (true probabilities) | {summary['oracle']['auc']:.4f} | {summary['oracle']['ne']:.4f} | | |")
+    lines += ["", "Checks (acceptance of the LoopFM / ExFM claims on this data):", ""]
+    lines += [f"- {k}: {'yes' if ok else 'NO'}" for k, ok in summary["checks"].items()]
+    if "ablations" in summary:
+        lines += ["", "Ablations (VM + LoopFM sum pooling, no KD):", "", "| setting | AUC | NE (mean ± std) |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {a['auc_mean']:.4f} | {a['ne_mean']:.4f} ± {a['ne_std']:.4f} |"
+                  for k, a in summary["ablations"].items()]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    plot_results(out_dir, summary, per_seed)
+
+
+def plot_results(out_dir: Path, summary: dict, per_seed: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["variants"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    means = [summary["variants"][n]["ne_mean"] for n in names]
+    stds = [summary["variants"][n]["ne_std"] for n in names]
+    ax1.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c72b0")
+    if "oracle" in summary:
+        ax1.axhline(summary["oracle"]["ne"], color="k", ls="--", lw=1, label="oracle")
+        ax1.legend()
+    ax1.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax1.set_ylabel("test NE (lower is better)")
+    lo = min(means) - 3 * max(stds + [1e-3])
+    ax1.set_ylim(lo, max(means) + 3 * max(stds + [1e-3]))
+    ax1.set_title("NE by variant (mean ± std over seeds)")
+    for n in ("fm", "vm_baseline", "vm_kd", "vm_loopfm_sum", "vm_kd_loopfm"):
+        ax2.plot(per_seed[0][n]["loss_curve"], label=n)
+    ax2.set_xlabel("step / 50")
+    ax2.set_ylabel("training loss (EMA)")
+    ax2.set_title("training curves (first seed)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "results.png", dpi=110)
+    plt.close(fig)
+
+
+def run_experiment(dataset: str, seeds: int, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
+                   command: str = "") -> dict:
+    profile_name = "quick" if quick else "default"
+    profile = PROFILES[profile_name]
+    t0 = time.perf_counter()
+    seed_list = list(range(seeds))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="adrank-exp-") as work:
+        per_seed = [run_seed(dataset, s, profile, Path(work), progress=progress) for s in seed_list]
+    summary = aggregate(per_seed)
+    write_results(Path(out_dir), dataset, seed_list, profile_name, per_seed, summary,
+                  command or f"adrank experiment --dataset {dataset} --seeds {seeds}{' --quick' if quick else ''}",
+                  time.perf_counter() - t0)
+    return {"profile": asdict(profile), **summary}

@@ -1,0 +1,197 @@
+"""Offline FM side of LoopFM / ExFM: train the FM (+ its code autoencoder), log its predictions once
+per example (DAS), and compute a code per user event for the embedding cache.
+
+The FM reads each example's *long* event history (the user's last T events strictly before the
+example, with their outcome types and ages) — the signal a VM's short window lacks. Its first
+hidden layer (Hidden-0) is compressed by an autoencoder trained beside it with stop-gradient into
+the FM, tanh codes, Matryoshka loss; codes are stored quantized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from models.features import SPARSE_FIELDS
+from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
+from models.fm.model import FMConfig, FoundationModel
+from models.history import HistoryIndex
+from models.metrics import summarize
+from models.train import VMData, seed_everything
+
+MS_PER_HOUR = 3_600_000.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class FMTrainConfig:
+    history_len: int = 64  # T: events of history the FM reads per example
+    code_dim: int = 32  # d: LoopFM code width
+    matryoshka: tuple[int, ...] = (4, 8, 16, 32)
+    epochs: int = 2
+    batch_size: int = 512
+    lr: float = 2e-3
+    ae_weight: float = 1.0
+    seed: int = 0
+    threads: int = 2
+    fm: dict = field(default_factory=dict)  # FMConfig overrides
+
+
+@dataclass
+class FMArtifacts:
+    model: FoundationModel
+    autoencoder: CodeAutoencoder
+    fm_version: str
+    logits: np.ndarray  # DAS log: FM pCTR logit for every row of the log [N]
+    codes: np.ndarray  # float32 [N, d] tanh codes, one per event (computed from that event's inputs)
+    metrics: dict
+    loss_curve: list[float]
+
+
+class FMBatcher:
+    """Builds FM input tensors for any rows of a VMData, reading only events strictly before each row."""
+
+    def __init__(self, data: VMData, history_len: int, *, shared_vocab: bool = True) -> None:
+        ev = data.events
+        self.data, self.t = data, history_len
+        self.index = HistoryIndex(ev["user_id"], ev["ts_ms"])
+        if shared_vocab:  # the event's ad / category as indexed in the target's shared sparse table
+            sparse = data.feats["sparse"]
+            self.item = sparse[:, SPARSE_FIELDS.index("ad_id")]
+            self.category = sparse[:, SPARSE_FIELDS.index("category")]
+        else:
+            self.item = ev["ad_id"].astype(np.int64) + 1  # 0 = padding
+            self.category = ev["category"].astype(np.int64) + 1
+        self.type = ev["click"].astype(np.int64) + ev["conversion"].astype(np.int64)  # 0 imp, 1 click, 2 conv
+        self.ts = ev["ts_ms"]
+
+    def __call__(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        hist, mask = self.index.before(rows, self.t)
+        h = np.clip(hist, 0, None)
+        age = np.log1p(np.maximum(self.ts[rows][:, None] - self.ts[h], 0) / MS_PER_HOUR).astype(np.float32)
+        return {
+            "hist_item": torch.from_numpy(np.where(mask, self.item[h], 0)),
+            "hist_category": torch.from_numpy(np.where(mask, self.category[h], 0)),
+            "hist_type": torch.from_numpy(np.where(mask, self.type[h], 0)),
+            "hist_age": torch.from_numpy(np.where(mask, age, 0.0).astype(np.float32)),
+            "hist_mask": torch.from_numpy(mask),
+            "target_sparse": torch.from_numpy(self.data.feats["sparse"][rows]),
+            "target_dense": torch.from_numpy(self.data.feats["dense"][rows]),
+        }
+
+
+def fm_version_of(config: FMTrainConfig, source: str, n_events: int) -> str:
+    """A content-derived version: the same config and data give the same fm_version."""
+    digest = hashlib.sha256(json.dumps([asdict(config), source, n_events], sort_keys=True, default=str).encode())
+    return f"fm-{digest.hexdigest()[:10]}"
+
+
+def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True) -> FMArtifacts:
+    seed_everything(config.seed)
+    torch.set_num_threads(config.threads)
+    fm_cfg = FMConfig(**{"n_items": int(data.events.cardinality["ad_id"]) + 1,
+                         "n_categories": int(data.events.cardinality["category"]) + 1,
+                         "n_sparse": data.spec.vocab_size, "n_sparse_fields": data.spec.n_fields,
+                         "dense_dim": data.spec.dense_width, "max_len": config.history_len,
+                         "shared_target_vocab": True, **config.fm})
+    batcher = FMBatcher(data, config.history_len, shared_vocab=fm_cfg.shared_target_vocab)
+    model = FoundationModel(fm_cfg)
+    ae = CodeAutoencoder(in_dim=model.hidden_dim, code_dim=config.code_dim)
+    params = list(model.parameters()) + list(ae.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr)
+    ev = data.events
+    click = torch.from_numpy(ev["click"].astype(np.float32))
+    conv = torch.from_numpy(ev["conversion"].astype(np.float32))
+    rng = np.random.default_rng(config.seed)
+    curve: list[float] = []
+    for epoch in range(config.epochs):
+        model.train()
+        perm = rng.permutation(data.train_idx)
+        bar = tqdm(range(0, len(perm), config.batch_size), desc=f"train fm epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, leave=False)
+        running = 0.0
+        for step, s in enumerate(bar):
+            rows = perm[s:s + config.batch_size]
+            out = model(**batcher(rows))
+            p_ctcvr = torch.sigmoid(out.ctr_logit) * torch.sigmoid(out.cvr_logit)
+            task = F.binary_cross_entropy_with_logits(out.ctr_logit, click[rows]) + F.binary_cross_entropy(
+                p_ctcvr.clamp(1e-7, 1 - 1e-7), conv[rows])
+            recon = matryoshka_loss(out.hidden0.detach(), ae, prefixes=config.matryoshka)  # stop-gradient into the FM
+            loss = task + config.ae_weight * recon
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running = 0.98 * running + 0.02 * task.item() if step else task.item()
+            if step % 50 == 0:
+                curve.append(running)
+                bar.set_postfix(loss=f"{running:.4f}", recon=f"{recon.item():.4f}")
+    logits, codes = infer_fm(model, ae, batcher, np.arange(len(ev)), progress=progress)
+    test = data.test_idx
+    metrics = {"test": {f"ctr_{k}": v for k, v in summarize(ev["click"][test], 1 / (1 + np.exp(-logits[test]))).items()}}
+    return FMArtifacts(model, ae, fm_version_of(config, ev.source, len(ev)), logits, codes, metrics, curve)
+
+
+@torch.no_grad()
+def infer_fm(model: FoundationModel, ae: CodeAutoencoder, batcher: FMBatcher, rows: np.ndarray,
+             batch_size: int = 2048, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One FM pass per example: the DAS log (pCTR logit) and the event's code, both from its inputs."""
+    model.eval()
+    logits = np.empty(len(rows), np.float32)
+    codes = np.empty((len(rows), ae.code_dim), np.float32)
+    for s in tqdm(range(0, len(rows), batch_size), desc="fm inference (DAS log + codes)", disable=not progress,
+                  leave=False):
+        sl = slice(s, s + batch_size)
+        out = model(**batcher(rows[sl]))
+        logits[sl] = out.ctr_logit.numpy()
+        codes[sl] = ae.encode(out.hidden0).numpy()
+    return logits, codes
+
+
+def save_fm(fm: FMArtifacts, data: VMData, config: FMTrainConfig, path: str | Path) -> Path:
+    """FM + autoencoder + everything `adrank embed` needs to rebuild inputs, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"fm_config": asdict(fm.model.cfg), "state_dict": fm.model.state_dict(),
+               "ae_dims": [fm.autoencoder.in_dim, fm.autoencoder.code_dim], "ae_state": fm.autoencoder.state_dict(),
+               "train_config": asdict(config), "fm_version": fm.fm_version, "feature_spec": data.spec.to_dict(),
+               "metrics": fm.metrics, "source": data.events.source}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_fm(path: str | Path) -> tuple[FoundationModel, CodeAutoencoder, dict]:
+    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    cfg = payload["fm_config"]
+    model = FoundationModel(FMConfig(**{**cfg, "type_windows": tuple(cfg["type_windows"]),
+                                        "type_widths": tuple(cfg["type_widths"])}))
+    model.load_state_dict(payload["state_dict"])
+    ae = CodeAutoencoder(*payload["ae_dims"])
+    ae.load_state_dict(payload["ae_state"])
+    model.eval()
+    ae.eval()
+    return model, ae, payload
+
+
+def embed_split(fm_path: str | Path, data: VMData, rows: np.ndarray, cache_dir: str | Path, *, codec: str = "int4",
+                progress: bool = True) -> tuple[str, str, int]:
+    """Codes for `rows` of `data` with the FM at `fm_path`, published to the embedded cache as one snapshot
+    of that FM's version. Returns (fm_version, snapshot_id, rows written)."""
+    from models.embed import publish_codes
+
+    model, ae, payload = load_fm(fm_path)
+    if payload["feature_spec"] != data.spec.to_dict():
+        raise ValueError("the data's feature spec differs from the one the FM was trained on")
+    batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
+    _, codes = infer_fm(model, ae, batcher, rows, progress=progress)
+    full = np.zeros((len(data.events), codes.shape[1]), np.float32)
+    full[rows] = codes
+    snapshot = publish_codes(cache_dir, payload["fm_version"], data.events, rows, full, codec=codec)
+    return payload["fm_version"], snapshot, len(rows)
