@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from exporters.manifest import MANIFEST_NAME, MODEL_FILE, ModelManifest, TensorSpec, sha256_file
+from exporters.torchscript_export import TORCHSCRIPT_FILE, TorchScriptExportError, export_torchscript
 from models.features import FeatureSpec
 from models.train import load_checkpoint
 from models.vm import VerticalModel, VMConfig
@@ -71,8 +72,9 @@ def parity(model: VerticalModel, onnx_path: Path, inputs: dict[str, np.ndarray])
 
 
 def export_onnx(checkpoint: str | Path, repository: str | Path, name: str, version: int, *,
-                parity_examples: int = 10_000, atol: float = 1e-5) -> Path:
-    """Exports `checkpoint` as `<repository>/<name>/<version>/model.onnx` + manifest.json."""
+                parity_examples: int = 10_000, atol: float = 1e-5, torchscript: bool = True) -> Path:
+    """Exports `checkpoint` as `<repository>/<name>/<version>/model.onnx` + manifest.json, and with
+    `torchscript` also `model.pt` (its parity figures and sha256 under the manifest's parity.torchscript)."""
     if version < 1:
         raise ExportError(f"version must be >= 1, got {version}")
     if not name or not name.replace("_", "").replace("-", "").isalnum():
@@ -98,9 +100,18 @@ def export_onnx(checkpoint: str | Path, repository: str | Path, name: str, versi
                 input_names=list(names), output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=False,
                 dynamic_axes=axes,
             )
-        check = parity(model, onnx_path, example_inputs(spec, parity_examples, seed=1, config=config))
+        parity_inputs = example_inputs(spec, parity_examples, seed=1, config=config)
+        check = parity(model, onnx_path, parity_inputs)
         if check["max_abs"] > atol:
             raise ExportError(f"ONNX parity failed: max abs error {check['max_abs']:.2e} > {atol:.0e}")
+        if torchscript:
+            try:
+                ts = export_torchscript(model, staging / TORCHSCRIPT_FILE, trace_inputs=trace,
+                                        parity_inputs=parity_inputs, atol=atol)
+            except TorchScriptExportError as exc:
+                raise ExportError(str(exc)) from exc
+            check = {**check, "torchscript": {**ts, "file": TORCHSCRIPT_FILE,
+                                              "sha256": sha256_file(staging / TORCHSCRIPT_FILE)}}
         manifest = ModelManifest(
             name=name, version=version, fm_version=str(payload.get("fm_version", "none")),
             feature_spec=spec.to_dict(),

@@ -155,6 +155,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from embedding_cache.bench import main as cache_bench
 
         return cache_bench(a.rest[1:])
+    if a.rest[:1] == ["triton"]:
+        from serving.triton.bench import main as triton_bench
+
+        return triton_bench(a.rest[1:])
     from loadtests.bench import main as bench
 
     return bench(a.rest)

@@ -1,0 +1,187 @@
+"""Inference through a Triton Inference Server over gRPC (`tritonclient.grpc.aio`).
+
+What a version *is* comes from the repository's manifests (feature spec, fm_version, tensor names),
+exactly as for the embedded backend; what is *servable* comes from Triton's repository index. A
+version is offered only when both agree: a verified manifest and a READY version in Triton. The
+intersection is refreshed on start, every `refresh_s`, and right after Triton answers NOT_FOUND
+(a version was unloaded under us), so the next request resolves against the new truth.
+
+Every request is one Triton call, always naming the resolved version: the version reported in
+`served_by` is the version that computed the scores, even while a newer one is being loaded.
+
+Usage::
+
+    backend = TritonBackend("127.0.0.1:8001", "runs/demo/model_repository")
+    await backend.start()
+    handle = backend.resolve("vm", None)
+    result = await backend.infer(handle, inputs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from exporters.manifest import ModelManifest
+from models.features import FeatureSpec
+from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
+from serving.errors import BackendUnavailable, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
+from serving.model_repository import scan
+
+log = logging.getLogger(__name__)
+
+_TRITON_DTYPES = {"int64": "INT64", "int32": "INT32", "float32": "FP32", "float16": "FP16"}
+
+
+def map_triton_error(exc: Exception, where: str) -> RankingError:
+    """The serving error for a tritonclient exception: its gRPC status decides the type."""
+    from tritonclient.utils import InferenceServerException
+
+    status, message = "", str(exc) or type(exc).__name__
+    if isinstance(exc, InferenceServerException):
+        status, message = str(exc.status() or ""), exc.message() or message
+    text = f"{where}: Triton {status.removeprefix('StatusCode.') or 'error'}: {message}"
+    if status.endswith("NOT_FOUND"):
+        return ModelNotFound(text)
+    if status.endswith("INVALID_ARGUMENT"):
+        return InvalidRequest(text)
+    if status.endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED")) or not status:
+        return BackendUnavailable(text)
+    return RankingError(text)
+
+
+class TritonBackend(InferenceBackend):
+    """`resolve` reads a cached intersection of manifests and Triton's READY versions (no I/O);
+    `infer` makes exactly one Triton call."""
+
+    name = "triton"
+
+    def __init__(self, url: str, repository: str | Path, *, timeout_s: float = 2.0, refresh_s: float = 5.0) -> None:
+        self.url = url
+        self.repository = Path(repository)
+        self.timeout_s = timeout_s
+        self.refresh_s = refresh_s
+        self.load_errors: dict[tuple[str, int], str] = {}
+        self._handles: dict[tuple[str, int], ModelHandle] = {}
+        self._client = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._refresher: asyncio.Task | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()  # strong references until the tasks finish
+
+    def _triton(self):
+        """The aio client of the running event loop. A grpc.aio channel is bound to the loop that made
+        it, so a backend reused under a new loop (asyncio.run per test or per CLI call) gets a new one."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            try:
+                import tritonclient.grpc.aio as grpcclient
+            except ImportError as exc:  # pragma: no cover - tritonclient is a base dependency
+                raise BackendUnavailable(f"tritonclient[grpc] is not installed: {exc}") from exc
+            self._client = grpcclient.InferenceServerClient(self.url)
+            self._client_loop = loop
+            self._refresh_lock = asyncio.Lock()
+        return self._client
+
+    async def start(self) -> None:
+        """Connects and builds the model table; raises BackendUnavailable when Triton does not answer,
+        ModelLoadError when it serves no version the repository describes."""
+        await self.refresh()
+        if not self._handles:
+            raise ModelLoadError(f"Triton at {self.url} serves no version described by {self.repository} "
+                                 f"(manifest errors: {sorted(self.load_errors.values())[:3]})")
+        self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        if self._client is not None and self._client_loop is asyncio.get_running_loop():
+            await self._client.close()
+        self._client, self._client_loop = None, None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except RankingError as exc:  # keep serving the last known table; infer reports outages
+                log.warning("Triton refresh failed: %s", exc)
+
+    async def refresh(self) -> None:
+        """Re-reads manifests and Triton's repository index; replaces the table in one assignment."""
+        client = self._triton()
+        async with self._refresh_lock:
+            try:
+                index = await client.get_model_repository_index(client_timeout=self.timeout_s)
+            except Exception as exc:  # tritonclient wraps gRPC errors in InferenceServerException
+                raise map_triton_error(exc, f"Triton at {self.url}") from exc
+            ready = {(m.name, int(m.version)) for m in index.models if m.state == "READY" and m.version.isdigit()}
+            manifests, errors = await asyncio.to_thread(scan, self.repository)
+            self.load_errors = dict(errors)
+            handles = {}
+            for key, manifest in manifests.items():
+                if key in ready:
+                    old = self._handles.get(key)
+                    handles[key] = old if old is not None and old.manifest == manifest else self._handle(key, manifest)
+            for key in sorted(ready & set(errors)):
+                log.warning("Triton serves %s/%s but its manifest fails verification: %s", *key, errors[key])
+            self._handles = handles
+
+    @staticmethod
+    def _handle(key: tuple[str, int], manifest: ModelManifest) -> ModelHandle:
+        return ModelHandle(key[0], key[1], manifest, FeatureSpec.from_dict(manifest.feature_spec))
+
+    def models(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for name, version in sorted(self._handles):
+            out.setdefault(name, []).append(version)
+        return out
+
+    def resolve(self, model_name: str, version: int | None) -> ModelHandle:
+        versions = self.models().get(model_name)
+        if not versions:
+            raise ModelNotFound(f"model.name: no model {model_name!r} ready in Triton; serving {sorted(self.models())}")
+        if version is None:
+            return self._handles[(model_name, versions[-1])]
+        if version not in versions:
+            raise ModelNotFound(f"model.version: {model_name!r} has no version {version}; loaded versions {versions}")
+        return self._handles[(model_name, version)]
+
+    def _request(self, handle: ModelHandle, inputs: dict[str, np.ndarray]):
+        import tritonclient.grpc.aio as grpcclient
+
+        tensors = []
+        for spec in handle.manifest.inputs:
+            if spec.name not in inputs:
+                raise InvalidRequest(f"inputs: {handle.name}/{handle.version} needs tensor {spec.name!r}")
+            array = np.ascontiguousarray(inputs[spec.name], dtype=np.dtype(spec.dtype))
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), _TRITON_DTYPES[spec.dtype])
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(o.name) for o in handle.manifest.outputs]
+        return tensors, outputs
+
+    async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        tensors, outputs = self._request(handle, inputs)
+        try:
+            result = await self._triton().infer(handle.name, tensors, model_version=str(handle.version),
+                                                outputs=outputs, client_timeout=self.timeout_s)
+        except Exception as exc:
+            error = map_triton_error(exc, f"{handle.name}/{handle.version}")
+            if isinstance(error, ModelNotFound):
+                # the version went away (unloaded, retired): refresh so the next resolve is right
+                task = asyncio.get_running_loop().create_task(self._refresh_quietly())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            raise error from exc
+        return InferenceResult(result.as_numpy("p_ctr").reshape(-1), result.as_numpy("p_cvr").reshape(-1))
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except RankingError as exc:
+            log.warning("Triton refresh after NOT_FOUND failed: %s", exc)
