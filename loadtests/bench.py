@@ -163,15 +163,38 @@ def triton_row(run_dir: Path, triton_url: str | None, quick: bool, embedded: dic
     missing = [m for m in ("serving.backends.triton", "serving.triton.launcher") if _find_spec(m) is None]
     if missing:
         return Row.unavailable(name, f"{', '.join(missing)} not present")
-    if not triton_url:
-        return Row.unavailable(name, "pass --triton-url of a tritonserver serving the same repository "
-                                     "(e.g. one started with `adrank triton start`)")
     if embedded is None:
         return Row.unavailable(name, "needs the embedded serve figures")
-    tri = bench_serve.end_to_end(run_dir, ["--backend", "triton", "--triton-url", triton_url], quick=quick)
+    if triton_url:
+        tri = bench_serve.end_to_end(run_dir, ["--backend", "triton", "--triton-url", triton_url], quick=quick)
+        where = f"Triton at {triton_url}"
+    else:
+        tri = _with_bundled_triton(run_dir, quick)
+        where = "the bundled tritonserver (python backend running the same model.onnx), started for this run"
     ratio = tri["client_p50_us"] / embedded["client_p50_us"]
     return Row(name, f"{tri['client_p50_us']:,.0f} µs p50", f"{embedded['client_p50_us']:,.0f} µs p50", ratio,
-               note=f"Score end to end, 200 candidates, Triton at {triton_url}", data=tri)
+               note=f"Score end to end, 200 candidates, {where}", data=tri)
+
+
+def _with_bundled_triton(run_dir: Path, quick: bool) -> dict:
+    """Copies the run's repository, writes python-backend Triton configs, starts the bundled server,
+    measures Score through the Triton backend, stops the server."""
+    import shutil
+    import tempfile
+
+    from exporters.triton_repo import write_triton_model
+    from serving.model_repository import model_names
+    from serving.triton.launcher import TritonServer
+
+    with tempfile.TemporaryDirectory(prefix="adrank-bench-triton-") as tmp:
+        work = Path(tmp)
+        shutil.copytree(run_dir / "model_repository", work / "model_repository")
+        shutil.copy(run_dir / "catalog.npz", work / "catalog.npz")
+        names = model_names(work / "model_repository")
+        for name in names:
+            write_triton_model(work / "model_repository", name, target="python")
+        with TritonServer(work / "model_repository", models=names, state_dir=work / "triton") as handle:
+            return bench_serve.end_to_end(work, ["--backend", "triton", "--triton-url", handle.grpc_url], quick=quick)
 
 
 def _find_spec(module: str):
