@@ -29,9 +29,15 @@ def test_missing_parts_read_not_available_without_failing() -> None:
     assert bench.fm_row(None, quick=True).measured == "not available"
 
 
-def test_triton_row_without_a_triton_url_is_not_available(tmp_path) -> None:
+def test_triton_row_needs_the_embedded_figures(tmp_path) -> None:
+    row = bench.triton_row(tmp_path, None, quick=True, embedded=None)
+    assert row.measured == "not available" and "embedded" in row.note
+
+
+def test_triton_row_without_the_triton_parts_is_not_available(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "_find_spec", lambda module: None)
     row = bench.triton_row(tmp_path, None, quick=True, embedded={"client_p50_us": 1000.0})
-    assert row.measured == "not available" and row.note
+    assert row.measured == "not available" and "serving.backends.triton" in row.note
 
 
 def test_markdown_has_machine_command_and_table() -> None:
