@@ -153,7 +153,10 @@ def aggregate(per_seed: list[dict]) -> dict:
         if n == "vm_baseline":
             continue
         trs = [transfer_ratio(s["vm_baseline"]["ne"], s[n]["ne"], s["fm"]["ne"]) for s in per_seed]
-        summary["transfer_ratio"][n] = {"mean": float(np.nanmean(trs)), "per_seed": trs}
+        # TR is undefined on a seed where the FM does not beat the baseline (ΔNE_FM <= 0)
+        defined = [t for t in trs if np.isfinite(t)]
+        summary["transfer_ratio"][n] = {"mean": float(np.mean(defined)) if defined else float("nan"),
+                                        "per_seed": trs, "defined_seeds": len(defined)}
     v = summary["variants"]
     tr = summary["transfer_ratio"]
     summary["checks"] = {
@@ -185,8 +188,9 @@ def write_results(out_dir: Path, dataset: str, seeds: list[int], profile_name: s
              "| variant | AUC (mean ± std) | NE (mean ± std) | calibration | TR |", "|---|---|---|---|---|"]
     for n, v in summary["variants"].items():
         tr = summary["transfer_ratio"].get(n, {}).get("mean")
+        tr_text = "" if tr is None else f"{tr:.3f}" if np.isfinite(tr) else "undefined (FM ≤ baseline)"
         lines.append(f"| {n} | {v['auc_mean']:.4f} ± {v['auc_std']:.4f} | {v['ne_mean']:.4f} ± {v['ne_std']:.4f} | "
-                     f"{v['calibration']:.3f} | {'' if tr is None else f'{tr:.3f}'} |")
+                     f"{v['calibration']:.3f} | {tr_text} |")
     if "oracle" in summary:
         lines.append(f"| oracle (true probabilities) | {summary['oracle']['auc']:.4f} | {summary['oracle']['ne']:.4f} | | |")
     lines += ["", "Checks (acceptance of the LoopFM / ExFM claims on this data):", ""]
@@ -211,14 +215,12 @@ def plot_results(out_dir: Path, summary: dict, per_seed: list[dict]) -> None:
     means = [summary["variants"][n]["ne_mean"] for n in names]
     stds = [summary["variants"][n]["ne_std"] for n in names]
     ax1.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c72b0")
-    if "oracle" in summary:
-        ax1.axhline(summary["oracle"]["ne"], color="k", ls="--", lw=1, label="oracle")
-        ax1.legend()
     ax1.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax1.set_ylabel("test NE (lower is better)")
     lo = min(means) - 3 * max(stds + [1e-3])
     ax1.set_ylim(lo, max(means) + 3 * max(stds + [1e-3]))
-    ax1.set_title("NE by variant (mean ± std over seeds)")
+    oracle = f"; oracle NE {summary['oracle']['ne']:.3f}" if "oracle" in summary else ""
+    ax1.set_title(f"NE by variant (mean ± std over seeds{oracle})")
     for n in ("fm", "vm_baseline", "vm_kd", "vm_loopfm_sum", "vm_kd_loopfm"):
         ax2.plot(per_seed[0][n]["loss_curve"], label=n)
     ax2.set_xlabel("step / 50")

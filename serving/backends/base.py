@@ -13,6 +13,7 @@ import numpy as np
 
 from exporters.manifest import ModelManifest
 from models.features import FeatureSpec
+from serving.errors import ModelNotFound
 
 
 @dataclass(frozen=True)
@@ -34,22 +35,35 @@ class InferenceResult:
 
 
 class InferenceBackend(abc.ABC):
-    """`resolve` is cheap and synchronous; `infer` is awaited once per request."""
+    """`resolve` is cheap and synchronous; `infer` is awaited once per request. Subclasses keep the
+    versions they can serve in `_handles`; resolution rules are shared so every backend routes alike."""
 
     name: str = "abstract"
+    _handles: dict[tuple[str, int], ModelHandle]
+    _where: str = ""  # how NOT_FOUND messages describe where models are looked for
 
-    @abc.abstractmethod
+    def models(self) -> dict[str, list[int]]:
+        """Loaded versions per model name, ascending."""
+        out: dict[str, list[int]] = {}
+        for name, version in sorted(self._handles):
+            out.setdefault(name, []).append(version)
+        return out
+
     def resolve(self, model_name: str, version: int | None) -> ModelHandle:
-        """The handle for a pinned version, or the serving (newest loaded) version when None.
+        """The handle for a pinned version, or the newest loaded version when None.
         Raises ModelNotFound naming what exists."""
+        versions = self.models().get(model_name)
+        if not versions:
+            raise ModelNotFound(f"model.name: no model {model_name!r}{self._where}; serving {sorted(self.models())}")
+        if version is None:
+            return self._handles[(model_name, versions[-1])]
+        if version not in versions:
+            raise ModelNotFound(f"model.version: {model_name!r} has no version {version}; loaded versions {versions}")
+        return self._handles[(model_name, version)]
 
     @abc.abstractmethod
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         """Runs the model once on the assembled batch."""
-
-    @abc.abstractmethod
-    def models(self) -> dict[str, list[int]]:
-        """Loaded versions per model name."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connects / loads; called once before serving."""

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from exporters.manifest import ModelManifest
 from models.features import FeatureSpec
 from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
-from serving.errors import ModelLoadError, ModelNotFound
+from serving.errors import ModelLoadError
 from serving.model_repository import scan
 
 log = logging.getLogger(__name__)
@@ -72,22 +72,6 @@ class EmbeddedBackend(InferenceBackend):
 
     async def start(self) -> None:
         self.load()
-
-    def models(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for name, version in sorted(self._handles):
-            out.setdefault(name, []).append(version)
-        return out
-
-    def resolve(self, model_name: str, version: int | None) -> ModelHandle:
-        versions = self.models().get(model_name)
-        if not versions:
-            raise ModelNotFound(f"model.name: no model {model_name!r}; serving {sorted(self.models())}")
-        if version is None:
-            return self._handles[(model_name, versions[-1])]
-        if version not in versions:
-            raise ModelNotFound(f"model.version: {model_name!r} has no version {version}; loaded versions {versions}")
-        return self._handles[(model_name, version)]
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         # A few hundred rows take tens of microseconds: running inline beats a thread hop.

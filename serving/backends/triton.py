@@ -58,6 +58,7 @@ class TritonBackend(InferenceBackend):
     `infer` makes exactly one Triton call."""
 
     name = "triton"
+    _where = " ready in Triton"
 
     def __init__(self, url: str, repository: str | Path, *, timeout_s: float = 2.0, refresh_s: float = 5.0) -> None:
         self.url = url
@@ -134,22 +135,6 @@ class TritonBackend(InferenceBackend):
     @staticmethod
     def _handle(key: tuple[str, int], manifest: ModelManifest) -> ModelHandle:
         return ModelHandle(key[0], key[1], manifest, FeatureSpec.from_dict(manifest.feature_spec))
-
-    def models(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for name, version in sorted(self._handles):
-            out.setdefault(name, []).append(version)
-        return out
-
-    def resolve(self, model_name: str, version: int | None) -> ModelHandle:
-        versions = self.models().get(model_name)
-        if not versions:
-            raise ModelNotFound(f"model.name: no model {model_name!r} ready in Triton; serving {sorted(self.models())}")
-        if version is None:
-            return self._handles[(model_name, versions[-1])]
-        if version not in versions:
-            raise ModelNotFound(f"model.version: {model_name!r} has no version {version}; loaded versions {versions}")
-        return self._handles[(model_name, version)]
 
     def _request(self, handle: ModelHandle, inputs: dict[str, np.ndarray]):
         import tritonclient.grpc.aio as grpcclient
