@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protos.adrank.v1 import ranking_pb2
+from serving.client import fill_user_features
 
 PLACEMENTS = ("feed", "story", "search", "video")
 PLACEMENT_WEIGHTS = (0.6, 0.2, 0.1, 0.1)
@@ -92,11 +93,7 @@ def build_score_request(catalog: Mapping[str, np.ndarray], user_id: int, n_candi
     req = ranking_pb2.ScoreRequest(user_id=int(user_id), request_time_ms=int(request_time_ms))
     req.context.placement = PLACEMENTS[rng.choice(len(PLACEMENTS), p=PLACEMENT_WEIGHTS)]
     req.context.device = DEVICES[rng.choice(len(DEVICES), p=DEVICE_WEIGHTS)]
-    users = catalog["user_id"]
-    u = int(np.searchsorted(users, user_id))
-    if u < len(users) and users[u] == user_id:
-        req.user.segment = int(catalog["user_segment"][u])
-        req.user.recent_categories.extend(int(c) for c in catalog["user_recent"][u] if c >= 0)
+    fill_user_features(req, catalog, user_id)
     n_ads = len(catalog["ad_id"])
     pick = rng.choice(n_ads, size=min(int(n_candidates), n_ads), replace=False)
     bids = catalog["bid"][pick].astype(np.float64) * rng.uniform(0.8, 1.2, size=len(pick))

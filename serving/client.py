@@ -13,6 +13,15 @@ PLACEMENT_CHOICES = ("feed", "story", "search", "video")
 DEVICE_CHOICES = ("ios", "android", "web")
 
 
+def fill_user_features(req: ranking_pb2.ScoreRequest, catalog: Mapping[str, np.ndarray], user_id: int) -> None:
+    """The user's segment and recent click categories from the catalog, as a feature store would."""
+    users = catalog["user_id"]
+    u = int(np.searchsorted(users, user_id))
+    if u < len(users) and users[u] == user_id:
+        req.user.segment = int(catalog["user_segment"][u])
+        req.user.recent_categories.extend(int(c) for c in catalog["user_recent"][u] if c >= 0)
+
+
 def build_request(user_id: int, n_candidates: int, catalog: Mapping[str, np.ndarray] | None, *, seed: int = 0,
                   request_time_ms: int | None = None, model: str = "", version: int | None = None,
                   request_id: str = "") -> ranking_pb2.ScoreRequest:
@@ -24,11 +33,7 @@ def build_request(user_id: int, n_candidates: int, catalog: Mapping[str, np.ndar
     req.context.placement = PLACEMENT_CHOICES[rng.integers(len(PLACEMENT_CHOICES))]
     req.context.device = DEVICE_CHOICES[rng.integers(len(DEVICE_CHOICES))]
     if catalog is not None:
-        users = catalog["user_id"]
-        u = int(np.searchsorted(users, user_id))
-        if u < len(users) and users[u] == user_id:
-            req.user.segment = int(catalog["user_segment"][u])
-            req.user.recent_categories.extend(int(c) for c in catalog["user_recent"][u] if c >= 0)
+        fill_user_features(req, catalog, user_id)
         n_ads = len(catalog["ad_id"])
         pick = rng.choice(n_ads, size=min(n_candidates, n_ads), replace=False)
         for i in pick:
