@@ -157,6 +157,13 @@ class Int4Codec(Codec):
         return self._TABLE[data].reshape(len(data), self.dim)
 
 
+def faiss_gpus() -> int:
+    """GPUs faiss can use: > 0 only with a faiss-gpu build on a host with CUDA devices."""
+    import faiss
+
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+
+
 class PQCodec(Codec):
     """faiss ProductQuantizer: `m` sub-vectors of `dim/m` dims, 2**nbits centroids each; m bytes per row at 8 bits.
 
@@ -197,7 +204,13 @@ class PQCodec(Codec):
         pq = faiss.ProductQuantizer(self.dim, self.m, self.nbits)
         pq.verbose = False
         pq.cp.min_points_per_centroid = 1  # small stores are legitimate; silence faiss' sample-size warning
+        gpu_index = None
+        if faiss_gpus() > 0:  # a faiss-gpu build on a CUDA host: k-means assignment runs on the GPUs
+            gpu_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(self.dim // self.m))
+            pq.assign_index = gpu_index  # not owned by pq: `gpu_index` stays referenced until training ends
         pq.train(x)
+        pq.assign_index = None
+        del gpu_index
         self._pq = pq
 
     def state(self) -> dict[str, np.ndarray]:
