@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,8 +80,6 @@ class HistoryProvider:
         spec = {i.name: i for i in handle.manifest.inputs}["fm_history"]
         max_len, dim = int(spec.shape[1]), int(spec.shape[2])
         reader = self.reader(handle.fm_version)
-        import time
-
         t0 = time.perf_counter()
         try:
             if self.backend == "redis":  # network I/O: keep it off the event loop
