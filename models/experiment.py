@@ -19,7 +19,7 @@ from models.data import load_dataset
 from models.data.schema import EventLog
 from models.distill import DistillConfig
 from models.embed import open_history, publish_codes
-from models.fm_pipeline import FMTrainConfig, train_fm
+from models.fm_pipeline import SMALL_FM, FMTrainConfig, train_fm
 from models.metrics import transfer_ratio
 from models.train import HistorySource, TrainConfig, VMData, fit_vm, prepare_vm_data
 from models.vm import VMConfig
@@ -35,8 +35,7 @@ class Profile:
     ablations: bool
     fm_batch_size: int = 256
     fm_lr: float = 1e-3
-    fm_size: tuple[tuple[str, int], ...] = (("n_layers", 2), ("d_model", 16), ("n_heads", 2), ("hidden_dim", 64),
-                                            ("window", 8))
+    fm_size: tuple[tuple[str, int], ...] = tuple(SMALL_FM.items())
 
 
 PROFILES = {

@@ -29,18 +29,22 @@ from models.train import VMData, seed_everything
 MS_PER_HOUR = 3_600_000.0
 
 
+# The FM size used by `adrank train fm` and the experiment: small enough to train on 2 cores.
+SMALL_FM = {"n_layers": 2, "d_model": 16, "n_heads": 2, "hidden_dim": 64, "window": 8}
+
+
 @dataclass(frozen=True, kw_only=True)
 class FMTrainConfig:
-    history_len: int = 64  # T: events of history the FM reads per example
+    history_len: int = 32  # T: events of history the FM reads per example
     code_dim: int = 32  # d: LoopFM code width
     matryoshka: tuple[int, ...] = (4, 8, 16, 32)
-    epochs: int = 2
-    batch_size: int = 512
-    lr: float = 2e-3
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 1e-3
     ae_weight: float = 1.0
     seed: int = 0
     threads: int = 2
-    fm: dict = field(default_factory=dict)  # FMConfig overrides
+    fm: dict = field(default_factory=lambda: dict(SMALL_FM))  # FMConfig overrides
 
 
 @dataclass
