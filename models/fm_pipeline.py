@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.features import SPARSE_FIELDS
@@ -24,7 +23,7 @@ from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
 from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
 from models.metrics import summarize
-from models.train import VMData, seed_everything
+from models.train import VMData, esmm_loss, save_atomic, seed_everything
 
 MS_PER_HOUR = 3_600_000.0
 
@@ -123,9 +122,7 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
         for step, s in enumerate(bar):
             rows = perm[s:s + config.batch_size]
             out = model(**batcher(rows))
-            p_ctcvr = torch.sigmoid(out.ctr_logit) * torch.sigmoid(out.cvr_logit)
-            task = F.binary_cross_entropy_with_logits(out.ctr_logit, click[rows]) + F.binary_cross_entropy(
-                p_ctcvr.clamp(1e-7, 1 - 1e-7), conv[rows])
+            task = esmm_loss(out.ctr_logit, out.cvr_logit, click[rows], conv[rows])
             recon = matryoshka_loss(out.hidden0.detach(), ae, prefixes=config.matryoshka)  # stop-gradient into the FM
             loss = task + config.ae_weight * recon
             opt.zero_grad(set_to_none=True)
@@ -159,16 +156,11 @@ def infer_fm(model: FoundationModel, ae: CodeAutoencoder, batcher: FMBatcher, ro
 
 def save_fm(fm: FMArtifacts, data: VMData, config: FMTrainConfig, path: str | Path) -> Path:
     """FM + autoencoder + everything `adrank embed` needs to rebuild inputs, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"fm_config": asdict(fm.model.cfg), "state_dict": fm.model.state_dict(),
                "ae_dims": [fm.autoencoder.in_dim, fm.autoencoder.code_dim], "ae_state": fm.autoencoder.state_dict(),
                "train_config": asdict(config), "fm_version": fm.fm_version, "feature_spec": data.spec.to_dict(),
                "metrics": fm.metrics, "source": data.events.source}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomic(payload, path)
 
 
 def load_fm(path: str | Path) -> tuple[FoundationModel, CodeAutoencoder, dict]:

@@ -42,6 +42,3 @@ class HistoryIndex:
         sorted_pos = (self.user_start[p] + visible)[:, None] - 1 - j
         out = np.where(mask, self.order[np.clip(sorted_pos, 0, None)], -1)
         return out, mask
-
-    def count_before(self, rows: np.ndarray) -> np.ndarray:
-        return self.visible[self.position[rows]]

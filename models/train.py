@@ -7,9 +7,8 @@ experiment runs many variants over one `VMData`, so the FM runs once per example
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from models.loopfm import drop_history
 from models.metrics import summarize
 from models.vm import BASE_INPUTS, VerticalModel, VMConfig
 
-INPUT_NAMES = BASE_INPUTS
 # rows -> (codes float32 [B, L, d], mask float32 [B, L]) of FM codes strictly before each row's time
 HistorySource = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
@@ -66,6 +64,25 @@ class TrainResult:
     source: str = ""
     fm_version: str = "none"
     test_predictions: np.ndarray | None = None
+
+
+def esmm_loss(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, click: torch.Tensor,
+              conversion: torch.Tensor) -> torch.Tensor:
+    """pCTR on every impression + pCTCVR = pCTR × pCVR on every impression (ESMM): pCVR learns from the
+    whole impression space, not only clicked rows. Shared by the VM and the FM."""
+    p_ctcvr = torch.sigmoid(ctr_logit) * torch.sigmoid(cvr_logit)
+    return F.binary_cross_entropy_with_logits(ctr_logit, click) + F.binary_cross_entropy(
+        p_ctcvr.clamp(1e-7, 1 - 1e-7), conversion)
+
+
+def save_atomic(payload: dict, path: str | Path) -> Path:
+    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -152,9 +169,7 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
             rows = perm[s:s + bs]
             h = model.trunk(*batch_inputs(data, vm_config, rows, train=True, generator=gen))
             ctr_logit, cvr_logit = model.ctr_head(h).squeeze(-1), model.cvr_head(h).squeeze(-1)
-            p_ctcvr = torch.sigmoid(ctr_logit) * torch.sigmoid(cvr_logit)
-            loss = F.binary_cross_entropy_with_logits(ctr_logit, click[rows]) + F.binary_cross_entropy(
-                p_ctcvr.clamp(1e-7, 1 - 1e-7), conv[rows])
+            loss = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
             if distill.mode != "none":
                 fm = fm_logits[rows]
                 if adapter is not None:  # fit the adapter to fresh labels first, then distil from it
@@ -191,8 +206,6 @@ def train_vm(events: EventLog, vm_config: VMConfig = VMConfig(), train_config: T
 
 def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | None = None) -> Path:
     """Writes weights + everything export needs (spec, config, metrics) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": result.model.state_dict(),
         "feature_spec": result.spec.to_dict(),
@@ -203,10 +216,7 @@ def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | 
         "fm_version": fm_version or result.fm_version,
         "source": result.source,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomic(payload, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[VerticalModel, dict]:
@@ -216,12 +226,3 @@ def load_checkpoint(path: str | Path) -> tuple[VerticalModel, dict]:
     model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload
-
-
-def metrics_json(result: TrainResult) -> str:
-    return json.dumps(result.metrics, indent=2, sort_keys=True)
-
-
-def tensors_for(feats: Mapping[str, np.ndarray], rows: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """Base input tensors for `rows` (for callers outside a training run)."""
-    return tuple(torch.from_numpy(np.ascontiguousarray(feats[k][rows])) for k in BASE_INPUTS)
