@@ -25,6 +25,8 @@ from torch import nn
 
 from models.fm.config import FMConfig
 
+AGE_SCALE = 9.1  # log1p(hours in a year): ages beyond a year saturate gently, not explosively
+
 
 class TypedAdapter(nn.Module):
     """Per-event-type residual adapter with type-specific hidden widths and an output scale."""
@@ -67,6 +69,8 @@ class EventEmbedding(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.adapter = TypedAdapter(d, cfg.type_widths)
         own = [self.event_type] if shared is not None else [self.item, self.category, self.event_type]
+        nn.init.normal_(self.age.weight, std=0.1)  # recency starts as one feature among equals
+        nn.init.zeros_(self.age.bias)
         for emb in own:  # a list, not a set: initialization order must be reproducible
             nn.init.normal_(emb.weight, std=0.1)
             if emb.padding_idx is not None:
@@ -75,8 +79,11 @@ class EventEmbedding(nn.Module):
 
     def forward(self, item: torch.Tensor, category: torch.Tensor, event_type: torch.Tensor, age: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        # age is log1p(hours); its square lets a linear layer bend recency (hours vs weeks) cheaply
-        age_feat = self.age(torch.stack([age, age * age], dim=-1))
+        # age is log1p(hours); its square lets a linear layer bend recency (hours vs weeks) cheaply. Scaled
+        # to ~[0, 1] first: unscaled, the squared term (up to ~50) swamps the 0.1-scale id embeddings in
+        # the LayerNorm below and the FM cannot tell which ad or category an event was about.
+        a = age / AGE_SCALE
+        age_feat = self.age(torch.stack([a, a * a], dim=-1))
         x = self.norm(self.item(item) + self.category(category) + self.event_type(event_type) + age_feat)
         return self.adapter(x, event_type) * mask.unsqueeze(-1).to(x.dtype)
 
