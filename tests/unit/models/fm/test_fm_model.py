@@ -115,6 +115,34 @@ def test_training_learns_a_history_target_task_and_uses_the_history() -> None:
     assert held_shuffled > held + 0.2, (held, held_shuffled)
 
 
+def test_matching_a_history_category_is_learned_with_realistic_event_ages() -> None:
+    """Real histories span weeks: ages are log1p(hours) up to ~7.3. The label is make_batch's own
+    (the candidate's category occurs in the history), a pure id match; recency must not drown it."""
+    torch.manual_seed(4)
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(4)
+
+    def batch_of(b: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        batch, y = make_batch(b, 16, g, max_events=8)
+        hours = torch.rand(batch["hist_age"].shape, generator=g) * 24 * 60
+        batch["hist_age"] = torch.log1p(hours) * batch["hist_mask"]
+        return batch, y
+
+    model = FoundationModel(TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    held_out, y_held = batch_of(512)
+    for _ in range(150):
+        batch, y = batch_of(64)
+        loss = F.binary_cross_entropy_with_logits(model(**batch).ctr_logit, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        held = F.binary_cross_entropy_with_logits(model(**held_out).ctr_logit, y_held).item()
+    assert held < 0.6 * _entropy(y_held.mean().item()), held
+
+
 def test_onnx_export_has_dynamic_batch_and_history_length(tmp_path) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
