@@ -1,4 +1,4 @@
-"""Versioned point-in-time store of historical FM embeddings (numpy-only request path; no torch).
+"""Versioned point-in-time store of historical FM embeddings (numpy + a numba kernel on the request path; no torch).
 
     from embedding_cache import open_reader, EmbeddedWriter
     writer = EmbeddedWriter(root, fm_version="fm-v1", dim=32, codec="int8")

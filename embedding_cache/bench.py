@@ -5,6 +5,9 @@ one request's lookups (1 user + 200 ads) p50/p99 on the embedded store; a plain 
 bytes from in-memory arrays (the limit) and the ratio to it; batched throughput; the same request on
 Redis (a smaller user count, since 1M x 64 packed values cost GBs of Redis memory and minutes to load);
 bytes per 1M users; and each codec's size and reconstruction error.
+
+User and ad ids are 0..N-1 by default (`--ids dense`); `--ids sparse` spreads them over ~2**40 (like
+hashed ids), so the cache must search for them. The numpy baseline gathers by row number either way.
 """
 
 from __future__ import annotations
@@ -30,16 +33,25 @@ T0 = 1_700_000_000_000
 FM = "fm-bench"
 
 
-def _fill(writer, users: int, history: int, dim: int, n_ads: int, seed: int, chunk: int = 50_000) -> None:
+def _id_map(n: int, ids: str, seed: int) -> np.ndarray:
+    """Id of the i-th user or ad: i itself ("dense") or sorted unique ids about 2**20 apart ("sparse")."""
+    if ids == "dense":
+        return np.arange(n, dtype=np.int64)
+    return (np.arange(n, dtype=np.int64) << 20) | np.random.default_rng(seed + 1).integers(0, 1 << 20, n)
+
+
+def _fill(writer, users: int, history: int, dim: int, n_ads: int, seed: int, chunk: int = 50_000,
+          ids: str = "dense") -> None:
     """Vectorized synthetic codes: tanh-bounded uniform values, one per minute per user, users in chunks."""
     rng = np.random.default_rng(seed)
+    user_map, ad_map = _id_map(users, ids, seed), _id_map(n_ads, ids, seed + 7)
     for lo in range(0, users, chunk):
         n = min(chunk, users - lo)
-        uids = np.repeat(np.arange(lo, lo + n, dtype=np.int64), history)
+        uids = np.repeat(user_map[lo:lo + n], history)
         ts = T0 + np.tile(np.arange(history, dtype=np.int64) * 60_000, n) + rng.integers(0, 1000, n * history)
         ts = np.sort(ts.reshape(n, history), axis=1).ravel()
         writer.append_user_codes(uids, ts, rng.uniform(-1, 1, (n * history, dim)).astype(np.float32))
-    writer.append_ad_codes(np.arange(n_ads, dtype=np.int64), rng.uniform(-1, 1, (n_ads, dim)).astype(np.float32))
+    writer.append_ad_codes(ad_map, rng.uniform(-1, 1, (n_ads, dim)).astype(np.float32))
 
 
 def _timed(fn: Callable[[int], object], n: int) -> np.ndarray:
@@ -62,9 +74,10 @@ def _requests(rng: np.random.Generator, users: int, n_ads: int, n_req: int, ads_
 
 
 def _measure_reader(reader: CacheReader, users: int, history: int, n_ads: int, n_req: int, ads: int,
-                    seed: int) -> dict[str, float]:
+                    seed: int, ids: str = "dense") -> dict[str, float]:
     rng = np.random.default_rng(seed)
-    uids, ad_ids = _requests(rng, users, n_ads, n_req, ads)
+    user_pos, ad_pos = _requests(rng, users, n_ads, n_req, ads)
+    uids, ad_ids = _id_map(users, ids, seed)[user_pos], _id_map(n_ads, ids, seed + 7)[ad_pos]
     t_req = T0 + history * 60_000 + 5_000
     for i in range(min(200, n_req)):  # warm caches and code paths
         reader.lookup(int(uids[i]), t_req, history, ad_ids[i])
@@ -76,7 +89,7 @@ def _embedded(root: Path, a: argparse.Namespace) -> dict:
 
     t = time.perf_counter()
     w = EmbeddedWriter(root, FM, dim=a.dim, codec=a.codec, retention=RetentionConfig(max_per_user=a.history))
-    _fill(w, a.users, a.history, a.dim, a.ads_total, a.seed)
+    _fill(w, a.users, a.history, a.dim, a.ads_total, a.seed, ids=a.ids)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
     w.publish(now_ms=T0 + 10**9)
@@ -85,7 +98,7 @@ def _embedded(root: Path, a: argparse.Namespace) -> dict:
     t = time.perf_counter()
     reader = open_reader("embedded", root, FM)
     open_ms = (time.perf_counter() - t) * 1000
-    one = _measure_reader(reader, a.users, a.history, a.ads_total, a.requests, a.ads, a.seed)
+    one = _measure_reader(reader, a.users, a.history, a.ads_total, a.requests, a.ads, a.seed, a.ids)
 
     # The limit: gather the same rows (codes + scales) from in-memory arrays with precomputed indices.
     snap = open_snapshot(root, FM)
@@ -106,7 +119,7 @@ def _embedded(root: Path, a: argparse.Namespace) -> dict:
     raw = _stats(_timed(raw_gather, a.requests))
     deq = _stats(_timed(gather_dequant, a.requests)) if a.codec == "int8" else None
 
-    batch_users = rng.integers(0, a.users, (20, 256))
+    batch_users = _id_map(a.users, a.ids, a.seed)[rng.integers(0, a.users, (20, 256))]
     t_req = T0 + a.history * 60_000 + 5_000
     reader.user_history(batch_users[0], t_req, a.history)
     tb = time.perf_counter()
@@ -116,7 +129,8 @@ def _embedded(root: Path, a: argparse.Namespace) -> dict:
 
     disk = sum(f.stat().st_size for f in (version_dir(root, FM) / "snapshots").rglob("*.bin"))
     return {
-        "users": a.users, "history": a.history, "codec": a.codec, "rows": int(snap.n_rows),
+        "users": a.users, "history": a.history, "codec": a.codec, "ids": a.ids, "rows": int(snap.n_rows),
+        "lookup_path": getattr(reader, "lookup_path", "numpy"),
         "build_s": build_s, "publish_s": publish_s, "open_ms": open_ms, "lookup": one,
         "numpy_gather": raw, "numpy_gather_dequant": deq,
         "ratio_p50_vs_gather": one["p50_us"] / raw["p50_us"],
@@ -156,12 +170,12 @@ def _redis(a: argparse.Namespace) -> dict | None:
         before = int(client.info("memory")["used_memory"])
         t = time.perf_counter()
         w = RedisWriter(url, FM, dim=a.dim, codec=a.codec, retention=RetentionConfig(max_per_user=a.history))
-        _fill(w, a.redis_users, a.history, a.dim, a.ads_total, a.seed)
+        _fill(w, a.redis_users, a.history, a.dim, a.ads_total, a.seed, ids=a.ids)
         w.publish(now_ms=T0 + 10**9)
         load_s = time.perf_counter() - t
         used = int(client.info("memory")["used_memory"]) - before
         reader = open_reader("redis", url, FM)
-        one = _measure_reader(reader, a.redis_users, a.history, a.ads_total, a.requests, a.ads, a.seed)
+        one = _measure_reader(reader, a.redis_users, a.history, a.ads_total, a.requests, a.ads, a.seed, a.ids)
         return {"users": a.redis_users, "load_s": load_s, "lookup": one, "redis_used_memory_bytes": used,
                 "bytes_per_1m_users": int(used / a.redis_users * 1_000_000), "url_given": a.redis_url is not None}
     finally:
@@ -179,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ads", type=int, default=200, help="candidate ads per request")
     p.add_argument("--ads-total", type=int, default=100_000, help="ads in the store")
     p.add_argument("--requests", type=int, default=5_000)
+    p.add_argument("--ids", choices=("dense", "sparse"), default="dense",
+                   help="user/ad ids 0..N-1, or spread over ~2**40 like hashed ids")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of starting a redis-server")
     p.add_argument("--redis-users", type=int, default=20_000, help="users loaded into Redis (0 skips Redis)")
     p.add_argument("--root", default=None, help="directory for the embedded store (default: a temp dir)")
@@ -190,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print(results: dict) -> None:
     e = results["embedded"]
     lines = [
-        f"embedded  {e['users']:>9,} users x L={e['history']} ({e['codec']}): "
+        f"embedded  {e['users']:>9,} users x L={e['history']} ({e['codec']}, {e['ids']} ids, "
+        f"{e['lookup_path']} lookup): "
         f"p50 {e['lookup']['p50_us']:.1f} us  p99 {e['lookup']['p99_us']:.1f} us  "
         f"{e['lookup']['requests_per_s']:,.0f} req/s",
         f"numpy gather (same bytes):      p50 {e['numpy_gather']['p50_us']:.1f} us  "

@@ -1,73 +1,108 @@
 """In-process store: a writer and readers sharing snapshots in memory (tests, notebooks, modeling code).
 
-It runs the same publish (compaction, retention, codecs) and the same vectorized lookups as the
-embedded store, only without files, so it passes the same conformance suite.
+It runs the same publish (compaction, retention, codecs) and the same lookups (the fused kernel or the
+vectorized numpy path) as the embedded store, only without files, so it passes the same conformance suite.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 from prometheus_client.registry import CollectorRegistry
 
 from embedding_cache import csr
+from embedding_cache.batch import HistoryBatch
 from embedding_cache.config import LookupLimits, RetentionConfig
 from embedding_cache.errors import FmVersionMismatchError, SnapshotNotFoundError
-from embedding_cache.reader import CacheReader, ViewInfo
+from embedding_cache.kernels import RequestKernel
+from embedding_cache.reader import CacheReader, ViewInfo, raise_negative
 from embedding_cache.snapshot_data import SnapshotData
 from embedding_cache.writer import SnapshotWriter, format_snapshot_id
 
 
+class _Served(NamedTuple):
+    """Everything a lookup reads from one snapshot, swapped as ONE reference."""
+
+    data: SnapshotData
+    info: ViewInfo
+    kernel: RequestKernel | None  # the fused lookup, None on the numpy path
+
+
 class CsrReader(CacheReader):
-    """A reader over a SnapshotData reference; `refresh` swaps the reference (no pause, no lock on reads)."""
+    """A reader over a SnapshotData reference; `refresh` swaps the reference (no pause, no lock on reads).
+
+    `lookup` runs the fused numba kernel (kernels.py) when numba is available, else the numpy path of
+    csr.py; both give bit-identical results. `lookup_path` says which one serves.
+    """
 
     backend = "memory"
 
     def __init__(self, data: SnapshotData, limits: LookupLimits, registry: CollectorRegistry | None) -> None:
         super().__init__(data.fm_version, limits, registry)
-        self._data = data
+        self._served = self._serve(data)
         self.metrics.record_snapshot(data.snapshot_id, data.created_ms)
+
+    @staticmethod
+    def _serve(data: SnapshotData) -> _Served:
+        # Built before the swap (compiling the kernel on the first open), so no request waits for it.
+        return _Served(data, ViewInfo(data.snapshot_id, data.prior), RequestKernel.for_snapshot(data))
 
     def _swap(self, data: SnapshotData) -> bool:
         if data.fm_version != self.fm_version:
             raise FmVersionMismatchError(
                 f"snapshot {data.snapshot_id} is {data.fm_version}, reader is {self.fm_version}")
-        if data.snapshot_id == self._data.snapshot_id:
+        if data.snapshot_id == self._served.data.snapshot_id:
             return False
-        self._data = data
+        self._served = self._serve(data)
         self.metrics.record_snapshot(data.snapshot_id, data.created_ms)
         return True
 
     @property
     def dim(self) -> int:
-        return self._data.dim
+        return self._served.data.dim
 
     @property
     def snapshot_id(self) -> str:
-        return self._data.snapshot_id
+        return self._served.data.snapshot_id
 
-    @staticmethod
-    def _info(data: SnapshotData) -> ViewInfo:
-        return ViewInfo(data.snapshot_id, data.prior)
+    @property
+    def lookup_path(self) -> str:
+        """Which lookup serves: "numba" (the fused kernel) or "numpy" (no numba, or ADRANK_CACHE_KERNEL=numpy)."""
+        return "numpy" if self._served.kernel is None else "numba"
 
     def _users(self, user_ids: np.ndarray, t: np.ndarray, max_len: int) -> tuple[csr.RawHistory, ViewInfo]:
-        data = self._data  # one reference per call: a concurrent refresh never mixes snapshots
+        served = self._served  # one reference per call: a concurrent refresh never mixes snapshots
         if len(user_ids) == 1:
-            return csr.user_history_one(data, int(user_ids[0]), int(t[0]), max_len), self._info(data)
-        return csr.user_history_batch(data, user_ids, t, max_len), self._info(data)
+            return csr.user_history_one(served.data, int(user_ids[0]), int(t[0]), max_len), served.info
+        return csr.user_history_batch(served.data, user_ids, t, max_len), served.info
 
     def _ads(self, ad_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, ViewInfo]:
-        data = self._data
-        codes, hit = csr.ad_codes(data, ad_ids)
-        return codes, hit, self._info(data)
+        served = self._served
+        codes, hit = csr.ad_codes(served.data, ad_ids)
+        return codes, hit, served.info
 
     def _request(self, user_id: int, t: int, max_len: int, ad_ids: np.ndarray
                  ) -> tuple[csr.RawHistory, np.ndarray, np.ndarray, ViewInfo]:
-        data = self._data
-        raw = csr.user_history_one(data, user_id, t, max_len)
-        codes, hit = csr.ad_codes(data, ad_ids)
-        return raw, codes, hit, self._info(data)
+        served = self._served
+        raw = csr.user_history_one(served.data, user_id, t, max_len)
+        codes, hit = csr.ad_codes(served.data, ad_ids)
+        return raw, codes, hit, served.info
+
+    def lookup(self, user_id: int, t_ms: int, max_len: int, ad_ids: np.ndarray
+               ) -> tuple[HistoryBatch, np.ndarray, np.ndarray]:
+        """See CacheReader.lookup; the fused kernel checks ad ids for negatives while it searches them."""
+        served = self._served
+        if served.kernel is None:
+            return super().lookup(user_id, t_ms, max_len, ad_ids)
+        user_id, t_ms, max_len, ids = self._check_request(user_id, t_ms, max_len, ad_ids, check_negative=False)
+        history, stamps, n_found, newest_ms, ads, hit, n_hit, first_negative = served.kernel.lookup(
+            user_id, t_ms, max_len, ids)
+        if first_negative >= 0:
+            raise_negative(ids, "ad_ids")
+        hb = self._finish_request(history, stamps, n_found, newest_ms, served.info, t_ms, len(ids), n_hit)
+        return hb, ads, hit
 
 
 class MemoryReader(CsrReader):

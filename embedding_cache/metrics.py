@@ -62,6 +62,19 @@ class CacheMetrics(Collector):
                 self.staleness_sum_ms += s
                 self._bucket_counts[bisect.bisect_left(STALENESS_BUCKETS_MS, s)] += 1
 
+    def record_request(self, staleness_ms: int | None, n_ads: int, n_ad_hits: int) -> None:
+        """One `lookup` (one user, n_ads ads) in one update; staleness None means the user fell back."""
+        with self._lock:
+            self.user_lookups += 1
+            self.ad_lookups += n_ads
+            self.ad_hits += n_ad_hits
+            if staleness_ms is None:
+                self.fallbacks += 1
+                return
+            self.user_hits += 1
+            self.staleness_sum_ms += staleness_ms
+            self._bucket_counts[bisect.bisect_left(STALENESS_BUCKETS_MS, staleness_ms)] += 1
+
     def record_ads(self, hit: np.ndarray) -> None:
         n_hit = int(hit.sum())
         with self._lock:

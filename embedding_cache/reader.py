@@ -21,6 +21,9 @@ from embedding_cache.errors import InvalidLookupError
 from embedding_cache.metrics import CacheMetrics
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_INT64_MAX = 2**63 - 1
+_INT64 = np.dtype(np.int64)
+_INT_TYPES = (int, np.integer)
 
 
 def check_fm_version(fm_version: str) -> str:
@@ -37,19 +40,32 @@ class ViewInfo(NamedTuple):
     prior: np.ndarray
 
 
-def _as_ids(values: object, field: str) -> np.ndarray:
+def _as_ids(values: object, field: str, check_negative: bool = True) -> np.ndarray:
+    """int64 [n] from any 1-D integer input; `check_negative=False` leaves that check to the caller."""
     arr = np.asarray(values)
     if arr.ndim != 1:
         raise InvalidLookupError(f"{field} must be a 1-D array, got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        if arr.size == 0:
-            arr = arr.astype(np.int64)
-        else:
+    if arr.dtype != _INT64:
+        if arr.dtype.kind not in "iu" and arr.size:
             raise InvalidLookupError(f"{field} must be integers, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and int(arr.min()) < 0:
-        raise InvalidLookupError(f"{field} must be >= 0, got {int(arr.min())}")
+        if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64_MAX:
+            raise InvalidLookupError(f"{field} must be < 2**63, got {int(arr.max())}")
+        arr = arr.astype(np.int64)
+    if check_negative and arr.size and int(arr.min()) < 0:
+        raise_negative(arr, field)
     return arr
+
+
+def raise_negative(arr: np.ndarray, field: str) -> None:
+    """The error for ids below zero (shared by the numpy checks and the fused kernel's report)."""
+    raise InvalidLookupError(f"{field} must be >= 0, got {int(arr.min())}")
+
+
+def _check_scalar_id(value: object, field: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, _INT_TYPES) or not minimum <= value <= _INT64_MAX:
+        what = "an int >= 0" if minimum == 0 else "an int > 0 (ms since epoch)"
+        raise InvalidLookupError(f"{field} must be {what} and < 2**63, got {value!r}")
+    return int(value)
 
 
 class CacheReader(ABC):
@@ -114,17 +130,23 @@ class CacheReader(ABC):
 
     # -- validation ------------------------------------------------------------------------------------
     def _check_len(self, max_len: int) -> int:
-        if isinstance(max_len, bool) or not isinstance(max_len, int | np.integer):
+        if isinstance(max_len, bool) or not isinstance(max_len, _INT_TYPES):
             raise InvalidLookupError(f"max_len must be an int, got {type(max_len).__name__}")
         if not 1 <= max_len <= self.limits.max_len:
             raise InvalidLookupError(f"max_len must be in [1, {self.limits.max_len}], got {max_len}")
         return int(max_len)
 
-    def _check_ads(self, ad_ids: object) -> np.ndarray:
-        ids = _as_ids(ad_ids, "ad_ids")
+    def _check_ads(self, ad_ids: object, check_negative: bool = True) -> np.ndarray:
+        ids = _as_ids(ad_ids, "ad_ids", check_negative)
         if len(ids) > self.limits.max_ads:
             raise InvalidLookupError(f"ad_ids has {len(ids)} ids; the limit is max_ads={self.limits.max_ads}")
         return ids
+
+    def _check_request(self, user_id: object, t_ms: object, max_len: object, ad_ids: object,
+                       check_negative: bool = True) -> tuple[int, int, int, np.ndarray]:
+        """Validated (user_id, t_ms, max_len, int64 ad ids) of one `lookup` call."""
+        return (_check_scalar_id(user_id, "user_id", 0), _check_scalar_id(t_ms, "t_ms", 1),
+                self._check_len(max_len), self._check_ads(ad_ids, check_negative))
 
     @staticmethod
     def _check_t(t_ms: object, n: int) -> np.ndarray:
@@ -179,12 +201,21 @@ class CacheReader(ABC):
 
         Returns (HistoryBatch with B=1, ad codes float32 [N, dim], ad hit bool [N]).
         """
-        if isinstance(user_id, bool) or not isinstance(user_id, int | np.integer) or user_id < 0:
-            raise InvalidLookupError(f"user_id must be an int >= 0, got {user_id!r}")
-        if isinstance(t_ms, bool) or not isinstance(t_ms, int | np.integer) or t_ms <= 0:
-            raise InvalidLookupError(f"t_ms must be an int > 0 (ms since epoch), got {t_ms!r}")
-        max_len = self._check_len(max_len)
-        ids = self._check_ads(ad_ids)
-        raw, codes, hit, view = self._request(int(user_id), int(t_ms), max_len, ids)
-        self.metrics.record_ads(hit)
-        return self._finish(raw, np.array([t_ms], np.int64), view), codes, hit
+        user_id, t_ms, max_len, ids = self._check_request(user_id, t_ms, max_len, ad_ids)
+        raw, codes, hit, view = self._request(user_id, t_ms, max_len, ids)
+        n_found = int(raw.lengths[0])
+        newest_ms = int(raw.timestamps[0, 0])
+        hb = self._finish_request(raw.codes, raw.timestamps, n_found, newest_ms, view, t_ms, len(hit), int(hit.sum()))
+        return hb, codes, hit
+
+    def _finish_request(self, codes: np.ndarray, stamps: np.ndarray, n_found: int, newest_ms: int, view: ViewInfo,
+                        t_ms: int, n_ads: int, n_hit: int) -> HistoryBatch:
+        """One request's HistoryBatch (B=1, cold start filled) and its metrics in one update."""
+        if n_found:
+            self.metrics.record_request(t_ms - newest_ms, n_ads, n_hit)
+            return HistoryBatch.of_request(codes, np.array([n_found], np.int64), stamps, np.zeros(1, np.bool_),
+                                           view.snapshot_id, self._fm_version)
+        self.metrics.record_request(None, n_ads, n_hit)
+        codes[0, 0] = view.prior  # cold start: the population prior, timestamp 0, flagged as fallback
+        return HistoryBatch.of_request(codes, np.array([1], np.int64), stamps, np.array([True]), view.snapshot_id,
+                                       self._fm_version)

@@ -93,9 +93,11 @@ def cache_rows(cache: dict | None, why: str) -> list[Row]:
     if cache is None:
         return [Row.unavailable("cache lookup vs numpy gather", why), Row.unavailable("Redis vs embedded cache", why)]
     e = cache["embedded"]
+    ratio = e["ratio_p50_vs_gather"]
     rows = [Row("cache lookup vs numpy gather", f"{e['lookup']['p50_us']:.1f} µs p50 (p99 {e['lookup']['p99_us']:.1f})",
-                f"{e['numpy_gather']['p50_us']:.1f} µs", e["ratio_p50_vs_gather"], "", None,
-                f"{e['users']:,} users × L={e['history']} {e['codec']}, 1 user + 200 ads per lookup", e)]
+                f"{e['numpy_gather']['p50_us']:.1f} µs", ratio, "≤ 2×", ratio <= 2.0,
+                f"{e['users']:,} users × L={e['history']} {e['codec']}, 1 user + 200 ads per lookup, "
+                f"{e.get('ids', 'dense')} ids, {e.get('lookup_path', 'numpy')} lookup", e)]
     r = cache.get("redis")
     if r:
         ratio = r["lookup"]["p50_us"] / e["lookup"]["p50_us"]

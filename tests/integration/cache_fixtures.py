@@ -26,9 +26,12 @@ from embedding_cache import (
     RetentionConfig,
     open_reader,
 )
+from embedding_cache.kernels import ENV_SWITCH
 from embedding_cache.writer import SnapshotWriter
 
-BACKENDS = ("memory", "embedded", "redis")
+# "memory-numpy": the in-memory store with the fused kernel switched off, so the numpy lookup path passes
+# the whole suite too (the other backends use the kernel whenever numba is installed).
+BACKENDS = ("memory", "memory-numpy", "embedded", "redis")
 
 
 def free_port() -> int:
@@ -95,6 +98,9 @@ class StoreFactory:
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if request.param == "memory":
+        return StoreFactory("memory", InMemoryStore())
+    if request.param == "memory-numpy":
+        request.getfixturevalue("monkeypatch").setenv(ENV_SWITCH, "numpy")
         return StoreFactory("memory", InMemoryStore())
     if request.param == "embedded":
         return StoreFactory("embedded", tmp_path / "cache")

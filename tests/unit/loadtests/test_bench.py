@@ -19,6 +19,7 @@ def _cache_json(redis: bool = True) -> dict:
 def test_cache_rows_are_ratios_against_their_baselines() -> None:
     gather, redis = bench.cache_rows(_cache_json(), "")
     assert gather.ratio == 10.0 and "5.0 µs" in gather.baseline
+    assert gather.target == "≤ 2×" and gather.met is False
     assert redis.ratio == 12.0
 
 
