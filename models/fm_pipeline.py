@@ -9,8 +9,10 @@ the FM, tanh codes, Matryoshka loss; codes are stored quantized.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,9 @@ class FMTrainConfig:
     history_len: int = 32  # T: events of history the FM reads per example
     code_dim: int = 32  # d: LoopFM code width
     matryoshka: tuple[int, ...] = (4, 8, 16, 32)
-    epochs: int = 3
+    epochs: int = 4  # at most; early stopping on the validation slice usually ends sooner
+    validation_fraction: float = 0.1  # the latest part of the training range, held out for early stopping
+    patience: int = 1  # epochs without a better validation NE before stopping
     batch_size: int = 256
     lr: float = 1e-3
     ae_weight: float = 1.0
@@ -55,6 +59,9 @@ class FMArtifacts:
     codes: np.ndarray  # float32 [N, d] tanh codes, one per event (computed from that event's inputs)
     metrics: dict
     loss_curve: list[float]
+    epochs_run: int = 0
+    best_epoch: int = 0  # 1-based epoch whose weights were kept
+    validation_ne: list[float] = field(default_factory=list)
 
 
 class FMBatcher:
@@ -95,7 +102,8 @@ def fm_version_of(config: FMTrainConfig, source: str, n_events: int) -> str:
     return f"fm-{digest.hexdigest()[:10]}"
 
 
-def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True) -> FMArtifacts:
+def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True,
+             on_epoch: Callable[[int, FoundationModel, FMBatcher], None] | None = None) -> FMArtifacts:
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     fm_cfg = FMConfig(**{"n_items": int(data.events.cardinality["ad_id"]) + 1,
@@ -112,10 +120,13 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
     click = torch.from_numpy(ev["click"].astype(np.float32))
     conv = torch.from_numpy(ev["conversion"].astype(np.float32))
     rng = np.random.default_rng(config.seed)
+    fit_rows, val_rows = validation_split(data, config.validation_fraction)
     curve: list[float] = []
+    val_ne: list[float] = []
+    best: tuple[float, int, dict, dict] | None = None
     for epoch in range(config.epochs):
         model.train()
-        perm = rng.permutation(data.train_idx)
+        perm = rng.permutation(fit_rows)
         bar = tqdm(range(0, len(perm), config.batch_size), desc=f"train fm epoch {epoch + 1}/{config.epochs}",
                    disable=not progress, leave=False)
         running = 0.0
@@ -132,10 +143,42 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
             if step % 50 == 0:
                 curve.append(running)
                 bar.set_postfix(loss=f"{running:.4f}", recon=f"{recon.item():.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, model, batcher)
+        if len(val_rows):
+            val_logits, _ = infer_fm(model, ae, batcher, val_rows, progress=False)
+            val_ne.append(summarize(ev["click"][val_rows], 1 / (1 + np.exp(-val_logits)))["ne"])
+            if progress:
+                tqdm.write(f"fm epoch {epoch + 1}: validation NE {val_ne[-1]:.4f}")
+            if best is None or val_ne[-1] < best[0]:
+                best = (val_ne[-1], epoch + 1, copy.deepcopy(model.state_dict()), copy.deepcopy(ae.state_dict()))
+            elif epoch + 1 - best[1] >= config.patience:
+                break
+    epochs_run = epoch + 1
+    best_epoch = epochs_run
+    if best is not None:  # keep the epoch that generalised best, not the last one
+        best_epoch = best[1]
+        model.load_state_dict(best[2])
+        ae.load_state_dict(best[3])
     logits, codes = infer_fm(model, ae, batcher, np.arange(len(ev)), progress=progress)
     test = data.test_idx
-    metrics = {"test": {f"ctr_{k}": v for k, v in summarize(ev["click"][test], 1 / (1 + np.exp(-logits[test]))).items()}}
-    return FMArtifacts(model, ae, fm_version_of(config, ev.source, len(ev)), logits, codes, metrics, curve)
+    metrics = {"test": {f"ctr_{k}": v for k, v in summarize(ev["click"][test], 1 / (1 + np.exp(-logits[test]))).items()},
+               "validation_ne": val_ne, "best_epoch": best_epoch}
+    return FMArtifacts(model, ae, fm_version_of(config, ev.source, len(ev)), logits, codes, metrics, curve,
+                       epochs_run, best_epoch, val_ne)
+
+
+def validation_split(data: VMData, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows): the validation rows are the latest `fraction` of the training rows by
+    time, so early stopping judges the FM the way the test split will, on events after the ones it fits."""
+    train = data.train_idx
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    n_val = int(len(train) * fraction)
+    if n_val == 0:
+        return train, train[:0]
+    order = np.argsort(data.events["ts_ms"][train], kind="stable")
+    return np.sort(train[order[:-n_val]]), np.sort(train[order[-n_val:]])
 
 
 @torch.no_grad()
