@@ -102,8 +102,8 @@ def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progr
     data = vertical_view(data, profile.vm_placements)
     data.fm_logits, data.fm_version = fm.logits, fm.fm_version
     data.history = cache.history("int4")  # served codes are int4 (LoopFM), from the user's events on every placement
-    log(f"[seed {seed}] VM vertical: placements {profile.vm_placements}, train {len(data.train_idx):,} / "
-        f"test {len(data.test_idx):,}")
+    scope = f"placements {profile.vm_placements}" if len(np.unique(events["placement"])) > 1 else "every row (one placement)"
+    log(f"[seed {seed}] VM vertical: {scope}, train {len(data.train_idx):,} / test {len(data.test_idx):,}")
     base = VMConfig(history_dim=fm.codes.shape[1], history_len=profile.history_len)
     fm_test = summarize(events["click"][data.test_idx], 1 / (1 + np.exp(-fm.logits[data.test_idx])))
     log(f"[seed {seed}] FM on the VM test rows: AUC {fm_test['auc']:.4f} NE {fm_test['ne']:.4f}")
