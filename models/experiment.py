@@ -19,9 +19,9 @@ from models.data import load_dataset
 from models.data.schema import EventLog
 from models.distill import DistillConfig
 from models.embed import open_history, publish_codes
-from models.fm_pipeline import SMALL_FM, FMTrainConfig, train_fm
+from models.fm_pipeline import SMALL_FM, FMTrainConfig, fm_metrics, train_fm
 from models.metrics import summarize, transfer_ratio
-from models.train import HistorySource, TrainConfig, VMData, fit_vm, prepare_vm_data
+from models.train import HistorySource, TrainConfig, TrainResult, VMData, fit_vm, prepare_vm_data
 from models.vm import VMConfig
 
 
@@ -99,13 +99,14 @@ def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progr
         f"NE {fm.metrics['test']['ctr_ne']:.4f}; kept epoch {fm.best_epoch} of {fm.epochs_run} "
         f"(validation NE {', '.join(f'{v:.4f}' for v in fm.validation_ne)}) ({time.perf_counter() - t0:.0f} s)")
     cache = CodeCache(work_dir / f"cache-seed{seed}", fm.fm_version, events, fm.codes)
+    full_train = len(data.train_idx)
     data = vertical_view(data, profile.vm_placements)
     data.fm_logits, data.fm_version = fm.logits, fm.fm_version
     data.history = cache.history("int4")  # served codes are int4 (LoopFM), from the user's events on every placement
-    scope = f"placements {profile.vm_placements}" if len(np.unique(events["placement"])) > 1 else "every row (one placement)"
+    scope = f"placements {profile.vm_placements}" if len(data.train_idx) < full_train else "every row (one placement)"
     log(f"[seed {seed}] VM vertical: {scope}, train {len(data.train_idx):,} / test {len(data.test_idx):,}")
     base = VMConfig(history_dim=fm.codes.shape[1], history_len=profile.history_len)
-    fm_test = summarize(events["click"][data.test_idx], 1 / (1 + np.exp(-fm.logits[data.test_idx])))
+    fm_test = fm_metrics(events, data.test_idx, fm.logits[data.test_idx])
     log(f"[seed {seed}] FM on the VM test rows: AUC {fm_test['auc']:.4f} NE {fm_test['ne']:.4f}")
     out: dict = {"fm": {"auc": fm_test["auc"], "ne": fm_test["ne"],
                         "calibration": fm_test["calibration"], "loss_curve": fm.loss_curve,
@@ -139,6 +140,11 @@ def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfi
     """LoopFM-sum VM (no KD) under one change at a time: history length, code prefix width, codec; then
     KD without history under the ExFM knobs (aux head with β = 1, single head with the student adapter)."""
     results: dict[str, dict] = {}
+
+    def record(label: str, r: TrainResult) -> None:
+        results[label] = {"auc": r.metrics["test"]["ctr_auc"], "ne": r.metrics["test"]["ctr_ne"]}
+        log(f"  ablation {label:10s} AUC {results[label]['auc']:.4f} NE {results[label]['ne']:.4f}")
+
     d = cache.codes.shape[1]
     runs: list[tuple[str, int, int, str]] = (
         [(f"L={n}", n, d, "int4") for n in (1, 4, 16, 64)]
@@ -148,16 +154,13 @@ def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfi
     for label, length, width, codec in runs:
         data.history = cache.history(codec, width=width if width < d else None)
         cfg = replace(base, history_len=length, history_dim=width, history_pooling="sum")
-        r = fit_vm(data, cfg, tc, progress=progress, desc=f"ablation {label}")
-        results[label] = {"auc": r.metrics["test"]["ctr_auc"], "ne": r.metrics["test"]["ctr_ne"]}
-        log(f"  ablation {label:10s} AUC {results[label]['auc']:.4f} NE {results[label]['ne']:.4f}")
+        record(label, fit_vm(data, cfg, tc, progress=progress, desc=f"ablation {label}"))
     data.history = cache.history("int4")
     # ExFM knobs, without history: how much the aux head's gradient scale β and the adapter matter
     for label, distill in (("kd_aux beta=1.0", DistillConfig(mode="aux", adapter=True, grad_scale=1.0)),
                            ("kd_single+adapter", DistillConfig(mode="single", adapter=True))):
-        r = fit_vm(data, replace(base, history_dim=0), tc, distill, progress=progress, desc=f"ablation {label}")
-        results[label] = {"auc": r.metrics["test"]["ctr_auc"], "ne": r.metrics["test"]["ctr_ne"]}
-        log(f"  ablation {label:10s} AUC {results[label]['auc']:.4f} NE {results[label]['ne']:.4f}")
+        record(label, fit_vm(data, replace(base, history_dim=0), tc, distill, progress=progress,
+                             desc=f"ablation {label}"))
     return results
 
 

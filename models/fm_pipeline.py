@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.data.schema import EventLog
 from models.features import SPARSE_FIELDS
 from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
 from models.fm.model import FMConfig, FoundationModel
@@ -102,8 +102,7 @@ def fm_version_of(config: FMTrainConfig, source: str, n_events: int) -> str:
     return f"fm-{digest.hexdigest()[:10]}"
 
 
-def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True,
-             on_epoch: Callable[[int, FoundationModel, FMBatcher], None] | None = None) -> FMArtifacts:
+def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True) -> FMArtifacts:
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     fm_cfg = FMConfig(**{"n_items": int(data.events.cardinality["ad_id"]) + 1,
@@ -143,11 +142,9 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
             if step % 50 == 0:
                 curve.append(running)
                 bar.set_postfix(loss=f"{running:.4f}", recon=f"{recon.item():.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, model, batcher)
         if len(val_rows):
             val_logits, _ = infer_fm(model, ae, batcher, val_rows, progress=False)
-            val_ne.append(summarize(ev["click"][val_rows], 1 / (1 + np.exp(-val_logits)))["ne"])
+            val_ne.append(fm_metrics(ev, val_rows, val_logits)["ne"])
             if progress:
                 tqdm.write(f"fm epoch {epoch + 1}: validation NE {val_ne[-1]:.4f}")
             if best is None or val_ne[-1] < best[0]:
@@ -162,10 +159,14 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
         ae.load_state_dict(best[3])
     logits, codes = infer_fm(model, ae, batcher, np.arange(len(ev)), progress=progress)
     test = data.test_idx
-    metrics = {"test": {f"ctr_{k}": v for k, v in summarize(ev["click"][test], 1 / (1 + np.exp(-logits[test]))).items()},
-               "validation_ne": val_ne, "best_epoch": best_epoch}
+    metrics = {"test": {f"ctr_{k}": v for k, v in fm_metrics(ev, test, logits[test]).items()}}
     return FMArtifacts(model, ae, fm_version_of(config, ev.source, len(ev)), logits, codes, metrics, curve,
                        epochs_run, best_epoch, val_ne)
+
+
+def fm_metrics(events: EventLog, rows: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """CTR metrics (AUC, NE, calibration) of FM pCTR logits for `rows` of the log."""
+    return summarize(events["click"][rows], 1 / (1 + np.exp(-logits)))
 
 
 def validation_split(data: VMData, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +203,9 @@ def save_fm(fm: FMArtifacts, data: VMData, config: FMTrainConfig, path: str | Pa
     payload = {"fm_config": asdict(fm.model.cfg), "state_dict": fm.model.state_dict(),
                "ae_dims": [fm.autoencoder.in_dim, fm.autoencoder.code_dim], "ae_state": fm.autoencoder.state_dict(),
                "train_config": asdict(config), "fm_version": fm.fm_version, "feature_spec": data.spec.to_dict(),
-               "metrics": fm.metrics, "source": data.events.source}
+               "metrics": fm.metrics, "source": data.events.source,
+               "early_stopping": {"best_epoch": fm.best_epoch, "epochs_run": fm.epochs_run,
+                                  "validation_ne": fm.validation_ne}}
     return save_atomic(payload, path)
 
 
