@@ -19,7 +19,7 @@ from models.data import load_dataset
 from models.data.schema import EventLog
 from models.distill import DistillConfig
 from models.embed import open_history, publish_codes
-from models.fm_pipeline import SMALL_FM, FMTrainConfig, fm_metrics, train_fm
+from models.fm_pipeline import SMALL_FM, FMTrainConfig, fm_metrics, train_fm, validation_split
 from models.metrics import summarize, transfer_ratio
 from models.train import HistorySource, TrainConfig, TrainResult, VMData, fit_vm, prepare_vm_data
 from models.vm import VMConfig
@@ -39,10 +39,15 @@ class Profile:
     vm_placements: tuple[int, ...] = (0, 1)
     """The VMs' vertical: the placements whose traffic they train and are tested on. The FM trains on every
     placement (one FM for many verticals, as in ExFM); datasets with one placement give the VMs everything."""
+    kd_grid: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    """Values tried for each KD variant's strength knob (λ for a single head, β for the aux head). Every KD
+    variant gets the same grid and picks on the validation slice, so no variant wins by a better default."""
+    validation_fraction: float = 0.1  # the latest part of the VM's training range, held out to pick the knob
 
 
 PROFILES = {
-    "quick": Profile(n_events=30_000, fm_epochs=1, vm_epochs=2, history_len=8, fm_history_len=16, ablations=False),
+    "quick": Profile(n_events=30_000, fm_epochs=1, vm_epochs=2, history_len=8, fm_history_len=16, ablations=False,
+                     kd_grid=(1.0, 2.0)),
     "default": Profile(n_events=300_000, fm_epochs=4, vm_epochs=3, history_len=32, fm_history_len=32, ablations=True),
 }
 
@@ -56,6 +61,9 @@ VARIANTS: dict[str, tuple[dict, DistillConfig]] = {
     "vm_kd_loopfm": ({"history_pooling": "sum"}, DistillConfig(mode="single")),
 }
 LOOPFM_VARIANTS = {"vm_loopfm_sum", "vm_loopfm_attn", "vm_kd_loopfm"}
+KD_KNOB = {"single": "weight", "aux": "grad_scale"}
+"""The knob that sets how hard a KD variant distils: λ scales the single head's soft-label loss; β scales
+what the aux head sends into the trunk (its own loss weight w stays 1, so the serving head never sees it)."""
 
 
 class CodeCache:
@@ -73,15 +81,39 @@ class CodeCache:
         return open_history(root, self.fm_version, self.events, width=width)
 
 
+def select_kd_strength(data: VMData, cfg: VMConfig, tc: TrainConfig, distill: DistillConfig,
+                       grid: tuple[float, ...], fraction: float) -> tuple[DistillConfig, dict[float, float]]:
+    """Picks the KD variant's strength knob by NE on the latest `fraction` of the training rows (the test
+    rows are never seen), trained on the rest; returns the chosen config and the validation NE per value.
+
+    Why: how hard to distil decides the single- vs aux-head comparison (a single head pulled hard towards
+    the FM loses its own calibration; an aux head can take a larger β), so a fixed default would pick the
+    winner. Ties go to the smaller value."""
+    knob = KD_KNOB[distill.mode]
+    fit_rows, val_rows = validation_split(data, fraction)
+    if len(val_rows) == 0:
+        raise ValueError("KD strength selection needs validation rows: validation_fraction is too small")
+    held_out = replace(data, train_idx=fit_rows, test_idx=val_rows)
+    scores = {v: fit_vm(held_out, cfg, tc, replace(distill, **{knob: v}), progress=False).metrics["test"]["ctr_ne"]
+              for v in grid}
+    best = min(grid, key=lambda v: (scores[v], v))
+    return replace(distill, **{knob: best}), scores
+
+
 def _run_variant(data: VMData, name: str, overrides: dict, distill: DistillConfig, base: VMConfig,
-                 tc: TrainConfig, progress: bool) -> dict:
+                 tc: TrainConfig, profile: Profile, progress: bool) -> dict:
     cfg = replace(base, **overrides) if name in LOOPFM_VARIANTS else replace(base, history_dim=0)
     t0 = time.perf_counter()
+    selection: dict = {}
+    if distill.mode != "none":
+        distill, scores = select_kd_strength(data, cfg, tc, distill, profile.kd_grid, profile.validation_fraction)
+        knob = KD_KNOB[distill.mode]
+        selection = {"knob": knob, "value": getattr(distill, knob), "validation_ne": {str(v): s for v, s in scores.items()}}
     res = fit_vm(data, cfg, tc, distill, progress=progress, desc=name)
     m = res.metrics["test"]
     return {"auc": m["ctr_auc"], "ne": m["ctr_ne"], "calibration": m["ctr_calibration"],
             "cvr_auc": m.get("cvr_auc", float("nan")), "seconds": time.perf_counter() - t0,
-            "loss_curve": res.loss_curve}
+            "loss_curve": res.loss_curve, **({"selection": selection} if selection else {})}
 
 
 def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progress: bool = True,
@@ -118,10 +150,13 @@ def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progr
         o = summarize(test["click"], test["p_click"])
         out["oracle"] = {"auc": o["auc"], "ne": o["ne"], "calibration": o["calibration"]}
     for name, (overrides, distill) in VARIANTS.items():
-        out[name] = _run_variant(data, name, overrides, distill, base, tc, progress)
-        log(f"[seed {seed}] {name:16s} AUC {out[name]['auc']:.4f} NE {out[name]['ne']:.4f}")
+        out[name] = _run_variant(data, name, overrides, distill, base, tc, profile, progress)
+        chosen = out[name].get("selection")
+        picked = (f"  ({chosen['knob']} = {chosen['value']:g} on validation: "
+                  + ", ".join(f"{v}→{s:.4f}" for v, s in chosen["validation_ne"].items()) + ")") if chosen else ""
+        log(f"[seed {seed}] {name:16s} AUC {out[name]['auc']:.4f} NE {out[name]['ne']:.4f}{picked}")
     if profile.ablations:
-        out["ablations"] = run_ablations(data, cache, base, tc, progress, log)
+        out["ablations"] = run_ablations(data, cache, base, tc, profile, progress, log)
     return out
 
 
@@ -135,10 +170,11 @@ def vertical_view(data: VMData, placements: tuple[int, ...]) -> VMData:
     return replace(data, train_idx=data.train_idx[inside[data.train_idx]], test_idx=data.test_idx[inside[data.test_idx]])
 
 
-def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfig, progress: bool,
-                  log: Callable[[str], None]) -> dict:
+def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfig, profile: Profile,
+                  progress: bool, log: Callable[[str], None]) -> dict:
     """LoopFM-sum VM (no KD) under one change at a time: history length, code prefix width, codec; then
-    KD without history under the ExFM knobs (aux head with β = 1, single head with the student adapter)."""
+    KD without history at every value of the strength grid (test NE, for reading only: the variants pick
+    theirs on the validation slice) and the single head with the student adapter."""
     results: dict[str, dict] = {}
 
     def record(label: str, r: TrainResult) -> None:
@@ -157,8 +193,10 @@ def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfi
         record(label, fit_vm(data, cfg, tc, progress=progress, desc=f"ablation {label}"))
     data.history = cache.history("int4")
     # ExFM knobs, without history: how much the aux head's gradient scale β and the adapter matter
-    for label, distill in (("kd_aux beta=1.0", DistillConfig(mode="aux", adapter=True, grad_scale=1.0)),
-                           ("kd_single+adapter", DistillConfig(mode="single", adapter=True))):
+    kd_runs = ([(f"kd_single λ={v:g}", DistillConfig(mode="single", weight=v)) for v in profile.kd_grid]
+               + [(f"kd_aux β={v:g}", DistillConfig(mode="aux", adapter=True, grad_scale=v)) for v in profile.kd_grid]
+               + [("kd_single+adapter λ=1", DistillConfig(mode="single", adapter=True))])
+    for label, distill in kd_runs:
         record(label, fit_vm(data, replace(base, history_dim=0), tc, distill, progress=progress,
                              desc=f"ablation {label}"))
     return results
@@ -185,6 +223,11 @@ def aggregate(per_seed: list[dict]) -> dict:
         defined = [t for t in trs if np.isfinite(t)]
         summary["transfer_ratio"][n] = {"mean": float(np.mean(defined)) if defined else float("nan"),
                                         "per_seed": trs, "defined_seeds": len(defined)}
+    summary["kd_selection"] = {
+        n: {"knob": per_seed[0][n]["selection"]["knob"], "per_seed": [s[n]["selection"]["value"] for s in per_seed],
+            "validation_ne": [s[n]["selection"]["validation_ne"] for s in per_seed]}
+        for n in VARIANTS if "selection" in per_seed[0][n]
+    }
     v = summary["variants"]
     tr = summary["transfer_ratio"]
     summary["checks"] = {
@@ -221,10 +264,16 @@ def write_results(out_dir: Path, dataset: str, seeds: list[int], profile_name: s
                      f"{v['calibration']:.3f} | {tr_text} |")
     if "oracle" in summary:
         lines.append(f"| oracle (true probabilities) | {summary['oracle']['auc']:.4f} | {summary['oracle']['ne']:.4f} | | |")
+    if summary.get("kd_selection"):
+        lines += ["", "KD strength picked per seed on the validation slice (latest part of the training range; "
+                  "test rows unseen):", "", "| variant | knob | chosen per seed |", "|---|---|---|"]
+        lines += [f"| {n} | {'λ' if k['knob'] == 'weight' else 'β'} | {', '.join(f'{x:g}' for x in k['per_seed'])} |"
+                  for n, k in summary["kd_selection"].items()]
     lines += ["", "Checks (acceptance of the LoopFM / ExFM claims on this data):", ""]
     lines += [f"- {k}: {'yes' if ok else 'NO'}" for k, ok in summary["checks"].items()]
     if "ablations" in summary:
-        lines += ["", "Ablations (L / width / codec: VM + LoopFM sum pooling, no KD; kd_*: KD variants without history):",
+        lines += ["", "Ablations (L / width / codec: VM + LoopFM sum pooling, no KD; kd_*: KD without history at each "
+                  "strength, test NE for reading only):",
                   "", "| setting | AUC | NE (mean ± std) |",
                   "|---|---|---|"]
         lines += [f"| {k} | {a['auc_mean']:.4f} | {a['ne_mean']:.4f} ± {a['ne_std']:.4f} |"

@@ -28,5 +28,12 @@ def test_quick_experiment_writes_results(tmp_path):
     assert set(results["checks"]) == {"fm_beats_baseline", "loopfm_beats_baseline", "kd_loopfm_beats_kd_every_seed",
                                       "tr_kd_loopfm_ge_1.5x_tr_kd", "aux_kd_ge_single_kd"}
     assert results["per_seed"][0]["fm_version"].startswith("fm-")
+    # every KD variant picked its strength on the validation slice from the profile's grid
+    assert set(results["kd_selection"]) == {"vm_kd", "vm_kd_aux", "vm_kd_loopfm"}
+    assert results["kd_selection"]["vm_kd_aux"]["knob"] == "grad_scale"
+    for name, sel in results["kd_selection"].items():
+        assert sel["per_seed"][0] in (1.0, 2.0), name
+        scores = sel["validation_ne"][0]
+        assert set(scores) == {"1.0", "2.0"} and sel["per_seed"][0] == float(min(scores, key=scores.get)), name
     assert (out / "results.png").stat().st_size > 10_000
     assert "| vm_kd_loopfm |" in (out / "results.md").read_text()

@@ -51,3 +51,35 @@ def test_vertical_view_is_a_no_op_with_one_placement() -> None:
     view = vertical_view(one, (2,))
     np.testing.assert_array_equal(view.train_idx, one.train_idx)
     np.testing.assert_array_equal(view.test_idx, one.test_idx)
+
+
+@pytest.mark.parametrize(("mode", "knob"), [("single", "weight"), ("aux", "grad_scale")])
+def test_kd_strength_is_picked_on_the_validation_slice_and_never_sees_test_rows(data, monkeypatch, mode, knob) -> None:
+    """The knob each KD variant gets (λ or β) is chosen by real fits on the training range's latest slice;
+    the spy records what every fit trained and was scored on."""
+    import models.experiment as experiment
+    from models.distill import DistillConfig
+    from models.vm import VMConfig
+
+    calls: list[tuple[np.ndarray, np.ndarray, float]] = []
+    real_fit = experiment.fit_vm
+
+    def spy(d, cfg, tc, distill, **kw):
+        res = real_fit(d, cfg, tc, distill, **kw)
+        calls.append((d.train_idx, d.test_idx, getattr(distill, knob), res.metrics["test"]["ctr_ne"]))
+        return res
+
+    monkeypatch.setattr(experiment, "fit_vm", spy)
+    rng = np.random.default_rng(0)
+    with_fm = experiment.replace(data, fm_logits=rng.normal(-2.0, 1.0, len(data.events)).astype(np.float32))
+    chosen, scores = experiment.select_kd_strength(with_fm, VMConfig(), TrainConfig(epochs=1), DistillConfig(mode=mode),
+                                                   (0.5, 2.0), 0.1)
+    fit, val = validation_split(data, 0.1)
+    assert [c[2] for c in calls] == [0.5, 2.0]
+    for train_rows, scored_rows, _, _ in calls:
+        np.testing.assert_array_equal(train_rows, fit)
+        np.testing.assert_array_equal(scored_rows, val)
+        assert np.intersect1d(np.r_[train_rows, scored_rows], data.test_idx).size == 0
+    assert scores == {c[2]: c[3] for c in calls}
+    assert getattr(chosen, knob) == min(scores, key=scores.get)
+    assert chosen.mode == mode
