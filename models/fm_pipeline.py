@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from models.data.schema import EventLog
 from models.features import SPARSE_FIELDS
@@ -25,6 +24,7 @@ from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
 from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
 from models.metrics import summarize
+from models.progress import progress_bar, progress_write
 from models.train import VMData, esmm_loss, save_atomic, seed_everything
 
 MS_PER_HOUR = 3_600_000.0
@@ -126,8 +126,8 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
     for epoch in range(config.epochs):
         model.train()
         perm = rng.permutation(fit_rows)
-        bar = tqdm(range(0, len(perm), config.batch_size), desc=f"train fm epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(range(0, len(perm), config.batch_size), desc=f"train fm epoch {epoch + 1}/{config.epochs}",
+                           enabled=progress)
         running = 0.0
         for step, s in enumerate(bar):
             rows = perm[s:s + config.batch_size]
@@ -146,7 +146,7 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
             val_logits, _ = infer_fm(model, ae, batcher, val_rows, progress=False)
             val_ne.append(fm_metrics(ev, val_rows, val_logits)["ne"])
             if progress:
-                tqdm.write(f"fm epoch {epoch + 1}: validation NE {val_ne[-1]:.4f}")
+                progress_write(f"fm epoch {epoch + 1}: validation NE {val_ne[-1]:.4f}")
             if best is None or val_ne[-1] < best[0]:
                 best = (val_ne[-1], epoch + 1, copy.deepcopy(model.state_dict()), copy.deepcopy(ae.state_dict()))
             elif epoch + 1 - best[1] >= config.patience:
@@ -189,8 +189,7 @@ def infer_fm(model: FoundationModel, ae: CodeAutoencoder, batcher: FMBatcher, ro
     model.eval()
     logits = np.empty(len(rows), np.float32)
     codes = np.empty((len(rows), ae.code_dim), np.float32)
-    for s in tqdm(range(0, len(rows), batch_size), desc="fm inference (DAS log + codes)", disable=not progress,
-                  leave=False):
+    for s in progress_bar(range(0, len(rows), batch_size), desc="fm inference (DAS log + codes)", enabled=progress):
         sl = slice(s, s + batch_size)
         out = model(**batcher(rows[sl]))
         logits[sl] = out.ctr_logit.numpy()

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from models.data.schema import EventLog
 from models.data.splits import per_user_split_mask, time_split_mask
@@ -23,6 +22,7 @@ from models.distill import DistillConfig, StudentAdapter, scale_grad, soft_bce
 from models.features import FeatureSpec, features_from_events
 from models.loopfm import drop_history
 from models.metrics import summarize
+from models.progress import progress_bar
 from models.vm import BASE_INPUTS, VerticalModel, VMConfig
 
 # rows -> (codes float32 [B, L, d], mask float32 [B, L]) of FM codes strictly before each row's time
@@ -162,8 +162,8 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
     for epoch in range(train_config.epochs):
         model.train()
         perm = rng.permutation(data.train_idx)
-        bar = tqdm(range(0, len(perm), bs), desc=f"{desc} epoch {epoch + 1}/{train_config.epochs}",
-                   disable=not progress, leave=False)
+        bar = progress_bar(range(0, len(perm), bs), desc=f"{desc} epoch {epoch + 1}/{train_config.epochs}",
+                           enabled=progress)
         running = 0.0
         for step, s in enumerate(bar):
             rows = perm[s:s + bs]
