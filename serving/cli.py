@@ -80,6 +80,16 @@ def _cmd_experiment(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fm_ablation(a: argparse.Namespace) -> int:
+    from models.fm_ablation import run_fm_ablation
+
+    command = (f"adrank fm-ablation --dataset {a.dataset} --seeds {a.seeds} --out {a.out}"
+               + (" --quick" if a.quick else ""))
+    run_fm_ablation(a.dataset, a.seeds, a.out, quick=a.quick, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
 def _next_version(repository: Path, name: str) -> int:
     from serving.model_repository import version_dirs
 
@@ -201,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default="runs/experiment")
     sp.add_argument("--quick", action="store_true", help="small profile (≈ 3 min) for tests")
     sp.set_defaults(func=_cmd_experiment)
+
+    sp = sub.add_parser("fm-ablation", help="FM with and without CompSkip / sliding window: FLOPs, time, NE")
+    sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
+    sp.add_argument("--seeds", type=int, default=3)
+    sp.add_argument("--out", default="runs/fm-ablation")
+    sp.add_argument("--quick", action="store_true", help="small profile (≈ 1 min) for tests")
+    sp.set_defaults(func=_cmd_fm_ablation)
 
     sp = sub.add_parser("export", help="export a VM checkpoint to ONNX in a model repository")
     sp.add_argument("--checkpoint", default=f"{DEFAULT_RUN}/vm.pt")
