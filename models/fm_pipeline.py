@@ -141,7 +141,7 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
             running = 0.98 * running + 0.02 * task.item() if step else task.item()
             if step % 50 == 0:
                 curve.append(running)
-                bar.set_postfix(loss=f"{running:.4f}", recon=f"{recon.item():.4f}")
+                bar.set_postfix(loss=f"{running:.4f}", recon=f"{recon.item():.4f}", refresh=False)
         if len(val_rows):
             val_logits, _ = infer_fm(model, ae, batcher, val_rows, progress=False)
             val_ne.append(fm_metrics(ev, val_rows, val_logits)["ne"])

@@ -191,7 +191,7 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
             running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
             if step % 50 == 0:
                 curve.append(running)
-                bar.set_postfix(loss=f"{running:.4f}")
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
     p_ctr, p_cvr = predict(model, data, data.test_idx)
     metrics = {"test": evaluate(events.take(data.test_idx), p_ctr, p_cvr),
                "sizes": {"train": int(len(data.train_idx)), "test": int(len(data.test_idx))}}
