@@ -108,7 +108,8 @@ def _run_variant(data: VMData, name: str, overrides: dict, distill: DistillConfi
     if distill.mode != "none":
         distill, scores = select_kd_strength(data, cfg, tc, distill, profile.kd_grid, profile.validation_fraction)
         knob = KD_KNOB[distill.mode]
-        selection = {"knob": knob, "value": getattr(distill, knob), "validation_ne": {str(v): s for v, s in scores.items()}}
+        selection = {"knob": knob, "value": getattr(distill, knob),
+                     "validation_ne": {str(v): s for v, s in scores.items()}}
     res = fit_vm(data, cfg, tc, distill, progress=progress, desc=name)
     m = res.metrics["test"]
     return {"auc": m["ctr_auc"], "ne": m["ctr_ne"], "calibration": m["ctr_calibration"],
