@@ -120,8 +120,7 @@ def _run_variant(data: VMData, name: str, overrides: dict, distill: DistillConfi
 def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progress: bool = True,
              log: Callable[[str], None] = print) -> dict:
     events = load_dataset(dataset, n_events=profile.n_events, seed=seed)
-    split = "per_user" if dataset == "movielens" else "time"
-    tc = TrainConfig(epochs=profile.vm_epochs, seed=seed, split=split, test_fraction=0.1 if split == "per_user" else 0.2)
+    tc = TrainConfig.for_dataset(dataset, epochs=profile.vm_epochs, seed=seed)
     data = prepare_vm_data(events, tc)
     log(f"[seed {seed}] {len(events):,} events, train {len(data.train_idx):,} / test {len(data.test_idx):,}")
     t0 = time.perf_counter()

@@ -70,12 +70,12 @@ def aggregate(per_seed: list[dict[str, dict]]) -> dict:
     out: dict = {}
     base_ne = np.array([s[BASELINE]["ne"] for s in per_seed])
     base_sec = np.mean([s[BASELINE]["seconds_per_epoch"] for s in per_seed])
+    base_flops = per_seed[0][BASELINE]["flops"]  # analytic: the same on every seed
     for name in VARIANTS:
         ne = np.array([s[name]["ne"] for s in per_seed])
         auc = np.array([s[name]["auc"] for s in per_seed])
         sec = float(np.mean([s[name]["seconds_per_epoch"] for s in per_seed]))
         flops = per_seed[0][name]["flops"]
-        base_flops = per_seed[0][BASELINE]["flops"]
         out[name] = {"auc_mean": float(auc.mean()), "auc_std": float(auc.std()), "ne_mean": float(ne.mean()),
                      "ne_std": float(ne.std()), "delta_ne_vs_baseline": float((ne - base_ne).mean()),
                      "delta_ne_std": float((ne - base_ne).std()), "seconds_per_epoch": sec,
@@ -118,9 +118,7 @@ def run_fm_ablation(dataset: str, seeds: int, out_dir: str | Path, *, quick: boo
     per_seed: list[dict[str, dict]] = []
     for seed in range(seeds):
         events = load_dataset(dataset, n_events=profile.n_events, seed=seed)
-        split = "per_user" if dataset == "movielens" else "time"
-        data = prepare_vm_data(events, TrainConfig(seed=seed, split=split,
-                                                   test_fraction=0.1 if split == "per_user" else 0.2))
+        data = prepare_vm_data(events, TrainConfig.for_dataset(dataset, seed=seed))
         row: dict[str, dict] = {}
         for name, switches in VARIANTS.items():
             row[name] = run_variant(data, profile, switches, seed)

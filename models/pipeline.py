@@ -28,9 +28,7 @@ class TrainJob:
 
 def run_train_job(job: TrainJob, *, progress: bool = True) -> tuple[TrainResult, Path]:
     events = load_dataset(job.dataset, n_events=job.n_events, seed=job.seed, path=job.data_path)
-    split = "per_user" if job.dataset == "movielens" else "time"
-    result = train_vm(events, VMConfig(), TrainConfig(epochs=job.epochs, seed=job.seed, split=split,
-                                                     test_fraction=0.1 if split == "per_user" else 0.2),
+    result = train_vm(events, VMConfig(), TrainConfig.for_dataset(job.dataset, epochs=job.epochs, seed=job.seed),
                       progress=progress)
     out = Path(job.out_dir)
     ckpt = save_checkpoint(result, out / CHECKPOINT)

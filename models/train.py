@@ -40,6 +40,14 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
 
+    @classmethod
+    def for_dataset(cls, dataset: str, **overrides: object) -> TrainConfig:
+        """The split each dataset is evaluated on: MovieLens users are rated over years, so each user's
+        latest 10% is their test; the synthetic world (and logs like it) cut once in time, last 20%."""
+        split = {"split": "per_user", "test_fraction": 0.1} if dataset == "movielens" else {"split": "time",
+                                                                                             "test_fraction": 0.2}
+        return cls(**{**split, **overrides})
+
 
 @dataclass
 class VMData:

@@ -33,19 +33,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _split_for(dataset: str):
-    from models.train import TrainConfig
-
-    return TrainConfig(split="per_user", test_fraction=0.1) if dataset == "movielens" else TrainConfig()
-
-
 def _cmd_train_fm(a: argparse.Namespace) -> int:
     from models.data import load_dataset
     from models.fm_pipeline import FMTrainConfig, save_fm, train_fm
-    from models.train import prepare_vm_data
+    from models.train import TrainConfig, prepare_vm_data
 
     events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
-    data = prepare_vm_data(events, _split_for(a.dataset))
+    data = prepare_vm_data(events, TrainConfig.for_dataset(a.dataset))
     config = FMTrainConfig(epochs=a.epochs, seed=a.seed)
     fm = train_fm(data, config)
     path = save_fm(fm, data, config, Path(a.out) / "fm.pt")
@@ -59,10 +53,10 @@ def _cmd_embed(a: argparse.Namespace) -> int:
 
     from models.data import load_dataset
     from models.fm_pipeline import embed_split
-    from models.train import prepare_vm_data
+    from models.train import TrainConfig, prepare_vm_data
 
     events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
-    data = prepare_vm_data(events, _split_for(a.dataset))
+    data = prepare_vm_data(events, TrainConfig.for_dataset(a.dataset))
     rows = {"train": data.train_idx, "test": data.test_idx, "all": np.arange(len(events))}[a.split]
     fm_version, snapshot, n = embed_split(a.fm_checkpoint, data, rows, a.cache_dir, codec=a.codec)
     print(f"{n:,} codes of {fm_version} ({a.split} split, {a.codec}) published as snapshot {snapshot} in {a.cache_dir}")
@@ -205,18 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codec", default="int4", choices=("float32", "float16", "int8", "int4", "pq"))
     sp.set_defaults(func=_cmd_embed)
 
+    def study_flags(sp: argparse.ArgumentParser, out: str, quick_minutes: int) -> None:
+        sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
+        sp.add_argument("--seeds", type=int, default=3)
+        sp.add_argument("--out", default=out)
+        sp.add_argument("--quick", action="store_true", help=f"small profile (≈ {quick_minutes} min) for tests")
+
     sp = sub.add_parser("experiment", help="train every VM variant over shared FM artefacts; results table")
-    sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
-    sp.add_argument("--seeds", type=int, default=3)
-    sp.add_argument("--out", default="runs/experiment")
-    sp.add_argument("--quick", action="store_true", help="small profile (≈ 3 min) for tests")
+    study_flags(sp, "runs/experiment", 3)
     sp.set_defaults(func=_cmd_experiment)
 
     sp = sub.add_parser("fm-ablation", help="FM with and without CompSkip / sliding window: FLOPs, time, NE")
-    sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
-    sp.add_argument("--seeds", type=int, default=3)
-    sp.add_argument("--out", default="runs/fm-ablation")
-    sp.add_argument("--quick", action="store_true", help="small profile (≈ 1 min) for tests")
+    study_flags(sp, "runs/fm-ablation", 1)
     sp.set_defaults(func=_cmd_fm_ablation)
 
     sp = sub.add_parser("export", help="export a VM checkpoint to ONNX in a model repository")

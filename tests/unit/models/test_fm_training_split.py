@@ -83,3 +83,10 @@ def test_kd_strength_is_picked_on_the_validation_slice_and_never_sees_test_rows(
     assert scores == {c[2]: c[3] for c in calls}
     assert getattr(chosen, knob) == min(scores, key=scores.get)
     assert chosen.mode == mode
+
+
+def test_each_dataset_has_one_split_rule_and_overrides_win() -> None:
+    ml = TrainConfig.for_dataset("movielens", seed=2, epochs=5)
+    assert (ml.split, ml.test_fraction, ml.seed, ml.epochs) == ("per_user", 0.1, 2, 5)
+    assert TrainConfig.for_dataset("synthetic") == TrainConfig()  # one global time cut, last 20%
+    assert TrainConfig.for_dataset("taobao", test_fraction=0.3).test_fraction == 0.3
