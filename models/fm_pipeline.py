@@ -25,7 +25,8 @@ from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
 from models.metrics import summarize
 from models.progress import progress_bar, progress_write
-from models.train import VMData, esmm_loss, save_atomic, seed_everything
+from models.checkpoint import load_payload, save_atomic
+from models.train import VMData, esmm_loss, seed_everything
 
 MS_PER_HOUR = 3_600_000.0
 
@@ -209,7 +210,7 @@ def save_fm(fm: FMArtifacts, data: VMData, config: FMTrainConfig, path: str | Pa
 
 
 def load_fm(path: str | Path) -> tuple[FoundationModel, CodeAutoencoder, dict]:
-    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    payload = load_payload(path)
     cfg = payload["fm_config"]
     model = FoundationModel(FMConfig(**{**cfg, "type_windows": tuple(cfg["type_windows"]),
                                         "type_widths": tuple(cfg["type_widths"])}))

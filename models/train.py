@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.checkpoint import load_payload, save_atomic
 from models.data.schema import EventLog
 from models.data.splits import per_user_split_mask, time_split_mask
 from models.distill import DistillConfig, StudentAdapter, scale_grad, soft_bce
@@ -81,16 +82,6 @@ def esmm_loss(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, click: torch.Ten
     p_ctcvr = torch.sigmoid(ctr_logit) * torch.sigmoid(cvr_logit)
     return F.binary_cross_entropy_with_logits(ctr_logit, click) + F.binary_cross_entropy(
         p_ctcvr.clamp(1e-7, 1 - 1e-7), conversion)
-
-
-def save_atomic(payload: dict, path: str | Path) -> Path:
-    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -228,7 +219,7 @@ def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | 
 
 
 def load_checkpoint(path: str | Path) -> tuple[VerticalModel, dict]:
-    payload = torch.load(Path(path), map_location="cpu", weights_only=False)
+    payload = load_payload(path)
     spec = FeatureSpec.from_dict(payload["feature_spec"])
     model = VerticalModel(spec, VMConfig.from_dict(payload["vm_config"]))
     model.load_state_dict(payload["state_dict"])

@@ -23,7 +23,7 @@ def _run(*args: str) -> str:
 
 def test_train_fm_then_embed_publishes_codes_of_that_fm_version(tmp_path):
     _run("train", "fm", "--events", "10000", "--epochs", "1", "--out", str(tmp_path))
-    fm_version = torch.load(tmp_path / "fm.pt", map_location="cpu", weights_only=False)["fm_version"]
+    fm_version = torch.load(tmp_path / "fm.pt", map_location="cpu", weights_only=True)["fm_version"]
     out = _run("embed", "--fm-checkpoint", str(tmp_path / "fm.pt"), "--events", "10000", "--split", "all",
                "--cache-dir", str(tmp_path / "cache"))
     assert f"10,000 codes of {fm_version}" in out
