@@ -9,6 +9,7 @@ Key layout (prefix "adrank"; see docs/cache.md):
     adrank:{fm}:{snap}:meta                 JSON: dim, codec params, counts, created_ms, max_segment
     adrank:{fm}:{snap}:state:{name}         float32 bytes: prior (cold start), pq_centroids (pq only)
     adrank:{fm}:{snap}:u:{user_id}          n x int64 ts (ascending) | n x code bytes | n x float32 scale (int8)
+                                            | n x int64 event id (meta "event_ids": true; -1 = none given)
     adrank:{fm}:{snap}:a:{ad_id}            code bytes | float32 scale (int8)
 
 A request is one MGET (meta + user + ads): one round trip. `meta` rides along so a reader whose snapshot
@@ -90,6 +91,8 @@ class _RedisView:
         self.ad_prefix = f"{keys.snap(snapshot_id)}:a:"
         self.bpr = codec.bytes_per_row
         self.scale_bytes = 4 if codec.has_row_scale else 0
+        self.id_bytes = 8 if meta.get("event_ids") else 0  # snapshots written before event ids have none
+        self.row_bytes = 8 + self.bpr + self.scale_bytes + self.id_bytes
         self.info = ViewInfo(snapshot_id, prior)
 
 
@@ -184,7 +187,7 @@ class RedisReader(CacheReader):
         scales = np.zeros((b, max_len), np.float32)
         stamps = np.zeros((b, max_len), np.int64)
         lengths = np.zeros(b, np.int64)
-        row_bytes = 8 + bpr + sb
+        row_bytes = view.row_bytes
         for i, value in enumerate(values):  # per user (B = 1 when serving), never per row
             if not value:
                 continue
@@ -268,10 +271,11 @@ class RedisWriter(SnapshotWriter):
         keys, sid = self._keys, data.snapshot_id
         with _available(self.url):
             pipe = self._client.pipeline(transaction=False)
-            off, ts, codes, scales = data.offsets, data.ts, data.codes, data.scales
+            off, ts, codes, scales, eids = data.offsets, data.ts, data.codes, data.scales, data.event_ids
             for i, uid in enumerate(data.user_ids.tolist()):
                 s, e = int(off[i]), int(off[i + 1])
-                value = ts[s:e].tobytes() + codes[s:e].tobytes() + (scales[s:e].tobytes() if len(scales) else b"")
+                value = (ts[s:e].tobytes() + codes[s:e].tobytes() + (scales[s:e].tobytes() if len(scales) else b"")
+                         + eids[s:e].tobytes())
                 pipe.set(keys.user(sid, uid), value)
                 if len(pipe) >= _BATCH:
                     pipe.execute()
@@ -286,7 +290,7 @@ class RedisWriter(SnapshotWriter):
             meta = {"fm_version": data.fm_version, "snapshot_id": sid, "created_ms": data.created_ms,
                     "codec": data.codec.params(), "dim": data.dim, "n_users": int(len(data.user_ids)),
                     "n_rows": data.n_rows, "n_ads": int(len(data.ad_ids)), "max_segment": data.max_segment,
-                    "state": sorted(state)}
+                    "state": sorted(state), "event_ids": True, "coverage": data.coverage}
             pipe.set(keys.meta(sid), json.dumps(meta))  # meta last: its presence means the snapshot is complete
             pipe.execute()
             # Flip: one SET is atomic; readers see the old or the new snapshot id, never a mix.

@@ -29,12 +29,12 @@ def read_snapshot(client: redis.Redis, keys, snapshot_id: str) -> SnapshotData: 
     from embedding_cache.redis_backend import _load_view
 
     view = _load_view(client, keys, snapshot_id)
-    bpr, sb = view.bpr, view.scale_bytes
-    row = 8 + bpr + sb
+    bpr, sb, ib = view.bpr, view.scale_bytes, view.id_bytes
+    row = view.row_bytes
     prefix = f"{keys.snap(snapshot_id)}:u:"
     uids, uvals = _scan_values(client, prefix + "*", len(prefix))
     order = np.argsort(np.asarray(uids, np.int64), kind="stable")
-    ts_parts, code_parts, scale_parts, counts = [], [], [], []
+    ts_parts, code_parts, scale_parts, id_parts, counts = [], [], [], [], []
     for i in order.tolist():
         value = uvals[i]
         n = len(value) // row
@@ -42,6 +42,7 @@ def read_snapshot(client: redis.Redis, keys, snapshot_id: str) -> SnapshotData: 
         ts_parts.append(np.frombuffer(value, np.int64, n))
         code_parts.append(np.frombuffer(value, np.uint8, n * bpr, 8 * n).reshape(n, bpr))
         scale_parts.append(np.frombuffer(value, np.float32, n, (8 + bpr) * n) if sb else np.zeros(0, np.float32))
+        id_parts.append(np.frombuffer(value, np.int64, n, (8 + bpr + sb) * n) if ib else np.full(n, -1, np.int64))
     aprefix = f"{keys.snap(snapshot_id)}:a:"
     aids, avals = _scan_values(client, aprefix + "*", len(aprefix))
     aorder = np.argsort(np.asarray(aids, np.int64), kind="stable")
@@ -56,4 +57,6 @@ def read_snapshot(client: redis.Redis, keys, snapshot_id: str) -> SnapshotData: 
         ad_ids=np.asarray(aids, np.int64)[aorder], ad_codes=np.ascontiguousarray(ablob[:, :bpr]),
         ad_scales=ablob[:, bpr:].copy().view(np.float32).ravel() if sb else np.zeros(0, np.float32),
         prior=view.prior, max_segment=int(view.meta["max_segment"]),
+        event_ids=np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64),
+        coverage=dict(view.meta.get("coverage", {})),
     )

@@ -4,10 +4,11 @@
     <root>/<fm_version>/snapshots/<snapshot_id>/
         manifest.json      fm_version, dim, codec params, row counts, per-file {dtype, shape, bytes, sha256},
                            and header_sha256 (a checksum of the manifest itself)
-        user_ids.bin int64 [U] sorted   offsets.bin int64 [U+1]   ts.bin int64 [R]
+        user_ids.bin int64 [U] sorted   offsets.bin int64 [U+1]   ts.bin int64 [R]   event_ids.bin int64 [R]
         codes.bin uint8 [R, bytes_per_row]   scales.bin float32 [R] (int8 only)
         ad_ids.bin int64 [A] sorted   ad_codes.bin uint8 [A, bpr]   ad_scales.bin float32 [A]
         prior.bin float32 [dim]   pq_centroids.bin float32 (pq only)
+    manifest.json also records `coverage`: source, event-time high-water mark and row count
 
 Files are memory-mapped read-only, so every process on a host shares one copy through the page cache.
 Writing goes to a temp directory, every file and the directory are fsynced, then the directory is renamed
@@ -54,7 +55,7 @@ def _arrays(data: SnapshotData) -> dict[str, np.ndarray]:
     arrays = {
         "user_ids": data.user_ids, "offsets": data.offsets, "ts": data.ts, "codes": data.codes,
         "scales": data.scales, "ad_ids": data.ad_ids, "ad_codes": data.ad_codes, "ad_scales": data.ad_scales,
-        "prior": data.prior,
+        "prior": data.prior, "event_ids": data.event_ids,
     }
     arrays.update(data.codec.state())
     return arrays
@@ -83,7 +84,7 @@ def write_snapshot_dir(data: SnapshotData, directory: Path) -> dict:
         "format": FORMAT_VERSION, "fm_version": data.fm_version, "snapshot_id": data.snapshot_id,
         "created_ms": data.created_ms, "codec": data.codec.params(), "dim": data.dim,
         "n_users": int(len(data.user_ids)), "n_rows": data.n_rows, "n_ads": int(len(data.ad_ids)),
-        "max_segment": data.max_segment, "files": files,
+        "max_segment": data.max_segment, "coverage": data.coverage, "files": files,
     }
     manifest["header_sha256"] = _header_digest(manifest)
     with open(directory / MANIFEST, "w") as f:
@@ -152,5 +153,6 @@ def open_snapshot_dir(directory: Path, fm_version: str, verify: Verify = "header
         created_ms=int(manifest["created_ms"]), user_ids=arrays["user_ids"], offsets=offsets, ts=arrays["ts"],
         codes=arrays["codes"], scales=arrays["scales"], ad_ids=arrays["ad_ids"], ad_codes=arrays["ad_codes"],
         ad_scales=arrays["ad_scales"], prior=arrays["prior"], max_segment=int(manifest["max_segment"]),
+        event_ids=arrays.get("event_ids", np.zeros(0, np.int64)), coverage=dict(manifest.get("coverage", {})),
         extra={"manifest": manifest},
     )

@@ -17,9 +17,9 @@ from embedding_cache.codecs import Codec, make_codec
 from embedding_cache.config import RetentionConfig
 from embedding_cache.errors import CacheError
 from embedding_cache.reader import check_fm_version
-from embedding_cache.snapshot_data import EncodedRows, SnapshotData, build_snapshot
+from embedding_cache.snapshot_data import NO_EVENT_ID, EncodedRows, SnapshotData, build_snapshot
 
-_Pending = EncodedRows | tuple[np.ndarray, np.ndarray, np.ndarray]
+_Pending = EncodedRows | tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _check_codes(codes: np.ndarray, n: int, dim: int, field: str) -> np.ndarray:
@@ -57,27 +57,39 @@ class SnapshotWriter(ABC):
         self._ads: list[_Pending] = []
 
     # -- appends -------------------------------------------------------------------------------------
-    def _encode_or_keep(self, ids: np.ndarray, ts: np.ndarray, codes: np.ndarray) -> _Pending:
+    def _encode_or_keep(self, ids: np.ndarray, ts: np.ndarray, codes: np.ndarray, event_ids: np.ndarray) -> _Pending:
         if self.codec.fitted:
             data, scales = self.codec.encode(codes)
-            return EncodedRows(ids, ts, data, scales)
-        return (ids, ts, codes)  # PQ before its codebooks exist: keep floats until publish trains them
+            return EncodedRows(ids, ts, data, scales, event_ids)
+        return (ids, ts, codes, event_ids)  # PQ before its codebooks exist: keep floats until publish trains them
 
-    def append_user_codes(self, user_ids: np.ndarray, ts_ms: np.ndarray, codes: np.ndarray) -> None:
-        """Buffer user codes (n rows, any order) for the next publish."""
+    def append_user_codes(self, user_ids: np.ndarray, ts_ms: np.ndarray, codes: np.ndarray,
+                          event_ids: np.ndarray | None = None) -> None:
+        """Buffer user codes (n rows, any order) for the next publish.
+
+        With `event_ids` (int64 [n], >= 0) a publish is idempotent: a row whose (user_id, ts, event_id) is
+        already stored replaces it instead of adding a second copy. Rows without event ids are always added.
+        """
         ids = _check_ids(user_ids, "user_ids")
         ts = _check_ids(ts_ms, "ts_ms")
         if ts.shape != ids.shape:
             raise ValueError(f"ts_ms shape {ts.shape} != user_ids shape {ids.shape}")
         if ts.size and ts.min() <= 0:
             raise ValueError("ts_ms must be > 0 (ms since epoch)")
-        self._users.append(self._encode_or_keep(ids, ts, _check_codes(codes, len(ids), self.dim, "codes")))
+        if event_ids is None:
+            eids = np.full(len(ids), NO_EVENT_ID, np.int64)
+        else:
+            eids = _check_ids(event_ids, "event_ids")
+            if eids.shape != ids.shape:
+                raise ValueError(f"event_ids shape {eids.shape} != user_ids shape {ids.shape}")
+        self._users.append(self._encode_or_keep(ids, ts, _check_codes(codes, len(ids), self.dim, "codes"), eids))
 
     def append_ad_codes(self, ad_ids: np.ndarray, codes: np.ndarray) -> None:
         """Buffer ad codes; a later append of the same ad replaces the earlier code at publish."""
         ids = _check_ids(ad_ids, "ad_ids")
         self._ads.append(self._encode_or_keep(ids, np.zeros(0, np.int64),
-                                              _check_codes(codes, len(ids), self.dim, "codes")))
+                                              _check_codes(codes, len(ids), self.dim, "codes"),
+                                              np.zeros(0, np.int64)))
 
     @property
     def pending_rows(self) -> int:
@@ -102,15 +114,22 @@ class SnapshotWriter(ABC):
         for p in items:
             if isinstance(p, tuple):
                 data, scales = self.codec.encode(p[2])
-                p = EncodedRows(p[0], p[1], data, scales)
+                p = EncodedRows(p[0], p[1], data, scales, p[3])
             out.append(p)
         return out
 
-    def publish(self, now_ms: int | None = None) -> str:
+    def current_coverage(self) -> dict:
+        """What the published snapshot of this fm_version covers ({} when none): source, high_water_ms, rows."""
+        base = self._load_base()
+        return dict(base.coverage) if base is not None else {}
+
+    def publish(self, now_ms: int | None = None, coverage: dict | None = None) -> str:
         """Publish base + appends as a new immutable snapshot and switch readers' pointer to it atomically.
 
         Args:
             now_ms: publish time for the age limit and the snapshot's created time (default: wall clock).
+            coverage: fields recorded with the snapshot (e.g. {"source": "synthetic"}); the high-water mark
+                and the row count are added here.
 
         Returns:
             The new snapshot id.
@@ -122,7 +141,8 @@ class SnapshotWriter(ABC):
         ads = self._encode_pending(self._ads)
         snapshot_id = self._next_snapshot_id()
         data = build_snapshot(fm_version=self.fm_version, snapshot_id=snapshot_id, codec=self.codec,
-                              created_ms=now, base=base, users=users, ads=ads, retention=self.retention)
+                              created_ms=now, base=base, users=users, ads=ads, retention=self.retention,
+                              coverage=coverage)
         self._store(data)
         self._users, self._ads = [], []
         return snapshot_id

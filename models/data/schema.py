@@ -2,6 +2,8 @@
 
 An event is one ad impression of one user at one time, with its click / conversion outcome.
 Columns are numpy arrays of equal length, sorted by (ts_ms, user_id) so a prefix is "the past".
+`event_id` identifies an event for as long as the source keeps it (sources number events in the order
+they generate or read them), so a re-run of the embed job or of the DAS step recognises what it has seen.
 `p_click` / `p_conversion` hold the true probabilities where the source knows them (synthetic)
 and NaN elsewhere, so oracle metrics are computed, never assumed.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 EVENT_COLUMNS: dict[str, np.dtype] = {
+    "event_id": np.dtype(np.int64),  # the source's stable id of the event: DAS log and cache rows are keyed on it
     "user_id": np.dtype(np.int64),
     "ts_ms": np.dtype(np.int64),
     "ad_id": np.dtype(np.int64),
@@ -33,7 +36,7 @@ EVENT_COLUMNS: dict[str, np.dtype] = {
     "p_conversion": np.dtype(np.float32),  # P(conversion | click), ground truth where known, else NaN
 }
 
-NON_NEGATIVE = ("user_id", "ts_ms", "ad_id", "advertiser_id", "campaign_id", "category", "placement", "device",
+NON_NEGATIVE = ("event_id", "user_id", "ts_ms", "ad_id", "advertiser_id", "campaign_id", "category", "placement", "device",
                 "user_segment")
 
 
@@ -103,8 +106,11 @@ class EventLog:
 
     @classmethod
     def load(cls, path: str | Path) -> EventLog:
-        with np.load(path) as data:
+        with np.load(path) as data:  # allow_pickle stays False: an .npz of plain arrays only
             header = json.loads(bytes(data["__header__"]).decode())
+            missing = [k for k in EVENT_COLUMNS if k not in data.files]
+            if missing:
+                raise SchemaError(f"{path}: event file lacks columns {missing} (written by an older `adrank data`?)")
             cols = {k: data[k] for k in EVENT_COLUMNS}
         return cls(cols, header["cardinality"], header["source"], header["meta"])
 
@@ -112,6 +118,7 @@ class EventLog:
 def empty_columns(n: int) -> dict[str, np.ndarray]:
     """Zeroed columns of length n (NaN for the ground-truth columns), for sources to fill in."""
     cols = {name: np.zeros(n, dtype=dt) for name, dt in EVENT_COLUMNS.items()}
+    cols["event_id"] = np.arange(n, dtype=np.int64)  # generation / file order; travels with the row when sorted
     cols["p_click"][:] = np.nan
     cols["p_conversion"][:] = np.nan
     return cols

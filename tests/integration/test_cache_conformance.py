@@ -232,3 +232,44 @@ def test_property_exactly_the_l_most_recent_before_t(store: StoreFactory, rows: 
         assert hb.timestamps[u, :n].tolist() == [s for s, _ in expected]
         assert hb.codes[u, :n, 0].tolist() == [float(i) for _, i in expected]
         assert (hb.codes[u, n:] == 0).all() and (hb.timestamps[u, n:] == 0).all()
+
+
+def test_republishing_the_same_events_stores_each_once_with_its_newest_code(store: StoreFactory) -> None:
+    fm = store.fresh_version()
+    users, ts, eids = np.array([1, 1, 1, 2]), T0 + np.array([10, 10, 20, 10]), np.array([100, 101, 102, 200])
+    w = store.writer(fm, dim=4)
+    w.append_user_codes(users, ts, _codes(np.array([1, 2, 3, 4]), 4), event_ids=eids)
+    w.publish(coverage={"source": "test"})
+    first = store.reader(fm).user_history(np.array([1, 2]), T0 + 100, 8)
+    for _ in range(2):  # the same events again, in a fresh writer (a re-run of the embed job)
+        again = store.writer(fm, dim=4)
+        again.append_user_codes(users, ts, _codes(np.array([1, 2, 3, 4]), 4), event_ids=eids)
+        again.publish()
+    r = store.reader(fm)
+    hb = r.user_history(np.array([1, 2]), T0 + 100, 8)
+    assert hb.lengths.tolist() == first.lengths.tolist() == [3, 1]
+    assert sorted(hb.codes[0, :3, 0].tolist()) == [1, 2, 3]
+    recoded = store.writer(fm, dim=4)  # re-embedded with a new FM pass: the newest code replaces the old one
+    recoded.append_user_codes(np.array([1]), T0 + np.array([20]), _codes(np.array([7]), 4), event_ids=np.array([102]))
+    recoded.publish()
+    hb = store.reader(fm).user_history(np.array([1]), T0 + 100, 8)
+    assert hb.lengths.tolist() == [3] and hb.codes[0, 0, 0] == 7
+    anonymous = store.writer(fm, dim=4)  # rows without event ids are appended as before, never merged
+    anonymous.append_user_codes(np.array([2, 2]), T0 + np.array([10, 10]), _codes(np.array([5, 5]), 4))
+    anonymous.publish()
+    assert store.reader(fm).user_history(np.array([2]), T0 + 100, 8).lengths.tolist() == [3]
+
+
+def test_each_snapshot_records_what_it_covers(store: StoreFactory) -> None:
+    fm = store.fresh_version()
+    w = store.writer(fm, dim=4)
+    assert w.current_coverage() == {}
+    w.append_user_codes(np.array([1, 2]), T0 + np.array([10, 30]), _codes(np.array([1, 2]), 4),
+                        event_ids=np.array([1, 2]))
+    w.publish(coverage={"source": "synthetic"})
+    cov = store.writer(fm, dim=4).current_coverage()
+    assert cov == {"source": "synthetic", "high_water_ms": T0 + 30, "rows": 2}
+    w2 = store.writer(fm, dim=4)
+    w2.append_user_codes(np.array([1]), T0 + np.array([20]), _codes(np.array([3]), 4), event_ids=np.array([3]))
+    w2.publish()  # an older event does not lower the high-water mark; the source is carried over
+    assert store.writer(fm, dim=4).current_coverage() == {"source": "synthetic", "high_water_ms": T0 + 30, "rows": 3}

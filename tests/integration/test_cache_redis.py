@@ -28,7 +28,7 @@ def test_key_layout_and_pointer(redis_url: str) -> None:
     keys = {k.decode() for k in client.keys("adrank:fm-v1:s000001:*")}
     assert {"adrank:fm-v1:s000001:meta", "adrank:fm-v1:s000001:u:1", "adrank:fm-v1:s000001:u:2",
             "adrank:fm-v1:s000001:a:7", "adrank:fm-v1:s000001:state:prior"} == keys
-    assert len(client.get("adrank:fm-v1:s000001:u:1")) == 8 + 4 + 4  # ts + int8 codes + scale
+    assert len(client.get("adrank:fm-v1:s000001:u:1")) == 8 + 4 + 4 + 8  # ts + int8 codes + scale + event id
     assert client.smembers("adrank:versions") == {b"fm-v1"}
 
 
