@@ -36,6 +36,7 @@ from embedding_cache.metrics import CacheMetrics
 from embedding_cache.reader import CacheReader
 from embedding_cache.redis_backend import RedisReader, RedisWriter
 from embedding_cache.report import CodecReport, bytes_per_user, codec_report
+from embedding_cache.writer import SnapshotWriter
 
 Backend = Literal["embedded", "redis", "memory"]
 
@@ -65,10 +66,24 @@ def open_reader(backend: Backend, location: str | os.PathLike | InMemoryStore, f
     raise InvalidLookupError(f"unknown backend {backend!r}; choose embedded, redis or memory")
 
 
+def open_writer(backend: Backend, location: str | os.PathLike | InMemoryStore, fm_version: str, *, dim: int,
+                codec: str = "int8", retention: RetentionConfig | None = None, **codec_params: int) -> SnapshotWriter:
+    """Open a writer of `fm_version` on a backend (the same `backend` / `location` pairs as `open_reader`)."""
+    if backend == "embedded":
+        return EmbeddedWriter(location, fm_version, dim, codec, retention, **codec_params)
+    if backend == "redis":
+        return RedisWriter(str(location), fm_version, dim, codec, retention, **codec_params)
+    if backend == "memory":
+        if not isinstance(location, InMemoryStore):
+            raise InvalidLookupError("the memory backend needs an InMemoryStore as location")
+        return location.writer(fm_version, dim, codec, retention, **codec_params)
+    raise InvalidLookupError(f"unknown backend {backend!r}; choose embedded, redis or memory")
+
+
 __all__ = [
     "CODEC_NAMES", "CacheError", "CacheMetrics", "CacheReader", "CacheUnavailableError", "CodecReport",
     "CorruptSnapshotError", "EmbeddedReader", "EmbeddedWriter", "FmVersionMismatchError", "HistoryBatch",
     "InMemoryStore", "InvalidLookupError", "LookupLimits", "MemoryReader", "MemoryWriter", "RedisReader",
     "RedisWriter", "RetentionConfig", "SnapshotNotFoundError", "bytes_per_user", "codec_report", "make_codec",
-    "open_reader",
+    "SnapshotWriter", "open_reader", "open_writer",
 ]

@@ -68,6 +68,14 @@ class CsrReader(CacheReader):
         return self._served.data.snapshot_id
 
     @property
+    def coverage(self) -> dict:
+        return dict(self._served.data.coverage)
+
+    @property
+    def codec_name(self) -> str:
+        return self._served.data.codec.name
+
+    @property
     def lookup_path(self) -> str:
         """Which lookup serves: "numba" (the fused kernel) or "numpy" (no numba, or ADRANK_CACHE_KERNEL=numpy)."""
         return "numpy" if self._served.kernel is None else "numba"

@@ -94,6 +94,16 @@ class CacheReader(ABC):
     def snapshot_id(self) -> str:
         """Snapshot currently served."""
 
+    @property
+    def codec_name(self) -> str:
+        """The codec the served snapshot stores codes with (float32, float16, int8, int4, pq)."""
+        raise NotImplementedError
+
+    @property
+    def coverage(self) -> dict:
+        """What the served snapshot covers: source, event-time high-water mark, rows ({} if not recorded)."""
+        return {}
+
     @abstractmethod
     def refresh(self) -> bool:
         """Switch to the newest published snapshot if there is one; True when it switched.

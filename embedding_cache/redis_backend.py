@@ -146,6 +146,14 @@ class RedisReader(CacheReader):
     def snapshot_id(self) -> str:
         return self._view.snapshot_id
 
+    @property
+    def coverage(self) -> dict:
+        return dict(self._view.meta.get("coverage", {}))
+
+    @property
+    def codec_name(self) -> str:
+        return self._view.codec.name
+
     def refresh(self) -> bool:
         if self._pinned:
             return False

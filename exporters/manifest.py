@@ -43,6 +43,9 @@ class ModelManifest:
     source: str = ""
     metrics: Mapping = field(default_factory=dict)
     parity: Mapping = field(default_factory=dict)
+    history: Mapping = field(default_factory=dict)
+    """LoopFM VMs: the codes serving must read (models.history.HistorySpec: fm_version, length, width,
+    codec, pooling); empty for a VM without FM history."""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -60,6 +63,7 @@ class ModelManifest:
                 outputs=tuple(TensorSpec(o["name"], o["dtype"], tuple(o["shape"])) for o in d["outputs"]),
                 model_file=str(d.get("model_file", MODEL_FILE)), sha256=str(d["sha256"]), opset=int(d["opset"]),
                 source=str(d.get("source", "")), metrics=dict(d.get("metrics", {})), parity=dict(d.get("parity", {})),
+                history=dict(d.get("history", {})),
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"manifest lacks or mistypes field {exc}") from exc

@@ -118,6 +118,7 @@ def export_onnx(checkpoint: str | Path, repository: str | Path, name: str, versi
             inputs=input_specs(spec, config),
             outputs=tuple(TensorSpec(o, "float32", ("batch",)) for o in OUTPUT_NAMES),
             opset=OPSET, source=str(payload.get("source", "")), metrics=payload.get("metrics", {}), parity=check,
+            history=payload.get("history", {}),
         )
         manifest = replace(manifest, sha256=sha256_file(onnx_path))
         (staging / MANIFEST_NAME).write_text(manifest.to_json())

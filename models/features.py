@@ -21,6 +21,8 @@ from functools import cached_property
 
 import numpy as np
 
+from models.history import StrictlyBefore
+
 # Context vocabularies shared by the wire format (strings) and the data sources (ints). Index 0 is
 # "other": unknown strings map there rather than failing a request.
 PLACEMENTS: tuple[str, ...] = ("other", "feed", "story", "search", "video", "sidebar")
@@ -130,21 +132,14 @@ def assemble(
 def recent_categories_from_log(user_id: np.ndarray, ts_ms: np.ndarray, category: np.ndarray, click: np.ndarray,
                                k: int) -> np.ndarray:
     """For every event, the categories of the user's last k clicks with timestamp strictly before it
-    (newest first, -1 padded). Vectorized; clicks at the same millisecond are not visible to each other."""
-    n = len(user_id)
-    order = np.lexsort((ts_ms, user_id))
-    u, t, c, clk = user_id[order], ts_ms[order], category[order].astype(np.int64), click[order].astype(bool)
-    # index of the first row of each (user, ts) group: only clicks before that row are visible
-    new_group = np.r_[True, (u[1:] != u[:-1]) | (t[1:] != t[:-1])]
-    group_start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
-    new_user = np.r_[True, u[1:] != u[:-1]]
-    clicks_before_row = np.cumsum(clk) - clk  # global count of clicks strictly before each row
-    user_start = np.maximum.accumulate(np.where(new_user, np.arange(n), 0))
-    visible = clicks_before_row[group_start] - clicks_before_row[user_start]  # user's clicks before the group
-    click_rows = np.flatnonzero(clk)
-    click_cats = c[click_rows]
-    first_click_of_user = clicks_before_row[user_start]  # index into click_rows of the user's first click
-    out_sorted = np.full((n, k), -1, dtype=np.int64)
+    (newest first, -1 padded). Vectorized; the strictly-before rule is `models.history.StrictlyBefore`'s."""
+    groups = StrictlyBefore(user_id, ts_ms)
+    order = groups.order
+    clk = click[order].astype(np.int64)
+    visible = groups.count_before(clk)  # the user's clicks strictly before each (sorted) row
+    click_cats = category[order].astype(np.int64)[np.flatnonzero(clk)]
+    first_click_of_user = (np.cumsum(clk) - clk)[groups.user_start_sorted]  # index into click_cats
+    out_sorted = np.full((len(user_id), k), -1, dtype=np.int64)
     for j in range(k):  # k is small (≈5): a loop over columns, not rows
         has = visible > j
         idx = first_click_of_user + visible - 1 - j

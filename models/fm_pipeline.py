@@ -25,7 +25,7 @@ from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
 from models.metrics import summarize
 from models.progress import progress_bar, progress_write
-from models.checkpoint import load_payload, save_atomic
+from models.checkpoint import CheckpointError, load_payload, save_atomic
 from models.train import VMData, esmm_loss, seed_everything
 
 MS_PER_HOUR = 3_600_000.0
@@ -209,8 +209,17 @@ def save_fm(fm: FMArtifacts, data: VMData, config: FMTrainConfig, path: str | Pa
     return save_atomic(payload, path)
 
 
-def load_fm(path: str | Path) -> tuple[FoundationModel, CodeAutoencoder, dict]:
+def fm_payload(path: str | Path) -> dict:
+    """An FM checkpoint's metadata and weights (weights_only load), after checking it is an FM checkpoint."""
     payload = load_payload(path)
+    missing = [k for k in ("fm_version", "fm_config", "feature_spec", "ae_dims") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not an FM checkpoint (no {', '.join(missing)}); `adrank train fm` writes one")
+    return payload
+
+
+def load_fm(path: str | Path) -> tuple[FoundationModel, CodeAutoencoder, dict]:
+    payload = fm_payload(path)
     cfg = payload["fm_config"]
     model = FoundationModel(FMConfig(**{**cfg, "type_windows": tuple(cfg["type_windows"]),
                                         "type_widths": tuple(cfg["type_widths"])}))
@@ -222,18 +231,56 @@ def load_fm(path: str | Path) -> tuple[FoundationModel, CodeAutoencoder, dict]:
     return model, ae, payload
 
 
-def embed_split(fm_path: str | Path, data: VMData, rows: np.ndarray, cache_dir: str | Path, *, codec: str = "int4",
-                progress: bool = True) -> tuple[str, str, int]:
-    """Codes for `rows` of `data` with the FM at `fm_path`, published to the embedded cache as one snapshot
-    of that FM's version. Returns (fm_version, snapshot_id, rows written)."""
-    from models.embed import publish_codes
+class SchemaMismatch(ValueError):
+    """The data's feature schema differs from the one an FM (or VM) checkpoint was trained on."""
+
+
+def check_feature_schema(checkpoint: str | Path, payload: dict, data: VMData) -> None:
+    """Refuses data whose feature schema differs from the checkpoint's, naming both."""
+    trained, given = payload["feature_spec"], data.spec.to_dict()
+    if trained != given:
+        diff = {k: (trained.get(k), given.get(k)) for k in sorted(set(trained) | set(given))
+                if trained.get(k) != given.get(k)}
+        raise SchemaMismatch(
+            f"feature schema mismatch: checkpoint {checkpoint} was trained on {payload.get('source', '?')!r} data "
+            f"with {', '.join(f'{k}={v[0]}' for k, v in diff.items())}; the given {data.events.source!r} data has "
+            f"{', '.join(f'{k}={v[1]}' for k, v in diff.items())} (use the dataset and --events it was trained on)")
+
+
+def embed_split(fm_path: str | Path, data: VMData, rows: np.ndarray, cache, *, codec: str = "int4",
+                since: int | str | None = None, progress: bool = True):
+    """Codes for `rows` of `data` with the FM at `fm_path`, published to `cache` (a `models.embed.CacheLocation`
+    or an embedded store directory) as one new snapshot of that FM's version.
+
+    `since`: None embeds every given row; an int (ms) only rows at or after it; "auto" resumes after the
+    high-water mark of the snapshot already published (the nearline path). Returns a `PublishResult`.
+    """
+    from embedding_cache import open_writer
+    from models.embed import CacheLocation, publish_codes, rows_since
 
     model, ae, payload = load_fm(fm_path)
-    if payload["feature_spec"] != data.spec.to_dict():
-        raise ValueError("the data's feature spec differs from the one the FM was trained on")
+    check_feature_schema(fm_path, payload, data)
+    cache = cache if isinstance(cache, CacheLocation) else CacheLocation("embedded", str(cache))
+    if since == "auto":
+        writer = open_writer(cache.backend, cache.location, payload["fm_version"], dim=ae.code_dim, codec=codec)
+        since = writer.current_coverage().get("high_water_ms")
+    if since is not None:
+        rows = np.intersect1d(rows, rows_since(data.events, int(since)))
+    if len(rows) == 0:
+        return None  # nothing at or after the high-water mark: no new snapshot
     batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
     _, codes = infer_fm(model, ae, batcher, rows, progress=progress)
     full = np.zeros((len(data.events), codes.shape[1]), np.float32)
     full[rows] = codes
-    snapshot = publish_codes(cache_dir, payload["fm_version"], data.events, rows, full, codec=codec)
-    return payload["fm_version"], snapshot, len(rows)
+    return publish_codes(cache, payload["fm_version"], data.events, rows, full, codec=codec)
+
+
+def log_predictions(fm_path: str | Path, data: VMData, path: str | Path, *, progress: bool = True) -> Path:
+    """`adrank das`: one FM pass over every example of `data`, written as the DAS log at `path`."""
+    from models.das import write_das
+
+    model, ae, payload = load_fm(fm_path)
+    check_feature_schema(fm_path, payload, data)
+    batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
+    logits, _ = infer_fm(model, ae, batcher, np.arange(len(data.events)), progress=progress)
+    return write_das(path, payload["fm_version"], data.events["event_id"], logits, source=data.events.source)

@@ -1,4 +1,11 @@
-"""Offline job steps the CLI and the demo call: load data → train a VM → write checkpoint + catalog."""
+"""Offline job steps the CLI and the demo call: load data → train a VM → write checkpoint + catalog.
+
+`run_train_job` trains every VM variant the experiment knows from flags alone: the baseline, LoopFM (FM
+history read from the embedding cache, sum or target-attention pooling), KD from the FM's DAS log (single
+head or ExFM's auxiliary head, with or without the student adapter), and their combinations. A LoopFM or
+KD job names the FM checkpoint it builds on; the VM checkpoint then records that FM's version and the
+history spec serving needs.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +15,126 @@ from pathlib import Path
 
 from models.catalog import build_catalog, save_catalog
 from models.data import load_dataset
-from models.train import TrainConfig, TrainResult, save_checkpoint, train_vm
+from models.data.schema import EventLog
+from models.distill import DistillConfig
+from models.train import TrainConfig, TrainResult, fit_vm, prepare_vm_data, save_checkpoint
 from models.vm import VMConfig
 
 CHECKPOINT = "vm.pt"
 CATALOG = "catalog.npz"
 METRICS = "metrics.json"
+HISTORY_CHOICES = ("none", "sum", "attention")
+KD_CHOICES = ("none", "single", "aux")
+
+
+class JobError(ValueError):
+    """A training job's flags do not fit together (the message names the flag)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainJob:
+    """One `adrank train vm` run. Defaults train the baseline VM on synthetic events."""
+
     dataset: str = "synthetic"
     n_events: int = 300_000
     seed: int = 0
     epochs: int = 2
     data_path: str | None = None
+    events_file: str | None = None  # an .npz written by `adrank data` (overrides dataset / n_events)
     out_dir: str = "runs/demo"
+    fm_checkpoint: str | None = None  # fm.pt: the FM whose codes (history) or predictions (KD) the VM uses
+    cache_dir: str | None = None
+    cache_url: str | None = None
+    history: str = "none"  # none | sum | attention
+    history_len: int = 32  # L
+    history_width: int | None = None  # code prefix width (Matryoshka); default: the cache's full width
+    kd: str = "none"  # none | single | aux
+    kd_strength: float = 1.0  # λ for the single head, β (gradient share into the trunk) for the aux head
+    adapter: bool = False
+    das: str | None = None  # DAS log; default: das.npz beside the FM checkpoint
+
+    def __post_init__(self) -> None:
+        if self.history not in HISTORY_CHOICES:
+            raise JobError(f"--history must be one of {HISTORY_CHOICES}, got {self.history!r}")
+        if self.kd not in KD_CHOICES:
+            raise JobError(f"--kd must be one of {KD_CHOICES}, got {self.kd!r}")
+        if not 1 <= self.history_len <= 1024:
+            raise JobError(f"--history-len must be in [1, 1024], got {self.history_len}")
+        if not 0.0 < self.kd_strength <= 100.0:
+            raise JobError(f"--kd-strength must be in (0, 100], got {self.kd_strength}")
+        if self.adapter and self.kd == "none":
+            raise JobError("--adapter needs --kd single or --kd aux")
+        if (self.history != "none" or self.kd != "none") and not self.fm_checkpoint:
+            raise JobError("--history and --kd need --fm-checkpoint (the FM the VM learns from)")
+        if self.history == "none" and (self.cache_dir or self.cache_url):
+            raise JobError("--cache-dir / --cache-url are read only with --history sum|attention")
+
+    @property
+    def distill(self) -> DistillConfig:
+        if self.kd == "single":
+            return DistillConfig(mode="single", weight=self.kd_strength, adapter=self.adapter)
+        if self.kd == "aux":
+            return DistillConfig(mode="aux", grad_scale=self.kd_strength, adapter=self.adapter)
+        return DistillConfig()
+
+
+def load_events(job: TrainJob) -> EventLog:
+    if job.events_file:
+        return EventLog.load(job.events_file)
+    return load_dataset(job.dataset, n_events=job.n_events, seed=job.seed, path=job.data_path)
 
 
 def run_train_job(job: TrainJob, *, progress: bool = True) -> tuple[TrainResult, Path]:
-    events = load_dataset(job.dataset, n_events=job.n_events, seed=job.seed, path=job.data_path)
-    result = train_vm(events, VMConfig(), TrainConfig.for_dataset(job.dataset, epochs=job.epochs, seed=job.seed),
-                      progress=progress)
+    events = load_events(job)
+    tc = TrainConfig.for_dataset(events.source, epochs=job.epochs, seed=job.seed)
+    data = prepare_vm_data(events, tc)
+    vm_config, history, distill_record = VMConfig(), None, None
+    if job.fm_checkpoint:
+        from models.fm_pipeline import check_feature_schema, fm_payload
+
+        payload = fm_payload(job.fm_checkpoint)
+        check_feature_schema(job.fm_checkpoint, payload, data)
+        data.fm_version = str(payload["fm_version"])
+    if job.history != "none":
+        vm_config, history = _attach_history(job, data, vm_config)
+    if job.kd != "none":
+        distill_record = _attach_das(job, data)
+    result = fit_vm(data, vm_config, tc, job.distill, progress=progress)
     out = Path(job.out_dir)
-    ckpt = save_checkpoint(result, out / CHECKPOINT)
+    ckpt = save_checkpoint(result, out / CHECKPOINT, history=history, distill=distill_record)
     save_catalog(build_catalog(events, result.spec.recent_k), out / CATALOG)
     (out / METRICS).write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
     return result, ckpt
+
+
+def _attach_history(job: TrainJob, data, vm_config: VMConfig) -> tuple[VMConfig, dict]:
+    """The cache's codes of the FM's version become the VM's history input (read strictly before t)."""
+    from dataclasses import replace
+
+    from models.embed import CacheLocation, cache_history
+    from models.history import HistorySpec
+
+    try:
+        cache = CacheLocation.from_flags(job.cache_dir, job.cache_url)
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+    reader = cache.reader(data.fm_version)  # FmVersionMismatchError names what the cache holds
+    width = job.history_width or reader.dim
+    if width > reader.dim:
+        raise JobError(f"--history-width {width} exceeds the cache's code width {reader.dim}")
+    data.history = cache_history(reader, data.events, data.fm_version, width=width)
+    spec = HistorySpec(fm_version=data.fm_version, length=job.history_len, width=width, codec=reader.codec_name,
+                       pooling=job.history)
+    return replace(vm_config, history_dim=width, history_len=job.history_len, history_pooling=job.history), \
+        spec.to_dict()
+
+
+def _attach_das(job: TrainJob, data) -> dict:
+    """KD reads the FM's logged predictions (the DAS log on disk), never a live FM."""
+    from models.das import DAS_FILE, read_das, require_logged
+
+    das = job.das or str(Path(job.fm_checkpoint).with_name(DAS_FILE))
+    data.fm_logits = read_das(das, data.events, data.fm_version)
+    require_logged(data.fm_logits, data.train_idx, das)
+    knob = "lambda" if job.kd == "single" else "beta"
+    return {"mode": job.kd, knob: job.kd_strength, "adapter": job.adapter, "das": das}

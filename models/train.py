@@ -21,13 +21,15 @@ from models.data.schema import EventLog
 from models.data.splits import per_user_split_mask, time_split_mask
 from models.distill import DistillConfig, StudentAdapter, scale_grad, soft_bce
 from models.features import FeatureSpec, features_from_events
+from models.history import FM_HISTORY, FM_HISTORY_MASK, USER_INDEX
 from models.loopfm import drop_history
 from models.metrics import summarize
 from models.progress import progress_bar
 from models.vm import BASE_INPUTS, VerticalModel, VMConfig
 
-# rows -> (codes float32 [B, L, d], mask float32 [B, L]) of FM codes strictly before each row's time
-HistorySource = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# (rows, L) -> the HISTORY_INPUTS tensors (models.history.history_tensors) of the FM codes strictly before
+# each row's time, one user per row
+HistorySource = Callable[[np.ndarray, int], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,13 +107,14 @@ def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: boo
     if config.history_dim:
         if data.history is None:
             raise ValueError("a LoopFM VM needs VMData.history (FM codes from the embedding cache)")
-        codes, mask = data.history(rows, config.history_len)
+        hist = data.history(rows, config.history_len)
+        codes = hist[FM_HISTORY]
         if codes.shape[-1] != config.history_dim:
             raise ValueError(f"history codes have width {codes.shape[-1]}, the VM expects {config.history_dim}")
-        m = torch.from_numpy(mask)
+        m = torch.from_numpy(hist[FM_HISTORY_MASK])
         if train:
             m = drop_history(m, config.history_dropout, generator)
-        tensors += [torch.from_numpy(codes), m, torch.arange(len(rows))]
+        tensors += [torch.from_numpy(codes), m, torch.from_numpy(hist[USER_INDEX])]
     return tuple(tensors)
 
 
@@ -203,8 +206,13 @@ def train_vm(events: EventLog, vm_config: VMConfig = VMConfig(), train_config: T
     return fit_vm(prepare_vm_data(events, train_config), vm_config, train_config, progress=progress)
 
 
-def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | None = None) -> Path:
-    """Writes weights + everything export needs (spec, config, metrics) atomically."""
+def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | None = None,
+                    history: dict | None = None, distill: dict | None = None) -> Path:
+    """Writes weights + everything export needs (spec, config, metrics) atomically. A LoopFM VM's
+    `history` (a `models.history.HistorySpec` dict: fm_version, L, width, codec, pooling) tells serving
+    which codes to read; `distill` records how it was distilled (mode, strength, adapter, DAS log)."""
+    if result.vm_config.history_dim and not history:
+        raise ValueError("a LoopFM VM checkpoint needs its history spec (fm_version, length, width, codec, pooling)")
     payload = {
         "state_dict": result.model.state_dict(),
         "feature_spec": result.spec.to_dict(),
@@ -214,6 +222,8 @@ def save_checkpoint(result: TrainResult, path: str | Path, *, fm_version: str | 
         "loss_curve": result.loss_curve,
         "fm_version": fm_version or result.fm_version,
         "source": result.source,
+        "history": history or {},
+        "distill": distill or {"mode": "none"},
     }
     return save_atomic(payload, path)
 

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from models.features import SPARSE_FIELDS, FeatureSpec
+from models.history import HISTORY_INPUTS
 from models.loopfm import make_pooling
 
 BASE_INPUTS = ("sparse", "recent", "dense")
-HISTORY_INPUTS = ("fm_history", "fm_history_mask", "user_index")
 
 
 @dataclass(frozen=True, kw_only=True)

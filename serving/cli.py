@@ -11,12 +11,19 @@ from pathlib import Path
 DEFAULT_RUN = "runs/demo"
 
 
-def _cmd_data(a: argparse.Namespace) -> int:
+def _load_events(a: argparse.Namespace):
     from models.data import load_dataset
+    from models.data.schema import EventLog
 
-    events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+    if getattr(a, "events_file", None):
+        return EventLog.load(a.events_file)
+    return load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+
+
+def _cmd_data(a: argparse.Namespace) -> int:
+    events = _load_events(a)
     events.save(a.out)
-    print(f"{len(events):,} events from {a.dataset} → {a.out}; cardinality {dict(events.cardinality)}")
+    print(f"{len(events):,} events from {events.source} → {a.out}; cardinality {dict(events.cardinality)}")
     return 0
 
 
@@ -25,41 +32,65 @@ def _cmd_train(a: argparse.Namespace) -> int:
         return _cmd_train_fm(a)
     from models.pipeline import TrainJob, run_train_job
 
-    result, ckpt = run_train_job(TrainJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs,
-                                          data_path=a.data_path, out_dir=a.out))
+    job = TrainJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs, data_path=a.data_path,
+                   events_file=a.events_file, out_dir=a.out, fm_checkpoint=a.fm_checkpoint, cache_dir=a.cache_dir,
+                   cache_url=a.cache_url, history=a.history, history_len=a.history_len,
+                   history_width=a.history_width, kd=a.kd, kd_strength=a.kd_strength, adapter=a.adapter, das=a.das)
+    result, ckpt = run_train_job(job)
     t = result.metrics["test"]
-    print(f"checkpoint {ckpt}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}; "
-          f"CVR AUC {t.get('cvr_auc', float('nan')):.4f}")
+    variant = f"history={job.history} kd={job.kd}" + (f" ({job.kd_strength:g})" if job.kd != "none" else "")
+    print(f"VM ({variant}, fm_version {result.fm_version}) → {ckpt}: test CTR AUC {t['ctr_auc']:.4f} "
+          f"NE {t['ctr_ne']:.4f}; CVR AUC {t.get('cvr_auc', float('nan')):.4f}")
     return 0
 
 
 def _cmd_train_fm(a: argparse.Namespace) -> int:
-    from models.data import load_dataset
+    from models.das import DAS_FILE, write_das
     from models.fm_pipeline import FMTrainConfig, save_fm, train_fm
     from models.train import TrainConfig, prepare_vm_data
 
-    events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
-    data = prepare_vm_data(events, TrainConfig.for_dataset(a.dataset))
+    events = _load_events(a)
+    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
     config = FMTrainConfig(epochs=a.epochs, seed=a.seed)
     fm = train_fm(data, config)
     path = save_fm(fm, data, config, Path(a.out) / "fm.pt")
+    das = write_das(Path(a.out) / DAS_FILE, fm.fm_version, events["event_id"], fm.logits, source=events.source)
     t = fm.metrics["test"]
-    print(f"FM {fm.fm_version} → {path}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}")
+    print(f"FM {fm.fm_version} → {path}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}; "
+          f"DAS log of {len(events):,} examples → {das}")
+    return 0
+
+
+def _cmd_das(a: argparse.Namespace) -> int:
+    from models.fm_pipeline import log_predictions
+    from models.train import TrainConfig, prepare_vm_data
+
+    events = _load_events(a)
+    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
+    path = log_predictions(a.fm_checkpoint, data, a.out)
+    print(f"DAS log: FM predictions for {len(events):,} examples → {path}")
     return 0
 
 
 def _cmd_embed(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from models.data import load_dataset
+    from models.embed import CacheLocation
     from models.fm_pipeline import embed_split
     from models.train import TrainConfig, prepare_vm_data
 
-    events = load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
-    data = prepare_vm_data(events, TrainConfig.for_dataset(a.dataset))
+    cache = CacheLocation.from_flags(a.cache_dir or (None if a.cache_url else f"{DEFAULT_RUN}/cache"), a.cache_url)
+    events = _load_events(a)
+    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
     rows = {"train": data.train_idx, "test": data.test_idx, "all": np.arange(len(events))}[a.split]
-    fm_version, snapshot, n = embed_split(a.fm_checkpoint, data, rows, a.cache_dir, codec=a.codec)
-    print(f"{n:,} codes of {fm_version} ({a.split} split, {a.codec}) published as snapshot {snapshot} in {a.cache_dir}")
+    since = None if a.since is None else ("auto" if a.since == "auto" else int(a.since))
+    res = embed_split(a.fm_checkpoint, data, rows, cache, codec=a.codec, since=since)
+    if res is None:
+        print(f"nothing to embed: no {a.split}-split event at or after the published high-water mark ({cache})")
+        return 0
+    print(f"{res.rows_offered:,} codes of {res.fm_version} ({a.split} split, {res.codec}) published as snapshot "
+          f"{res.snapshot_id} in {cache}: {res.rows_before:,} → {res.rows_after:,} rows "
+          f"(+{res.rows_added:,}), high-water mark {res.high_water_ms}")
     return 0
 
 
@@ -120,11 +151,14 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
     from serving.client import build_request, render_table, score
 
-    catalog = None
-    if a.catalog and Path(a.catalog).exists():
-        from models.catalog import load_catalog
+    if not a.catalog or not Path(a.catalog).is_file():
+        print(f"error: --catalog {a.catalog}: no catalog file there. Requests are built from the ads and users of a "
+              "trained model's catalog.npz (written by `adrank train vm` beside vm.pt); pass --catalog PATH",
+              file=sys.stderr)
+        return 2
+    from models.catalog import load_catalog
 
-        catalog = load_catalog(a.catalog)
+    catalog = load_catalog(a.catalog)
     req = build_request(a.user, a.candidates, catalog, seed=a.seed, request_time_ms=a.time_ms, model=a.model,
                         version=a.version)
     import grpc
@@ -179,24 +213,53 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--data-path", default=None, help="taobao only: folder or CSV in the BARS layout")
 
+    def events_flags(sp: argparse.ArgumentParser) -> None:
+        data_flags(sp)
+        sp.add_argument("--events-file", default=None, help="an .npz written by `adrank data` (instead of --dataset)")
+
+    def cache_flags(sp: argparse.ArgumentParser, default_dir: str | None) -> None:
+        group = sp.add_mutually_exclusive_group()
+        group.add_argument("--cache-dir", default=default_dir, help="embedded embedding cache directory")
+        group.add_argument("--cache-url", default=None, help="Redis embedding cache, redis://HOST:PORT/DB")
+
     sp = sub.add_parser("data", help="generate or load events and save them as .npz")
     data_flags(sp)
     sp.add_argument("--out", default=f"{DEFAULT_RUN}/events.npz")
     sp.set_defaults(func=_cmd_data)
 
-    sp = sub.add_parser("train", help="train a model")
+    sp = sub.add_parser("train", help="train a model: `train fm` (FM + codes + DAS log) or `train vm` (any variant)")
     sp.add_argument("what", choices=("vm", "fm"))
-    data_flags(sp)
+    events_flags(sp)
     sp.add_argument("--epochs", type=int, default=2)
     sp.add_argument("--out", default=DEFAULT_RUN)
+    vm = sp.add_argument_group("vm variants (LoopFM history, KD from the FM's DAS log)")
+    vm.add_argument("--fm-checkpoint", default=None, help="fm.pt the VM learns from (needed by --history / --kd)")
+    cache_flags(vm, None)
+    vm.add_argument("--history", default="none", choices=("none", "sum", "attention"),
+                    help="LoopFM: pool the user's FM codes strictly before t (read from the cache)")
+    vm.add_argument("--history-len", type=int, default=32, help="L: codes per user the VM reads")
+    vm.add_argument("--history-width", type=int, default=None, help="code prefix width (default: the cache's)")
+    vm.add_argument("--kd", default="none", choices=("none", "single", "aux"),
+                    help="distil from the FM's logged predictions: single head or ExFM's auxiliary head")
+    vm.add_argument("--kd-strength", type=float, default=1.0, help="λ (single head) or β (aux head's trunk share)")
+    vm.add_argument("--adapter", action="store_true", help="ExFM student adapter on the FM's logit")
+    vm.add_argument("--das", default=None, help="DAS log (default: das.npz beside --fm-checkpoint)")
     sp.set_defaults(func=_cmd_train)
 
+    sp = sub.add_parser("das", help="log the FM's prediction for every example of an event log (DAS)")
+    events_flags(sp)
+    sp.add_argument("--fm-checkpoint", default=f"{DEFAULT_RUN}/fm.pt")
+    sp.add_argument("--out", default=f"{DEFAULT_RUN}/das.npz")
+    sp.set_defaults(func=_cmd_das)
+
     sp = sub.add_parser("embed", help="compute LoopFM codes for a data split and publish them to the cache")
-    data_flags(sp)
+    events_flags(sp)
     sp.add_argument("--fm-checkpoint", default=f"{DEFAULT_RUN}/fm.pt")
     sp.add_argument("--split", default="all", choices=("train", "test", "all"))
-    sp.add_argument("--cache-dir", default=f"{DEFAULT_RUN}/cache")
+    cache_flags(sp, None)
     sp.add_argument("--codec", default="int4", choices=("float32", "float16", "int8", "int4", "pq"))
+    sp.add_argument("--since", default=None,
+                    help="'auto': only events at or after the published snapshot's high-water mark; or a time in ms")
     sp.set_defaults(func=_cmd_embed)
 
     def study_flags(sp: argparse.ArgumentParser, out: str, quick_minutes: int) -> None:

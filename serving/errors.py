@@ -39,3 +39,9 @@ class ModelLoadError(RankingError):
     """A model version on disk could not be loaded (corrupt file, hash mismatch, bad manifest)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DataLoss(RankingError):
+    """Stored data the request needs is damaged (e.g. an embedding snapshot fails its checksums)."""
+
+    code = grpc.StatusCode.DATA_LOSS

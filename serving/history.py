@@ -1,8 +1,13 @@
 """FM history for LoopFM models at request time, read from the embedding cache.
 
 Each model version names the fm_version it was trained with (manifest); the provider opens one cache
-reader per fm_version and never serves a model codes of another version. A model whose fm_version is
-absent from the cache is refused at load (FAILED_PRECONDITION) rather than served without history.
+reader per fm_version and never serves a model codes of another version, codec or width. A model whose
+codes are absent from the cache is refused at load (FAILED_PRECONDITION) rather than served without
+history. A request is one `CacheReader.lookup` call (the compiled one-request kernel on the embedded
+store, one MGET on Redis); its result becomes model inputs through `models.history.history_tensors`, the
+function training uses, so online and offline tensors are built by the same code.
+
+No model reads candidate ad codes, so the lookup asks for none (an empty id array costs nothing).
 """
 
 from __future__ import annotations
@@ -15,15 +20,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.history import FM_HISTORY, history_tensors
 from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import ModelHandle
-from serving.errors import BackendUnavailable, ModelNotReady
+from serving.errors import BackendUnavailable, DataLoss, InvalidRequest, ModelNotReady, RankingError
 
 log = logging.getLogger(__name__)
 
+_NO_ADS = np.zeros(0, np.int64)
+
 
 def needs_history(handle: ModelHandle) -> bool:
-    return any(i.name == "fm_history" for i in handle.manifest.inputs)
+    return any(i.name == FM_HISTORY for i in handle.manifest.inputs)
+
+
+def lookup_error(exc: Exception) -> RankingError:
+    """Each cache error keeps its meaning on the wire (embedding_cache/errors.py has the table)."""
+    from embedding_cache import (
+        CacheUnavailableError,
+        CorruptSnapshotError,
+        FmVersionMismatchError,
+        InvalidLookupError,
+        SnapshotNotFoundError,
+    )
+
+    if isinstance(exc, InvalidLookupError):
+        return InvalidRequest(f"embedding cache refused the lookup: {exc}")
+    if isinstance(exc, CacheUnavailableError):
+        return BackendUnavailable(f"embedding cache unavailable: {exc}")
+    if isinstance(exc, SnapshotNotFoundError):  # deleted under the reader; the next refresh repairs it
+        return BackendUnavailable(f"embedding cache snapshot gone, retry: {exc}")
+    if isinstance(exc, CorruptSnapshotError):
+        return DataLoss(f"embedding cache snapshot corrupt: {exc}")
+    if isinstance(exc, FmVersionMismatchError):
+        return ModelNotReady(f"embedding cache holds other codes than the model needs: {exc}")
+    return ModelNotReady(f"embedding cache lookup failed: {exc}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +62,22 @@ class HistoryInputs:
     tensors: dict[str, np.ndarray]
     flags: tuple[int, ...]
     cache_us: int
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class _Need:
+    """What a model version reads: L codes of width d, and the codec it was trained on ('' = unrecorded)."""
+
+    length: int
+    width: int
+    codec: str
+
+
+def _need(handle: ModelHandle) -> _Need:
+    spec = {i.name: i for i in handle.manifest.inputs}[FM_HISTORY]
+    recorded = handle.manifest.history or {}
+    return _Need(int(spec.shape[1]), int(spec.shape[2]), str(recorded.get("codec", "")))
 
 
 class HistoryProvider:
@@ -70,34 +117,36 @@ class HistoryProvider:
                 log.warning("embedding cache %s: refresh refused: %s", fm_version, exc)
 
     def check(self, handle: ModelHandle) -> None:
-        """Raises ModelNotReady when a LoopFM model's fm_version cannot be read."""
-        if needs_history(handle):
-            self.reader(handle.fm_version)
+        """Raises ModelNotReady when a LoopFM model's codes cannot be read as it was trained on them."""
+        if not needs_history(handle):
+            return
+        reader = self.reader(handle.fm_version)
+        need = _need(handle)
+        if reader.dim < need.width:
+            raise ModelNotReady(f"embedding cache codes of {handle.fm_version} have width {reader.dim}; "
+                                f"{handle.name}/{handle.version} reads {need.width}")
+        if need.codec and reader.codec_name != need.codec:
+            raise ModelNotReady(f"embedding cache stores {handle.fm_version} as {reader.codec_name}; "
+                                f"{handle.name}/{handle.version} was trained on {need.codec} codes")
 
     async def inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int) -> HistoryInputs:
-        from embedding_cache import CacheError, CacheUnavailableError
+        from embedding_cache import CacheError
 
-        spec = {i.name: i for i in handle.manifest.inputs}["fm_history"]
-        max_len, dim = int(spec.shape[1]), int(spec.shape[2])
+        need = _need(handle)
         reader = self.reader(handle.fm_version)
         t0 = time.perf_counter()
         try:
             if self.backend == "redis":  # network I/O: keep it off the event loop
-                hb = await asyncio.to_thread(reader.user_history, np.array([user_id]), t_ms, max_len)
-            else:  # memory-mapped numpy: microseconds, cheaper inline than a thread hop
-                hb = reader.user_history(np.array([user_id]), t_ms, max_len)
-        except CacheUnavailableError as exc:
-            raise BackendUnavailable(f"embedding cache unavailable: {exc}") from exc
+                hb, _, _ = await asyncio.to_thread(reader.lookup, user_id, t_ms, need.length, _NO_ADS)
+            else:  # memory-mapped, compiled kernel: microseconds, cheaper inline than a thread hop
+                hb, _, _ = reader.lookup(user_id, t_ms, need.length, _NO_ADS)
         except CacheError as exc:
-            raise ModelNotReady(f"embedding cache lookup failed: {exc}") from exc
+            raise lookup_error(exc) from exc
         cache_us = int((time.perf_counter() - t0) * 1e6)
         if hb.fm_version != handle.fm_version:  # defence in depth: never mix FM versions
             raise ModelNotReady(f"cache returned {hb.fm_version} codes for a model trained with {handle.fm_version}")
-        if hb.codes.shape[2] < dim:
-            raise ModelNotReady(f"cache codes have width {hb.codes.shape[2]}, model needs {dim}")
-        mask = (np.arange(max_len)[None, :] < hb.lengths[:, None]).astype(np.float32)
+        if hb.codes.shape[2] < need.width:
+            raise ModelNotReady(f"cache codes have width {hb.codes.shape[2]}, model needs {need.width}")
         flags = (ranking_pb2.FLAG_USER_HISTORY_MISSING,) if bool(hb.fallback[0]) else ()
-        return HistoryInputs(
-            {"fm_history": np.ascontiguousarray(hb.codes[:, :max_len, :dim], dtype=np.float32),
-             "fm_history_mask": mask, "user_index": np.zeros(n_candidates, np.int64)},
-            flags, cache_us)
+        tensors = history_tensors(hb.codes, hb.lengths, need.length, need.width, np.zeros(n_candidates, np.int64))
+        return HistoryInputs(tensors, flags, cache_us, hb.snapshot_id)

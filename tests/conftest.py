@@ -52,7 +52,8 @@ def loopfm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     data.history = cache_history(open_reader("embedded", out / "cache", "fm-test01"), events, "fm-test01")
     data.fm_version = "fm-test01"
     result = fit_vm(data, VMConfig(history_dim=8, history_len=8), TrainConfig(epochs=1), progress=False)
-    ckpt = save_checkpoint(result, out / "vm_loopfm.pt")
+    history = {"fm_version": "fm-test01", "length": 8, "width": 8, "codec": "int8", "pooling": "sum"}
+    ckpt = save_checkpoint(result, out / "vm_loopfm.pt", history=history)
     repo = out / "model_repository"
     export_onnx(ckpt, repo, "vm_loopfm", 1, parity_examples=1_000)
     export_onnx(ckpt, repo, "vm_loopfm", 2, parity_examples=1_000)

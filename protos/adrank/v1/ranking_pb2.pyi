@@ -11,11 +11,9 @@ class Flag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FLAG_UNSPECIFIED: _ClassVar[Flag]
     FLAG_USER_HISTORY_MISSING: _ClassVar[Flag]
-    FLAG_AD_CODES_MISSING: _ClassVar[Flag]
     FLAG_REQUEST_TIME_DEFAULTED: _ClassVar[Flag]
 FLAG_UNSPECIFIED: Flag
 FLAG_USER_HISTORY_MISSING: Flag
-FLAG_AD_CODES_MISSING: Flag
 FLAG_REQUEST_TIME_DEFAULTED: Flag
 
 class Context(_message.Message):

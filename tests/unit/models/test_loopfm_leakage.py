@@ -6,6 +6,7 @@ import pytest
 
 from embedding_cache import EmbeddedWriter, open_reader
 from models.data.schema import EventLog, empty_columns
+from models.history import FM_HISTORY, FM_HISTORY_MASK
 from models.embed import FmVersionLeak, cache_history, publish_codes
 
 
@@ -31,7 +32,8 @@ def test_no_example_sees_its_own_or_a_later_code(tmp_path):
     codes[:, 0] = (np.arange(n) + 1) / (n + 1)
     publish_codes(tmp_path, "fm-a", events, np.arange(n), codes, codec="float32")
     source = cache_history(open_reader("embedded", tmp_path, "fm-a"), events, "fm-a")
-    hist, mask = source(np.arange(n), 64)
+    tensors = source(np.arange(n), 64)
+    hist, mask = tensors[FM_HISTORY], tensors[FM_HISTORY_MASK]
     row_of = np.rint(hist[..., 0] * (n + 1)).astype(int) - 1
     users, ts = events["user_id"], events["ts_ms"]
     for i in range(n):
@@ -51,7 +53,8 @@ def test_codes_of_another_fm_version_are_never_read(tmp_path):
     n = len(events)
     publish_codes(tmp_path, "fm-a", events, np.arange(n), np.full((n, 2), 0.25, np.float32), codec="float32")
     publish_codes(tmp_path, "fm-b", events, np.arange(n), np.full((n, 2), -0.75, np.float32), codec="float32")
-    hist, mask = cache_history(open_reader("embedded", tmp_path, "fm-a"), events, "fm-a")(np.arange(n), 8)
+    tensors = cache_history(open_reader("embedded", tmp_path, "fm-a"), events, "fm-a")(np.arange(n), 8)
+    hist, mask = tensors[FM_HISTORY], tensors[FM_HISTORY_MASK]
     assert np.all(hist[mask > 0] == 0.25)  # fm-b codes (-0.75) never appear, not even in the prior
     with pytest.raises(FmVersionLeak, match="fm-b"):
         cache_history(open_reader("embedded", tmp_path, "fm-b"), events, "fm-a")
