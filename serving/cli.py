@@ -168,6 +168,11 @@ def _cmd_score(a: argparse.Namespace) -> int:
     except grpc.RpcError as exc:  # print the status code and message, exit non-zero
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
+    if a.json:
+        from google.protobuf.json_format import MessageToJson
+
+        print(MessageToJson(resp, preserving_proto_field_name=True, indent=1))
+        return 0
     Console().print(render_table(resp, req, limit=a.show))
     return 0
 
@@ -307,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-ms", type=int, default=None)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--show", type=int, default=20, help="rows to print")
+    sp.add_argument("--json", action="store_true", help="print the whole response as JSON instead of a table")
     sp.add_argument("--timeout", type=float, default=5.0)
     sp.set_defaults(func=_cmd_score)
 
@@ -351,6 +357,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}. Is the extra that provides it installed? (pip install -e '.[triton,load,dev]')",
               file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)  # the project's typed errors name the flag or file at fault
+        return 2
+
+
+_PROJECT_PACKAGES = frozenset({"models", "embedding_cache", "exporters", "serving", "loadtests"})
+
+
+def _is_user_error(exc: Exception) -> bool:
+    """A refusal raised on purpose by the project (bad flags, files, schemas), not a bug: print it, no trace."""
+    return type(exc).__module__.split(".")[0] in _PROJECT_PACKAGES
 
 
 if __name__ == "__main__":
