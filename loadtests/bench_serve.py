@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.workload import build_score_request
+from loadtests.workload import LOAD_MIX
+from serving.client import build_request
 
 CANDIDATES = 200
 
@@ -39,9 +40,8 @@ def _request(run_dir: Path, seed: int = 0):
     from models.catalog import load_catalog
 
     catalog = load_catalog(run_dir / "catalog.npz")
-    rng = np.random.default_rng(seed)
-    user = int(catalog["user_id"][0])
-    return build_score_request(catalog, user, CANDIDATES, rng, int(catalog["max_ts_ms"][0]) + 1)
+    return build_request(int(catalog["user_id"][0]), CANDIDATES, catalog, seed=seed, mix=LOAD_MIX,
+                         request_time_ms=int(catalog["max_ts_ms"][0]) + 1)
 
 
 def _us(fn, n: int, warmup: int = 20) -> np.ndarray:
