@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from models.vocab import DEVICE_TRAFFIC, DEVICES, PLACEMENT_TRAFFIC, PLACEMENTS
@@ -18,3 +21,10 @@ def test_traffic_shares_name_known_values_and_sum_to_one(traffic: dict[str, floa
     # a value outside the vocabulary would reach the model as "other" without any error
     assert set(traffic) <= set(vocab[1:])
     assert sum(traffic.values()) == pytest.approx(1.0)
+
+
+def test_the_client_and_load_generator_import_no_torch_or_training_code() -> None:
+    code = ("import sys, serving.client, loadtests.workload; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'exporters') "
+            "or (m.startswith('models.') and m != 'models.vocab')]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
