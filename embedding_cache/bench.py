@@ -26,6 +26,7 @@ import numpy as np
 
 from embedding_cache.config import RetentionConfig
 from embedding_cache.embedded import EmbeddedWriter, open_snapshot, version_dir
+from embedding_cache.latency import latency_stats
 from embedding_cache.reader import CacheReader
 from embedding_cache.report import codec_report
 
@@ -64,8 +65,7 @@ def _timed(fn: Callable[[int], object], n: int) -> np.ndarray:
 
 
 def _stats(us: np.ndarray) -> dict[str, float]:
-    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)),
-            "mean_us": float(us.mean()), "requests_per_s": float(1e6 / us.mean())}
+    return {**latency_stats(us), "requests_per_s": float(1e6 / us.mean())}
 
 
 def _requests(rng: np.random.Generator, users: int, n_ads: int, n_req: int, ads_per_req: int):

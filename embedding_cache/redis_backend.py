@@ -26,7 +26,6 @@ import numpy as np
 import redis
 from prometheus_client.registry import CollectorRegistry
 
-from embedding_cache.codecs import Codec, codec_from_manifest
 from embedding_cache.config import LookupLimits, RetentionConfig
 from embedding_cache.csr import RawHistory
 from embedding_cache.errors import (
@@ -36,6 +35,8 @@ from embedding_cache.errors import (
     SnapshotNotFoundError,
 )
 from embedding_cache.reader import CacheReader, ViewInfo, check_fm_version
+from embedding_cache.redis_keys import RedisKeys, RedisView, load_view
+from embedding_cache.redis_scan import read_snapshot
 from embedding_cache.snapshot_data import SnapshotData
 from embedding_cache.writer import SnapshotWriter, format_snapshot_id
 
@@ -51,60 +52,8 @@ def _available(url: str) -> Iterator[None]:
         raise CacheUnavailableError(f"redis at {url} unavailable: {exc}") from exc
 
 
-class _Keys:
-    """Key names of one fm_version (the single place the layout is spelled out)."""
-
-    def __init__(self, prefix: str, fm_version: str) -> None:
-        self.prefix, self.fm = prefix, fm_version
-        self.versions = f"{prefix}:versions"
-        self.seq = f"{prefix}:{fm_version}:seq"
-        self.current = f"{prefix}:{fm_version}:current"
-        self.snapshots = f"{prefix}:{fm_version}:snapshots"
-
-    def snap(self, snapshot_id: str) -> str:
-        return f"{self.prefix}:{self.fm}:{snapshot_id}"
-
-    def meta(self, snapshot_id: str) -> str:
-        return f"{self.snap(snapshot_id)}:meta"
-
-    def state(self, snapshot_id: str, name: str) -> str:
-        return f"{self.snap(snapshot_id)}:state:{name}"
-
-    def user(self, snapshot_id: str, user_id: int) -> str:
-        return f"{self.snap(snapshot_id)}:u:{user_id}"
-
-    def ad(self, snapshot_id: str, ad_id: int) -> str:
-        return f"{self.snap(snapshot_id)}:a:{ad_id}"
-
-
 def _connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-
-class _RedisView:
-    """Everything a reader needs about one snapshot; swapped as one reference on refresh."""
-
-    def __init__(self, keys: _Keys, snapshot_id: str, meta: dict, codec: Codec, prior: np.ndarray) -> None:
-        self.snapshot_id, self.meta, self.codec, self.prior = snapshot_id, meta, codec, prior
-        self.meta_key = keys.meta(snapshot_id)
-        self.user_prefix = f"{keys.snap(snapshot_id)}:u:"
-        self.ad_prefix = f"{keys.snap(snapshot_id)}:a:"
-        self.bpr = codec.bytes_per_row
-        self.scale_bytes = 4 if codec.has_row_scale else 0
-        self.id_bytes = 8 if meta.get("event_ids") else 0  # snapshots written before event ids have none
-        self.row_bytes = 8 + self.bpr + self.scale_bytes + self.id_bytes
-        self.info = ViewInfo(snapshot_id, prior)
-
-
-def _load_view(client: redis.Redis, keys: _Keys, snapshot_id: str) -> _RedisView:
-    raw_meta = client.get(keys.meta(snapshot_id))
-    if raw_meta is None:
-        raise SnapshotNotFoundError(f"redis snapshot {snapshot_id} of {keys.fm} not found (deleted or never written)")
-    meta = json.loads(raw_meta)
-    state = {}
-    for name in meta["state"]:
-        state[name] = np.frombuffer(client.get(keys.state(snapshot_id, name)) or b"", np.float32)
-    return _RedisView(keys, snapshot_id, meta, codec_from_manifest(meta["codec"], state), state["prior"])
 
 
 class RedisReader(CacheReader):
@@ -116,12 +65,12 @@ class RedisReader(CacheReader):
                  limits: LookupLimits | None = None, registry: CollectorRegistry | None = None) -> None:
         super().__init__(fm_version, limits or LookupLimits(), registry)
         self.url = url
-        self._keys = _Keys(prefix, fm_version)
+        self._keys = RedisKeys(prefix, fm_version)
         self._pinned = snapshot_id
         self._client = _connect(url)
         self._view = self._open(snapshot_id)
 
-    def _open(self, snapshot_id: str | None) -> _RedisView:
+    def _open(self, snapshot_id: str | None) -> RedisView:
         with _available(self.url):
             if snapshot_id is None:
                 current = self._client.get(self._keys.current)
@@ -132,7 +81,7 @@ class RedisReader(CacheReader):
                     raise FmVersionMismatchError(
                         f"redis {self.url} has no embeddings for fm_version {self.fm_version!r}; it has {known}")
                 snapshot_id = current.decode()
-            view = _load_view(self._client, self._keys, snapshot_id)
+            view = load_view(self._client, self._keys, snapshot_id)
         if view.meta.get("fm_version") != self.fm_version:
             raise FmVersionMismatchError(f"snapshot {snapshot_id} is {view.meta.get('fm_version')}")
         self.metrics.record_snapshot(view.snapshot_id, int(view.meta["created_ms"]))
@@ -172,7 +121,7 @@ class RedisReader(CacheReader):
         self._client.close()
 
     # -- lookups ---------------------------------------------------------------------------------------
-    def _mget(self, user_ids: np.ndarray, ad_ids: np.ndarray) -> tuple[_RedisView, list, list]:
+    def _mget(self, user_ids: np.ndarray, ad_ids: np.ndarray) -> tuple[RedisView, list, list]:
         """One MGET of [meta, users..., ads...]; retried once on a fresh view if the snapshot vanished."""
         for attempt in range(2):
             view = self._view
@@ -189,7 +138,7 @@ class RedisReader(CacheReader):
         raise SnapshotNotFoundError(f"snapshot {self._view.snapshot_id} of {self.fm_version} was deleted")
 
     @staticmethod
-    def _decode_users(view: _RedisView, values: list, t: np.ndarray, max_len: int) -> RawHistory:
+    def _decode_users(view: RedisView, values: list, t: np.ndarray, max_len: int) -> RawHistory:
         b, bpr, sb = len(values), view.bpr, view.scale_bytes
         raw = np.zeros((b, max_len, bpr), np.uint8)
         scales = np.zeros((b, max_len), np.float32)
@@ -218,7 +167,7 @@ class RedisReader(CacheReader):
         return RawHistory(out, lengths, stamps)
 
     @staticmethod
-    def _decode_ads(view: _RedisView, values: list) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_ads(view: RedisView, values: list) -> tuple[np.ndarray, np.ndarray]:
         hit = np.fromiter((v is not None for v in values), bool, len(values))
         out = np.zeros((len(values), view.codec.dim), np.float32)
         if hit.any():
@@ -256,7 +205,7 @@ class RedisWriter(SnapshotWriter):
                  retention: RetentionConfig | None = None, prefix: str = "adrank", **codec_params: int) -> None:
         super().__init__(check_fm_version(fm_version), dim, codec, retention, **codec_params)
         self.url = url
-        self._keys = _Keys(prefix, fm_version)
+        self._keys = RedisKeys(prefix, fm_version)
         self._client = _connect(url)
         self._last: SnapshotData | None = None
 
@@ -267,8 +216,6 @@ class RedisWriter(SnapshotWriter):
                 return None
             if self._last is not None and self._last.snapshot_id == current.decode():
                 return self._last
-            from embedding_cache.redis_scan import read_snapshot
-
             return read_snapshot(self._client, self._keys, current.decode())
 
     def _next_snapshot_id(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import redis
 
+from embedding_cache.redis_keys import RedisKeys, load_view
 from embedding_cache.snapshot_data import SnapshotData
 
 
@@ -24,11 +25,9 @@ def _scan_values(client: redis.Redis, pattern: str, prefix_len: int) -> tuple[li
     return ids, values
 
 
-def read_snapshot(client: redis.Redis, keys, snapshot_id: str) -> SnapshotData:  # keys: redis_backend._Keys
+def read_snapshot(client: redis.Redis, keys: RedisKeys, snapshot_id: str) -> SnapshotData:
     """Rebuild the SnapshotData of a published Redis snapshot."""
-    from embedding_cache.redis_backend import _load_view
-
-    view = _load_view(client, keys, snapshot_id)
+    view = load_view(client, keys, snapshot_id)
     bpr, sb, ib = view.bpr, view.scale_bytes, view.id_bytes
     row = view.row_bytes
     prefix = f"{keys.snap(snapshot_id)}:u:"

@@ -15,7 +15,6 @@ import numpy as np
 from embedding_cache.codecs import Codec
 from embedding_cache.config import RetentionConfig
 
-
 NO_EVENT_ID = -1
 """Event id of a row appended without one: such rows are never deduplicated (each append is kept)."""
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedding_cache.latency import percentiles
 from loadtests import bench_serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def fm_row(cache: dict | None, quick: bool, history_len: int = 256, candidates: 
                 t0 = time.perf_counter()
                 model(**x)
                 us.append((time.perf_counter() - t0) * 1e6)
-        out[b] = float(np.percentile(us, 50))
+        out[b] = percentiles(us, (50,))["p50"]
     lookup = cache["embedded"]["lookup"]["p50_us"]
     ratio = out[1] / lookup
     return Row(name, f"{out[1]:,.0f} µs FM forward (B=1, T={history_len})", f"{lookup:.1f} µs cache lookup",

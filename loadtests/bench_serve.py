@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.workload import build_score_request
+from embedding_cache.latency import latency_stats, percentiles
+from loadtests.workload import LOAD_MIX
+from serving.client import build_request
 
 CANDIDATES = 200
 
@@ -39,9 +41,8 @@ def _request(run_dir: Path, seed: int = 0):
     from models.catalog import load_catalog
 
     catalog = load_catalog(run_dir / "catalog.npz")
-    rng = np.random.default_rng(seed)
-    user = int(catalog["user_id"][0])
-    return build_score_request(catalog, user, CANDIDATES, rng, int(catalog["max_ts_ms"][0]) + 1)
+    return build_request(int(catalog["user_id"][0]), CANDIDATES, catalog, seed=seed, mix=LOAD_MIX,
+                         request_time_ms=int(catalog["max_ts_ms"][0]) + 1)
 
 
 def _us(fn, n: int, warmup: int = 20) -> np.ndarray:
@@ -56,7 +57,7 @@ def _us(fn, n: int, warmup: int = 20) -> np.ndarray:
 
 
 def _stats(us: np.ndarray) -> dict:
-    return {"p50_us": float(np.percentile(us, 50)), "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean())}
+    return latency_stats(us)
 
 
 def in_process(run_dir: Path, request, n: int) -> dict:
@@ -179,10 +180,8 @@ def end_to_end(run_dir: Path, serve_args: list[str], quick: bool, capacity: bool
                 server_us.append(stub.Score(request, timeout=5).timing.total_us)
 
             client = _us(call, n, warmup=30)
-        out.update({"calls": n, "client_p50_us": float(np.percentile(client, 50)),
-                    "client_p99_us": float(np.percentile(client, 99)),
-                    "server_p50_us": float(np.percentile(server_us[-n:], 50)),
-                    "server_p99_us": float(np.percentile(server_us[-n:], 99))})
+        out.update({"calls": n, **percentiles(client, key="client_p{q}_us"),
+                    **percentiles(server_us[-n:], key="server_p{q}_us")})
         if capacity:
             out["capacity"] = capacity_ramp(srv.target, run_dir, quick)
     return out

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedding_cache.latency import percentiles
+
 NAN = float("nan")
 
 
@@ -59,9 +61,8 @@ def summarize_calls(calls: dict[str, np.ndarray], start_s: float = 0.0, end_s: f
     server, cands = calls["server_ms"][sel], calls["candidates"][sel]
     # the window runs from the first call's start to the last call's end
     window = float(max(np.max(t + ms / 1e3) - np.min(t), 1e-3))
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    server_ok = server[ok & np.isfinite(server)]
-    s50, s99 = np.percentile(server_ok, [50, 99]) if len(server_ok) else (NAN, NAN)
+    p50, p95, p99 = percentiles(ms, (50, 95, 99)).values()
+    s50, s99 = percentiles(server[ok & np.isfinite(server)], (50, 99)).values()  # NaN when none succeeded
     return LoadSummary("calls", int(len(ms)), int((~ok).sum()), window, float(ok.sum() / window),
                        float(cands[ok].sum() / window), float(cands.mean()), float(p50), float(p95), float(p99),
                        float(ms.max()), float(s50), float(s99))
@@ -117,15 +118,16 @@ def plot_latency(calls: dict[str, np.ndarray] | None, history: dict[str, np.ndar
     if calls is not None:
         ok = calls["ok"].astype(bool)
         client = calls["client_ms"][ok]
-        hi = float(np.percentile(client, 99.9)) if len(client) else 1.0
+        hi = percentiles(client, (99.9,))["p99.9"] if len(client) else 1.0
         bins = np.linspace(0, max(hi, 1e-3) * 1.05, 80)
         ax1.hist(client, bins=bins, alpha=0.7, label="client (gRPC round trip)")
         server = calls["server_ms"][ok & np.isfinite(calls["server_ms"])]
         if len(server):
             ax1.hist(server, bins=bins, alpha=0.6, label="server (timing.total_us)")
+        marks = percentiles(client, (50, 99))
         for q, style in ((50, ":"), (99, "--")):
             if len(client):
-                ax1.axvline(np.percentile(client, q), color="k", ls=style, lw=1, label=f"client p{q}")
+                ax1.axvline(marks[f"p{q}"], color="k", ls=style, lw=1, label=f"client p{q}")
     if budget_p99_ms is not None:
         ax1.axvline(budget_p99_ms, color="r", lw=1, label="p99 budget")
     ax1.set_xlabel("latency (ms)")

@@ -18,13 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protos.adrank.v1 import ranking_pb2
-from serving.client import fill_user_features
+from serving.client import RequestMix, build_request
 
-PLACEMENTS = ("feed", "story", "search", "video")
-PLACEMENT_WEIGHTS = (0.6, 0.2, 0.1, 0.1)
-DEVICES = ("ios", "android", "web")
-DEVICE_WEIGHTS = (0.45, 0.45, 0.1)
+# Placements and devices with their traffic shares (models.vocab), bids jittered ±20% as auctions do.
+LOAD_MIX = RequestMix(weighted=True, bid_jitter=0.2)
 
 
 @dataclass(frozen=True)
@@ -86,25 +83,6 @@ def zipf_users(user_ids: np.ndarray, size: int, rng: np.random.Generator, expone
     return user_ids[order[rng.choice(len(user_ids), size=size, p=p / p.sum())]]
 
 
-def build_score_request(catalog: Mapping[str, np.ndarray], user_id: int, n_candidates: int, rng: np.random.Generator,
-                        request_time_ms: int) -> ranking_pb2.ScoreRequest:
-    """One request: the user's catalog features, `n_candidates` distinct catalog ads with their bids
-    (jittered ±20% as auctions do), a placement/device mix and the request time."""
-    req = ranking_pb2.ScoreRequest(user_id=int(user_id), request_time_ms=int(request_time_ms))
-    req.context.placement = PLACEMENTS[rng.choice(len(PLACEMENTS), p=PLACEMENT_WEIGHTS)]
-    req.context.device = DEVICES[rng.choice(len(DEVICES), p=DEVICE_WEIGHTS)]
-    fill_user_features(req, catalog, user_id)
-    n_ads = len(catalog["ad_id"])
-    pick = rng.choice(n_ads, size=min(int(n_candidates), n_ads), replace=False)
-    bids = catalog["bid"][pick].astype(np.float64) * rng.uniform(0.8, 1.2, size=len(pick))
-    ad, adv, camp, cat = (catalog[k][pick].tolist() for k in ("ad_id", "advertiser_id", "campaign_id", "category"))
-    req.candidates.extend(
-        ranking_pb2.Candidate(ad_id=a, advertiser_id=v, campaign_id=c, category=g, bid=b)
-        for a, v, c, g, b in zip(ad, adv, camp, cat, bids.tolist(), strict=True)
-    )
-    return req
-
-
 @dataclass
 class RequestPool:
     """Serialized requests cycled in order; the order itself is the Zipf draw, so cycling keeps the mix."""
@@ -121,7 +99,8 @@ class RequestPool:
         t = int(catalog["max_ts_ms"][0]) + 1 if request_time_ms is None else request_time_ms
         users = zipf_users(np.asarray(catalog["user_id"]), size, rng, zipf_exponent)
         counts = candidates.sample(rng, size)
-        reqs = [build_score_request(catalog, int(u), int(n), rng, t) for u, n in zip(users, counts, strict=True)]
+        reqs = [build_request(int(u), int(n), catalog, rng=rng, mix=LOAD_MIX, request_time_ms=t)
+                for u, n in zip(users, counts, strict=True)]
         return cls([r.SerializeToString() for r in reqs], [len(r.candidates) for r in reqs], users)
 
     def next(self) -> tuple[bytes, int]:

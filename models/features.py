@@ -22,11 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from models.history import StrictlyBefore
-
-# Context vocabularies shared by the wire format (strings) and the data sources (ints). Index 0 is
-# "other": unknown strings map there rather than failing a request.
-PLACEMENTS: tuple[str, ...] = ("other", "feed", "story", "search", "video", "sidebar")
-DEVICES: tuple[str, ...] = ("other", "ios", "android", "web")
+from models.vocab import DEVICES, PLACEMENTS
 
 # Categorical fields, in tensor column order: (field name, EventLog column).
 SPARSE_FIELDS: tuple[str, ...] = (
@@ -43,7 +39,8 @@ class FeatureSpec:
     dense_width: int = 4  # 1 (log bid) + up to dense_width - 1 candidate dense features
 
     @classmethod
-    def from_cardinality(cls, cardinality: Mapping[str, int], *, recent_k: int = 5, dense_width: int = 4) -> FeatureSpec:
+    def from_cardinality(cls, cardinality: Mapping[str, int], *, recent_k: int = 5,
+                         dense_width: int = 4) -> FeatureSpec:
         sizes = []
         for f in SPARSE_FIELDS:
             size = int(cardinality[f])

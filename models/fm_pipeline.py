@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.checkpoint import CheckpointError, load_payload, save_atomic
 from models.data.schema import EventLog
 from models.features import SPARSE_FIELDS
 from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
@@ -25,7 +26,6 @@ from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
 from models.metrics import summarize
 from models.progress import progress_bar, progress_write
-from models.checkpoint import CheckpointError, load_payload, save_atomic
 from models.train import VMData, esmm_loss, seed_everything
 
 MS_PER_HOUR = 3_600_000.0

@@ -132,17 +132,27 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
+    """Flags over ADRANK_* environment over ServerConfig defaults: a flag left out is None, so it
+    leaves the environment's value in place."""
     import asyncio
+    from dataclasses import fields
 
-    from serving.config import ServerConfig
+    from serving.config import ConfigError, ServerConfig
     from serving.server import serve_forever
 
-    cache_backend, cache_location = ("redis", a.cache_url) if a.cache_url else \
-        ("embedded", a.cache_dir) if a.cache_dir else (None, None)
-    config = ServerConfig.from_env(host=a.host, port=a.port, model_repository=a.repository, backend=a.backend,
-                                   triton_url=a.triton_url, default_model=a.model, max_candidates=a.max_candidates,
-                                   cache_backend=cache_backend, cache_location=cache_location)
-    asyncio.run(serve_forever(config, metrics_port=a.metrics_port, ready_file=a.ready_file))
+    flags = {f.name: getattr(a, f.name) for f in fields(ServerConfig) if hasattr(a, f.name)}
+    if a.cache_url or a.cache_dir:
+        flags["cache_backend"], flags["cache_location"] = ("redis", a.cache_url) if a.cache_url else \
+            ("embedded", a.cache_dir)
+    try:
+        config = ServerConfig.from_env(**flags)
+    except ConfigError as exc:
+        flag = {"cache_backend": "--cache-dir/--cache-url", "cache_location": "--cache-dir/--cache-url"}.get(
+            exc.field, "--" + exc.field.replace("_", "-"))
+        where = exc.field if exc.field.startswith("ADRANK_") else flag
+        print(f"error: {where}: {exc.reason}", file=sys.stderr)
+        return 2
+    asyncio.run(serve_forever(config, ready_file=a.ready_file))
     return 0
 
 
@@ -288,17 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--version", type=int, default=None, help="default: one above the newest")
     sp.set_defaults(func=_cmd_export)
 
-    sp = sub.add_parser("serve", help="run the gRPC ranking service")
-    sp.add_argument("--backend", default="embedded", choices=("embedded", "triton"))
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=50051, help="0 picks a free port (see --ready-file)")
-    sp.add_argument("--repository", default=f"{DEFAULT_RUN}/model_repository")
-    sp.add_argument("--model", default="vm", help="default model name")
-    sp.add_argument("--triton-url", default="127.0.0.1:8001")
-    sp.add_argument("--max-candidates", type=int, default=1000)
-    sp.add_argument("--cache-dir", default=None, help="embedded embedding cache (LoopFM models read FM history)")
-    sp.add_argument("--cache-url", default=None, help="Redis embedding cache, redis://HOST:PORT/DB")
-    sp.add_argument("--metrics-port", type=int, default=None)
+    from serving.config import BACKENDS, flag_help
+
+    # Each flag's dest is its ServerConfig field and its default None ("not given"): the environment
+    # (ADRANK_<FIELD>) and then the field's default fill what is left out.
+    sp = sub.add_parser("serve", help="run the gRPC ranking service",
+                        description="Flags override ADRANK_<FIELD> environment variables, which override defaults. "
+                        "The request-schema limits (max_dense_features, max_recent_categories, max_request_id_len) "
+                        "come from the environment only, so every replica accepts the same requests.")
+    sp.add_argument("--backend", choices=BACKENDS, help=flag_help("backend"))
+    sp.add_argument("--host", help=flag_help("host"))
+    sp.add_argument("--port", type=int, help=flag_help("port"))
+    sp.add_argument("--repository", "--model-repository", dest="model_repository", help=flag_help("model_repository"))
+    sp.add_argument("--model", "--default-model", dest="default_model", help=flag_help("default_model"))
+    sp.add_argument("--triton-url", help=flag_help("triton_url"))
+    cache = sp.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", help="embedded embedding cache directory (LoopFM models read FM history): "
+                       "cache_backend=embedded, cache_location=DIR [env ADRANK_CACHE_BACKEND, ADRANK_CACHE_LOCATION]")
+    cache.add_argument("--cache-url", help="Redis embedding cache, redis://HOST:PORT/DB: cache_backend=redis, "
+                       "cache_location=URL")
+    sp.add_argument("--cache-refresh-s", type=float, help=flag_help("cache_refresh_s"))
+    for name in ("max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
+                 "max_concurrent_rpcs", "metrics_port"):
+        sp.add_argument("--" + name.replace("_", "-"), type=int, help=flag_help(name))
+    sp.add_argument("--drain-grace-s", type=float, help=flag_help("drain_grace_s"))
+    sp.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None, help=flag_help("reflection"))
     sp.add_argument("--ready-file", default=None, help="written with the bound port once SERVING")
     sp.set_defaults(func=_cmd_serve)
 

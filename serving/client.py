@@ -1,16 +1,55 @@
-"""A small client for the ranking API: builds requests from a catalog and prints ranked tables."""
+"""A small client for the ranking API, and the one builder of synthetic Score requests.
+
+`build_request` is shared by `adrank score`, the demo, the load generator (`loadtests.workload`) and
+the benchmarks, so all of them send the same kind of request for the same seed. A `RequestMix` says how
+the context and bids are drawn; the strings themselves come from `models.vocab`.
+
+Usage::
+
+    req = build_request(user_id=7, n_candidates=200, catalog=load_catalog("runs/demo/catalog.npz"), seed=1)
+    resp = score("127.0.0.1:50051", req)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
+from models.vocab import DEVICE_TRAFFIC, PLACEMENT_TRAFFIC
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
 
-PLACEMENT_CHOICES = ("feed", "story", "search", "video")
-DEVICE_CHOICES = ("ios", "android", "web")
+
+@dataclass(frozen=True, kw_only=True)
+class RequestMix:
+    """How a synthetic request draws its placement, device and bids.
+
+    Usage::
+
+        LOAD_MIX = RequestMix(weighted=True, bid_jitter=0.2)
+    """
+
+    weighted: bool = False
+    """False: every placement/device of models.vocab's traffic tables equally likely (one `rng.integers`
+    draw each); True: drawn with their traffic shares (one `rng.choice(p=...)` draw each)."""
+    bid_jitter: float = 0.0
+    """Catalog bids are multiplied by U(1 - bid_jitter, 1 + bid_jitter), as auctions vary them; 0 keeps the
+    catalog's bids and draws nothing. Requests without a catalog draw their own lognormal bids."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.bid_jitter < 1.0:
+            raise ValueError(f"bid_jitter must be in [0, 1), got {self.bid_jitter}")
+
+    def draw(self, rng: np.random.Generator, traffic: Mapping[str, float]) -> str:
+        names = tuple(traffic)
+        if self.weighted:
+            return names[rng.choice(len(names), p=tuple(traffic.values()))]
+        return names[rng.integers(len(names))]
+
+
+UNIFORM_MIX = RequestMix()
 
 
 def fill_user_features(req: ranking_pb2.ScoreRequest, catalog: Mapping[str, np.ndarray], user_id: int) -> None:
@@ -22,28 +61,52 @@ def fill_user_features(req: ranking_pb2.ScoreRequest, catalog: Mapping[str, np.n
         req.user.recent_categories.extend(int(c) for c in catalog["user_recent"][u] if c >= 0)
 
 
+def _catalog_candidates(req: ranking_pb2.ScoreRequest, catalog: Mapping[str, np.ndarray], n_candidates: int,
+                        rng: np.random.Generator, bid_jitter: float) -> None:
+    n_ads = len(catalog["ad_id"])
+    pick = rng.choice(n_ads, size=min(int(n_candidates), n_ads), replace=False)
+    bids = catalog["bid"][pick].astype(np.float64)
+    if bid_jitter:
+        bids = bids * rng.uniform(1.0 - bid_jitter, 1.0 + bid_jitter, size=len(pick))
+    # whole columns at once: per-candidate numpy indexing costs more than the server spends scoring
+    ad, adv, camp, cat = (catalog[k][pick].tolist() for k in ("ad_id", "advertiser_id", "campaign_id", "category"))
+    req.candidates.extend(
+        ranking_pb2.Candidate(ad_id=a, advertiser_id=v, campaign_id=c, category=g, bid=b)
+        for a, v, c, g, b in zip(ad, adv, camp, cat, bids.tolist(), strict=True)
+    )
+
+
+def _random_candidates(req: ranking_pb2.ScoreRequest, n_candidates: int, rng: np.random.Generator) -> None:
+    for ad in rng.choice(1_000_000, size=n_candidates, replace=False):
+        req.candidates.add(ad_id=int(ad), advertiser_id=int(ad % 997), campaign_id=int(ad % 4001),
+                           category=int(ad % 40), bid=float(rng.lognormal(0.0, 0.5)))
+
+
 def build_request(user_id: int, n_candidates: int, catalog: Mapping[str, np.ndarray] | None, *, seed: int = 0,
+                  rng: np.random.Generator | None = None, mix: RequestMix = UNIFORM_MIX,
                   request_time_ms: int | None = None, model: str = "", version: int | None = None,
                   request_id: str = "") -> ranking_pb2.ScoreRequest:
-    """Samples `n_candidates` distinct ads (from the catalog when given, else random ids) for `user_id`."""
-    rng = np.random.default_rng(seed)
-    req = ranking_pb2.ScoreRequest(request_id=request_id, user_id=user_id)
+    """Samples `n_candidates` distinct ads (from the catalog when given, else random ids) for `user_id`.
+
+    Args:
+        catalog: ads and users (`models.catalog`); the user's segment and recent categories come from it.
+            None: random ad ids, for backends that need no catalog (Triton benches).
+        seed: seeds a fresh generator; ignored when `rng` is given.
+        rng: a generator shared across calls (the load generator draws a whole pool from one).
+        mix: how context and bids are drawn.
+        request_time_ms: left unset when None (the server then uses its clock).
+    """
+    rng = np.random.default_rng(seed) if rng is None else rng
+    req = ranking_pb2.ScoreRequest(request_id=request_id, user_id=int(user_id))
     if request_time_ms is not None:
-        req.request_time_ms = request_time_ms
-    req.context.placement = PLACEMENT_CHOICES[rng.integers(len(PLACEMENT_CHOICES))]
-    req.context.device = DEVICE_CHOICES[rng.integers(len(DEVICE_CHOICES))]
+        req.request_time_ms = int(request_time_ms)
+    req.context.placement = mix.draw(rng, PLACEMENT_TRAFFIC)
+    req.context.device = mix.draw(rng, DEVICE_TRAFFIC)
     if catalog is not None:
         fill_user_features(req, catalog, user_id)
-        n_ads = len(catalog["ad_id"])
-        pick = rng.choice(n_ads, size=min(n_candidates, n_ads), replace=False)
-        for i in pick:
-            req.candidates.add(ad_id=int(catalog["ad_id"][i]), advertiser_id=int(catalog["advertiser_id"][i]),
-                               campaign_id=int(catalog["campaign_id"][i]), category=int(catalog["category"][i]),
-                               bid=float(catalog["bid"][i]))
+        _catalog_candidates(req, catalog, n_candidates, rng, mix.bid_jitter)
     else:
-        for ad in rng.choice(1_000_000, size=n_candidates, replace=False):
-            req.candidates.add(ad_id=int(ad), advertiser_id=int(ad % 997), campaign_id=int(ad % 4001),
-                               category=int(ad % 40), bid=float(rng.lognormal(0.0, 0.5)))
+        _random_candidates(req, n_candidates, rng)
     if model:
         req.model.name = model
     if version is not None:

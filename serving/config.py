@@ -1,38 +1,204 @@
-"""Server configuration: one frozen dataclass, built from CLI flags or environment."""
+"""Server configuration: one frozen dataclass, validated when it is built, from flags, environment or code.
+
+Every field documents itself (`field_doc`), says its limits in its metadata, and is read from the
+environment variable `ADRANK_<FIELD>` with its own type. A bad value fails at construction with a
+`ConfigError` naming the field (and the variable or flag it came from) and the limit, rather than deep
+inside a backend when the first request arrives. Precedence, as `adrank serve` applies it: flags over
+environment over these defaults.
+
+Usage::
+
+    config = ServerConfig(port=0, model_repository="runs/demo/model_repository")
+    config = ServerConfig.from_env(port=50052)       # ADRANK_* variables, then these overrides
+    ServerConfig(backend="onnx")                     # ConfigError: backend: must be one of embedded, triton …
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+import types
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+ENV_PREFIX = "ADRANK_"
+BACKENDS: tuple[str, ...] = ("embedded", "triton")
+CACHE_BACKENDS: tuple[str, ...] = ("embedded", "redis", "none")
+REDIS_SCHEMES: tuple[str, ...] = ("redis://", "rediss://", "unix://")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A configuration value outside what its field allows; `field` names it, the message the limit."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field, self.reason = field_name, message
+
+
+def _field(default: Any, doc: str, *, between: tuple[float, float] | None = None,
+           choices: tuple[str, ...] | None = None, non_empty: bool = False) -> Any:
+    """A dataclass field that carries its documentation and its limits (checked in __post_init__)."""
+    return field(default=default, metadata={"doc": doc, "between": between, "choices": choices,
+                                            "non_empty": non_empty})
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    model_repository: str = "runs/demo/model_repository"
-    default_model: str = "vm"
-    backend: str = "embedded"  # "embedded" (in-process onnxruntime) | "triton"
-    triton_url: str = "127.0.0.1:8001"
-    cache_backend: str = "none"  # "embedded" | "redis" | "none": where LoopFM models read FM history
-    cache_location: str = ""  # directory (embedded) or redis:// URL
-    max_candidates: int = 1000
-    max_dense_features: int = 64
-    max_recent_categories: int = 64
-    max_request_id_len: int = 128
-    max_message_bytes: int = 4 * 1024 * 1024
-    # requests further in the future than this are refused (clock skew tolerance)
-    max_future_skew_ms: int = 5 * 60 * 1000
-    intra_op_threads: int = 1
-    max_concurrent_rpcs: int = 256
+    """Everything `adrank serve` can be told; see each field's doc (`field_doc`) for what it does."""
+
+    host: str = _field("127.0.0.1", "Address the gRPC server (and the metrics endpoint) binds; 0.0.0.0 for every "
+                       "interface.", non_empty=True)
+    port: int = _field(50051, "TCP port of the gRPC server; 0 picks a free one (written to --ready-file).",
+                       between=(0, 65535))
+    model_repository: str = _field("runs/demo/model_repository", "Directory of <model>/<version>/ folders the "
+                                   "backend loads (Triton reads the same layout).", non_empty=True)
+    default_model: str = _field("vm", "Model name used when a request leaves model.name empty.", non_empty=True)
+    backend: str = _field("embedded", "Where inference runs: 'embedded' (onnxruntime in this process) or 'triton' "
+                          "(a Triton server at triton_url).", choices=BACKENDS)
+    triton_url: str = _field("127.0.0.1:8001", "HOST:PORT of Triton's gRPC endpoint (no scheme); read only when "
+                             "backend is 'triton'.", non_empty=True)
+    cache_backend: str = _field("none", "Where LoopFM models read FM history: 'embedded' (a snapshot directory), "
+                                "'redis', or 'none' (LoopFM models are refused at load).", choices=CACHE_BACKENDS)
+    cache_location: str = _field("", "The embedding cache: a directory (embedded) or a redis://HOST:PORT/DB URL "
+                                 "(redis); required unless cache_backend is 'none'.")
+    cache_refresh_s: float = _field(5.0, "Seconds between checks for a newly published cache snapshot (a "
+                                    "reference swap; the current one keeps serving meanwhile).", between=(0.1, 3600))
+    max_candidates: int = _field(1000, "Most candidates one Score request may carry; more is INVALID_ARGUMENT. "
+                                 "Bounds the latency of a single call.", between=(1, 100_000))
+    max_dense_features: int = _field(64, "Most dense_features one candidate may carry (the model's own dense width "
+                                     "applies too).", between=(0, 4096))
+    max_recent_categories: int = _field(64, "Most user.recent_categories a request may carry.", between=(0, 4096))
+    max_request_id_len: int = _field(128, "Longest request_id accepted, in characters.", between=(0, 4096))
+    max_message_bytes: int = _field(4 * 1024 * 1024, "Largest gRPC message received or sent, in bytes.",
+                                    between=(1024, 2**31 - 1))
+    max_future_skew_ms: int = _field(5 * 60 * 1000, "Requests timed further than this in the future are refused "
+                                     "(clock-skew tolerance); ms.", between=(0, 24 * 3600 * 1000))
+    intra_op_threads: int = _field(1, "onnxruntime threads per inference (embedded backend); 0 lets onnxruntime "
+                                   "use every core. Keep 1 when concurrent calls already fill the cores.",
+                                   between=(0, 256))
+    max_concurrent_rpcs: int = _field(256, "Calls served at the same time; beyond it gRPC answers "
+                                      "RESOURCE_EXHAUSTED immediately instead of queueing without bound.",
+                                      between=(1, 1_000_000))
+    metrics_port: int | None = _field(None, "Port of the Prometheus /metrics endpoint (on host); unset: no endpoint.",
+                                      between=(1, 65535))
+    drain_grace_s: float = _field(5.0, "On SIGTERM/SIGINT, seconds in-flight calls get to finish after health "
+                                  "turns NOT_SERVING; keep below the orchestrator's termination grace period.",
+                                  between=(0, 600))
+    reflection: bool = _field(True, "Serve gRPC reflection, so grpcurl and similar tools can list the API.")
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            _check(f.name, getattr(self, f.name), hints[f.name], f.metadata)
+        if self.cache_backend != "none" and not self.cache_location:
+            raise ConfigError("cache_location", f"required when cache_backend is {self.cache_backend!r}")
+        if self.cache_backend == "redis" and not self.cache_location.startswith(REDIS_SCHEMES):
+            raise ConfigError("cache_location", f"a redis cache needs a URL starting with {' or '.join(REDIS_SCHEMES)}"
+                                                f", got {self.cache_location!r}")
+        host, _, port = self.triton_url.rpartition(":")
+        if "://" in self.triton_url or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError("triton_url", f"expected HOST:PORT with a port in 1..65535 and no scheme, "
+                                            f"got {self.triton_url!r}")
 
     @classmethod
-    def from_env(cls, prefix: str = "ADRANK_", **overrides: object) -> ServerConfig:
-        """Fields from `ADRANK_<FIELD>` environment variables, then `overrides`."""
+    def env_var(cls, name: str, prefix: str = ENV_PREFIX) -> str:
+        """The environment variable of field `name`: ADRANK_<NAME>."""
+        return prefix + name.upper()
+
+    @classmethod
+    def from_env(cls, prefix: str = ENV_PREFIX, environ: Mapping[str, str] | None = None,
+                 **overrides: object) -> ServerConfig:
+        """Every field from its `ADRANK_<FIELD>` variable (parsed as the field's type), then `overrides`
+        (None means "not given", so unset flags leave the environment's value). Errors name the variable."""
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
         values: dict[str, object] = {}
+        sourced: dict[str, str] = {}  # field -> the variable it was read from
         for f in fields(cls):
-            raw = os.environ.get(prefix + f.name.upper())
-            if raw is not None:
-                values[f.name] = int(raw) if f.type in ("int", int) else raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)  # type: ignore[arg-type]
+            var = cls.env_var(f.name, prefix)
+            if var in environ:
+                values[f.name] = parse_env_value(var, environ[var], hints[f.name])
+                sourced[f.name] = var
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            if exc.field in sourced and exc.field not in given:
+                var = sourced[exc.field]
+                raise ConfigError(var, exc.reason) from None
+            raise
+
+
+def field_doc(name: str) -> str:
+    """What field `name` does, for CLI help and the README."""
+    return next(f.metadata["doc"] for f in fields(ServerConfig) if f.name == name)
+
+
+def field_default(name: str) -> object:
+    f = next(f for f in fields(ServerConfig) if f.name == name)
+    return None if f.default is MISSING else f.default
+
+
+def flag_help(name: str) -> str:
+    """`field_doc` plus where else the value can come from, for an `adrank serve` flag."""
+    return f"{field_doc(name)} [env {ServerConfig.env_var(name)}; default {field_default(name)!r}]".replace("%", "%%")
+
+
+def _optional_inner(tp: Any) -> Any | None:
+    """X for `X | None`, else None."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def parse_env_value(var: str, raw: str, tp: Any) -> object:
+    """`raw` as type `tp` (str, int, float, bool or one of them | None); ConfigError naming `var` if it is not."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if raw.strip().lower() in ("", "none") else parse_env_value(var, raw, inner)
+    text = raw.strip()
+    if tp is str:
+        return raw
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(var, f"expected a boolean ({'/'.join(_TRUE)} or {'/'.join(_FALSE)}), got {raw!r}")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(var, f"expected an integer, got {raw!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(var, f"expected a number, got {raw!r}") from None
+    raise TypeError(f"{var}: no environment parser for type {tp!r}")
+
+
+def _check(name: str, value: object, tp: Any, meta: Mapping[str, Any]) -> None:
+    inner = _optional_inner(tp)
+    if inner is not None:
+        if value is None:
+            return
+        tp = inner
+    # bool is an int to Python; a True port is a mistake, an int timeout is fine
+    ok = (isinstance(value, tp) and not (tp is not bool and isinstance(value, bool))) or (
+        tp is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(name, f"expected {getattr(tp, '__name__', tp)}, got {type(value).__name__} {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(name, f"must be one of {', '.join(meta['choices'])}; got {value!r}")
+    if meta.get("non_empty") and not value:
+        raise ConfigError(name, "must not be empty")
+    between = meta.get("between")
+    if between is not None:
+        low, high = between
+        if value != value or not low <= value <= high:  # value != value: NaN
+            raise ConfigError(name, f"must be within {low}..{high}, got {value!r}")

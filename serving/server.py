@@ -54,7 +54,8 @@ class RankingServer:
         from serving.history import HistoryProvider
 
         self.service = AdRankingService(config, self.backend,
-                                        history=HistoryProvider(config.cache_backend, config.cache_location))
+                                        history=HistoryProvider(config.cache_backend, config.cache_location,
+                                                                refresh_s=config.cache_refresh_s))
         self._server: grpc.aio.Server | None = None
         self._refresher: asyncio.Task | None = None
         self.port: int | None = None
@@ -77,7 +78,8 @@ class RankingServer:
         server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
         ranking_pb2_grpc.add_AdRankingServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        if self.config.reflection:
+            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
@@ -107,12 +109,13 @@ class RankingServer:
             await self._server.wait_for_termination()
 
 
-async def serve_forever(config: ServerConfig, *, metrics_port: int | None = None, ready_file: str | None = None) -> None:
-    """Runs until SIGTERM / SIGINT, then drains. Writes the bound port to `ready_file` once SERVING."""
+async def serve_forever(config: ServerConfig, *, ready_file: str | None = None) -> None:
+    """Runs until SIGTERM / SIGINT, then drains for `config.drain_grace_s`. Writes the bound port to
+    `ready_file` once SERVING; exports metrics on `config.metrics_port` when set."""
     server = RankingServer(config)
     port = await server.start()
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=config.host, registry=server.service.metrics.registry)
+    if config.metrics_port is not None:
+        start_http_server(config.metrics_port, addr=config.host, registry=server.service.metrics.registry)
     if ready_file:
         from pathlib import Path
 
@@ -124,5 +127,5 @@ async def serve_forever(config: ServerConfig, *, metrics_port: int | None = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("draining")
-    await server.stop()
+    log.info("draining for up to %.1f s", config.drain_grace_s)
+    await server.stop(config.drain_grace_s)

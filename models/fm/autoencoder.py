@@ -1,26 +1,23 @@
 """LoopFM compression: Hidden-0 [H] → a short tanh code z [d] that every Matryoshka prefix can decode,
-stored as int8 or int4.
+stored by the embedding cache's codecs.
 
 * `CodeAutoencoder`: MLP encoder ending in tanh (codes lie in (−1, 1), so a fixed quantization grid
   fits every code without per-row scales), linear decoder.
 * `matryoshka_loss`: Σ_d' ‖e − dec(z[:d'] zero-padded)‖² (mean over the batch), so a consumer may keep
   only the first 4, 8, 16 … dims. The input is detached here — stop-gradient into the FM is part of
   the method, not something each caller must remember.
-* Quantization: int4 levels q = clamp(round(8z), −8, 7) and value q / 8 (LoopFM); int8 levels
-  q = clamp(round(127z), −127, 127), value q / 127. `quantize_*` return the stored value as float
-  (quantize-dequantize); `*_levels` / `dequantize_*` split it into the integer codes and back.
-  Note int4's grid is asymmetric: codes above 15/16 saturate at 7/8 (error up to 1/8); everywhere
-  else the error is at most 1/16.
+* Storage: the codes are quantized by the embedding cache's codecs (`embedding_cache.codecs`, int4 is
+  LoopFM's round(8z).clamp(−8, 7) / 8), the one place that rule lives; this module stays float.
 
 Example:
     >>> ae = CodeAutoencoder(in_dim=128, code_dim=32)
     >>> loss = matryoshka_loss(out.hidden0, ae, prefixes=(4, 8, 16, 32))
-    >>> stored = quantize_int4(ae.encode(out.hidden0))
+    >>> codec = make_codec("int4", dim=32)  # from embedding_cache
+    >>> stored = codec.decode(*codec.encode(ae.encode(out.hidden0).detach().numpy()))
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,55 +61,3 @@ def prefix_errors(e: torch.Tensor, ae: CodeAutoencoder, prefixes: tuple[int, ...
 def matryoshka_loss(e: torch.Tensor, ae: CodeAutoencoder, prefixes: tuple[int, ...] = (4, 8, 16, 32)) -> torch.Tensor:
     """Σ over prefixes d' of the mean squared reconstruction error from z[:d'] (zero-padded)."""
     return torch.stack(list(prefix_errors(e, ae, prefixes).values())).sum()
-
-
-# --- quantization (torch) ---
-def int4_levels(z: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.round(8.0 * z), -8, 7).to(torch.int8)
-
-
-def dequantize_int4(q: torch.Tensor) -> torch.Tensor:
-    return q.to(torch.float32) / 8.0
-
-
-def quantize_int4(z: torch.Tensor) -> torch.Tensor:
-    """round(8z).clamp(−8, 7) / 8 as float32: the value an int4-stored code decodes to."""
-    return dequantize_int4(int4_levels(z))
-
-
-def int8_levels(z: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.round(127.0 * z), -127, 127).to(torch.int8)
-
-
-def dequantize_int8(q: torch.Tensor) -> torch.Tensor:
-    return q.to(torch.float32) / 127.0
-
-
-def quantize_int8(z: torch.Tensor) -> torch.Tensor:
-    """round(127z).clamp(−127, 127) / 127 as float32 (tanh codes need no per-row scale)."""
-    return dequantize_int8(int8_levels(z))
-
-
-# --- quantization (numpy; the cache and serving side import no torch) ---
-def int4_levels_np(z: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(8.0 * z), -8, 7).astype(np.int8)
-
-
-def dequantize_int4_np(q: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) / np.float32(8.0)
-
-
-def quantize_int4_np(z: np.ndarray) -> np.ndarray:
-    return dequantize_int4_np(int4_levels_np(z))
-
-
-def int8_levels_np(z: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(127.0 * z), -127, 127).astype(np.int8)
-
-
-def dequantize_int8_np(q: np.ndarray) -> np.ndarray:
-    return q.astype(np.float32) / np.float32(127.0)
-
-
-def quantize_int8_np(z: np.ndarray) -> np.ndarray:
-    return dequantize_int8_np(int8_levels_np(z))

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from embedding_cache.latency import percentiles
+
 CANDIDATES = 200
 
 
 def _pcts(samples_s: list[float]) -> dict[str, float]:
     ms = np.asarray(samples_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}
+    return {**percentiles(ms, key="p{q}_ms"), "n": len(ms)}
 
 
 def synthetic_repository(root: Path, name: str = "vm") -> Path:

@@ -17,6 +17,23 @@ def test_int4_matches_loopfm_formula() -> None:
     np.testing.assert_array_equal(codec.decode(data, scales), np.clip(np.rint(8 * z), -8, 7) / 8)
 
 
+def test_int4_error_bound_on_tanh_codes() -> None:
+    """LoopFM's grid stops at 7/8: codes above 15/16 saturate (error up to 1/8), elsewhere at most 1/16."""
+    z = np.random.default_rng(3).uniform(-1, 1, (1000, 10)).astype(np.float32)
+    codec = make_codec("int4", 10)
+    err = codec.decode(*codec.encode(z)) - z
+    assert np.abs(err[z <= 15 / 16]).max() <= 1 / 16 + 1e-7
+    assert np.abs(err).max() <= 1 / 8 + 1e-7
+
+
+def test_int8_is_finer_than_int4_on_tanh_codes() -> None:
+    z = np.tanh(np.random.default_rng(4).standard_normal((64, 16)) * 2).astype(np.float32)
+    int8, int4 = make_codec("int8", 16), make_codec("int4", 16)
+    err8 = np.abs(int8.decode(*int8.encode(z)) - z)
+    assert (err8 <= 0.5 * np.abs(z).max(axis=1, keepdims=True) / 127 + 1e-7).all()  # half a step of the row scale
+    assert err8.max() < np.abs(int4.decode(*int4.encode(z)) - z).max()
+
+
 def test_int8_per_row_scale_and_float16() -> None:
     x = np.array([[100.0, -50.0], [0.001, 0.0], [0.0, 0.0]], np.float32)
     int8 = make_codec("int8", 2)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loadtests.workload import CandidateSpec, RequestPool, build_score_request, zipf_users
+from loadtests.workload import LOAD_MIX, CandidateSpec, RequestPool, zipf_users
+from models.vocab import DEVICE_TRAFFIC, PLACEMENT_TRAFFIC
 from protos.adrank.v1 import ranking_pb2
+from serving.client import UNIFORM_MIX, RequestMix, build_request
 
 
 def _catalog(n_ads: int = 500, n_users: int = 50) -> dict[str, np.ndarray]:
@@ -51,7 +53,7 @@ def test_zipf_users_are_skewed_and_from_the_catalog() -> None:
 
 def test_request_carries_catalog_ads_user_features_and_time() -> None:
     cat = _catalog()
-    req = build_score_request(cat, 7, 120, np.random.default_rng(4), 1_700_000_000_001)
+    req = build_request(7, 120, cat, rng=np.random.default_rng(4), mix=LOAD_MIX, request_time_ms=1_700_000_000_001)
     assert req.request_time_ms == 1_700_000_000_001 and req.HasField("request_time_ms")
     assert len(req.candidates) == 120 and len({c.ad_id for c in req.candidates}) == 120
     index = {int(a): i for i, a in enumerate(cat["ad_id"])}
@@ -65,7 +67,7 @@ def test_request_carries_catalog_ads_user_features_and_time() -> None:
 
 
 def test_candidates_are_capped_by_the_catalog() -> None:
-    req = build_score_request(_catalog(n_ads=30), 0, 200, np.random.default_rng(5), 1)
+    req = build_request(0, 200, _catalog(n_ads=30), rng=np.random.default_rng(5), mix=LOAD_MIX, request_time_ms=1)
     assert len(req.candidates) == 30
 
 
@@ -77,3 +79,44 @@ def test_pool_cycles_serialized_requests_with_their_counts() -> None:
         req = ranking_pb2.ScoreRequest.FromString(payload)
         assert len(req.candidates) == n and 5 <= n <= 40
         assert req.request_time_ms == 1_700_000_000_001  # one past the catalog's last event
+
+
+def test_load_generator_and_client_build_identical_requests() -> None:
+    """The pool is the client's builder drawn from one generator: replaying the pool's draws through
+    `build_request` gives byte-identical payloads, so a load test measures what `adrank score` sends."""
+    cat, spec, seed = _catalog(), CandidateSpec.parse("uniform:5:40"), 8
+    pool = RequestPool.build(cat, spec, size=12, seed=seed)
+    rng = np.random.default_rng(seed)
+    users = zipf_users(np.asarray(cat["user_id"]), 12, rng)
+    counts = spec.sample(rng, 12)
+    t = int(cat["max_ts_ms"][0]) + 1
+    client = [build_request(int(u), int(n), cat, rng=rng, mix=LOAD_MIX, request_time_ms=t).SerializeToString()
+              for u, n in zip(users, counts, strict=True)]
+    assert pool.payloads == client
+
+
+def test_seed_and_generator_give_the_same_request() -> None:
+    cat = _catalog()
+    for mix in (UNIFORM_MIX, LOAD_MIX):
+        by_seed = build_request(14, 60, cat, seed=3, mix=mix, request_time_ms=5)
+        by_rng = build_request(14, 60, cat, rng=np.random.default_rng(3), mix=mix, request_time_ms=5)
+        assert by_seed == by_rng
+
+
+def test_mixes_draw_only_traffic_values_with_their_shares() -> None:
+    cat = _catalog(n_ads=20)
+    rng = np.random.default_rng(9)
+    weighted = [build_request(0, 1, cat, rng=rng, mix=LOAD_MIX).context.placement for _ in range(4000)]
+    uniform = [build_request(0, 1, cat, rng=rng).context for _ in range(2000)]
+    assert set(weighted) <= set(PLACEMENT_TRAFFIC) and {c.device for c in uniform} <= set(DEVICE_TRAFFIC)
+    assert abs(weighted.count("feed") / len(weighted) - PLACEMENT_TRAFFIC["feed"]) < 0.03
+    assert abs(sum(c.placement == "feed" for c in uniform) / len(uniform) - 1 / len(PLACEMENT_TRAFFIC)) < 0.04
+
+
+def test_uniform_mix_keeps_catalog_bids() -> None:
+    cat = _catalog()
+    req = build_request(7, 50, cat, seed=1)
+    index = {int(a): i for i, a in enumerate(cat["ad_id"])}
+    assert all(c.bid == pytest.approx(float(cat["bid"][index[c.ad_id]])) for c in req.candidates)
+    with pytest.raises(ValueError, match="bid_jitter"):
+        RequestMix(bid_jitter=1.0)

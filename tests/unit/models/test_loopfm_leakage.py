@@ -6,8 +6,8 @@ import pytest
 
 from embedding_cache import EmbeddedWriter, open_reader
 from models.data.schema import EventLog, empty_columns
-from models.history import FM_HISTORY, FM_HISTORY_MASK
 from models.embed import FmVersionLeak, cache_history, publish_codes
+from models.history import FM_HISTORY, FM_HISTORY_MASK
 
 
 def _events_with_ties() -> EventLog:

@@ -1,26 +1,11 @@
-"""LoopFM code autoencoder: tanh bounds, stop-gradient, Matryoshka prefixes, int8 / int4 codes."""
+"""LoopFM code autoencoder: tanh bounds, stop-gradient, Matryoshka prefixes (codecs: test_cache_codecs.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from models.fm.autoencoder import (
-    CodeAutoencoder,
-    dequantize_int4,
-    dequantize_int4_np,
-    dequantize_int8_np,
-    int4_levels,
-    int4_levels_np,
-    int8_levels_np,
-    matryoshka_loss,
-    prefix_errors,
-    quantize_int4,
-    quantize_int4_np,
-    quantize_int8,
-    quantize_int8_np,
-)
+from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss, prefix_errors
 from models.fm.model import FMConfig, FoundationModel
 
 
@@ -64,28 +49,3 @@ def test_every_prefix_error_decreases_with_training() -> None:
     after = {p: v.item() for p, v in prefix_errors(e, ae, prefixes).items()}
     assert all(after[p] < 0.9 * before[p] for p in prefixes), (before, after)
     assert after[4] > after[8] > after[16] > after[32]  # longer prefixes reconstruct better
-
-
-def test_int4_matches_the_loopfm_formula_and_error_bound() -> None:
-    torch.manual_seed(3)
-    z = torch.rand(10_000) * 2 - 1
-    q = quantize_int4(z)
-    torch.testing.assert_close(q, torch.clamp(torch.round(8 * z), -8, 7) / 8)
-    inside = z <= 15 / 16  # the grid stops at 7/8: above 15/16 the code saturates
-    assert (q - z)[inside].abs().max() <= 1 / 16 + 1e-7
-    assert (q - z).abs().max() <= 1 / 8 + 1e-7
-    levels = int4_levels(z)
-    assert levels.dtype == torch.int8 and levels.min() >= -8 and levels.max() <= 7
-    torch.testing.assert_close(dequantize_int4(levels), q)
-
-
-def test_numpy_and_torch_agree_and_int8_is_finer() -> None:
-    torch.manual_seed(4)
-    z = torch.tanh(torch.randn(64, 16) * 2)
-    zn = z.numpy()
-    np.testing.assert_array_equal(quantize_int4_np(zn), quantize_int4(z).numpy())
-    np.testing.assert_array_equal(quantize_int8_np(zn), quantize_int8(z).numpy())
-    np.testing.assert_array_equal(dequantize_int4_np(int4_levels_np(zn)), quantize_int4_np(zn))
-    np.testing.assert_array_equal(dequantize_int8_np(int8_levels_np(zn)), quantize_int8_np(zn))
-    assert quantize_int8_np(zn).dtype == np.float32
-    assert np.abs(quantize_int8_np(zn) - zn).max() <= 0.5 / 127 + 1e-7
