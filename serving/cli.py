@@ -115,17 +115,13 @@ def _cmd_fm_ablation(a: argparse.Namespace) -> int:
     return 0
 
 
-def _next_version(repository: Path, name: str) -> int:
-    from serving.model_repository import version_dirs
-
-    return max(version_dirs(repository, name), default=0) + 1
-
-
 def _cmd_export(a: argparse.Namespace) -> int:
     from exporters.onnx_export import export_onnx
 
     repo = Path(a.repository)
-    version = a.version or _next_version(repo, a.name)
+    from serving.model_repository import next_version
+
+    version = a.version or next_version(repo, a.name)
     path = export_onnx(a.checkpoint, repo, a.name, version)
     print(f"exported {a.name} v{version} → {path}")
     return 0
@@ -190,7 +186,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from serving.demo import run_demo
 
-    return run_demo(out_dir=a.out, n_events=a.events, seed=a.seed, requests=a.requests)
+    return run_demo(out_dir=a.out, n_events=a.events, seed=a.seed, requests=a.requests, fm_epochs=a.fm_epochs)
 
 
 def _delegate(module: str, func: str = "main"):
@@ -340,11 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=5.0)
     sp.set_defaults(func=_cmd_score)
 
-    sp = sub.add_parser("demo", help="data → train → export → serve → score, end to end")
+    sp = sub.add_parser("demo", help="the LoopFM loop end to end: FM → embed → VM and LoopFM VM → export → serve → score")
     sp.add_argument("--out", default=DEFAULT_RUN)
-    sp.add_argument("--events", type=int, default=300_000)
+    sp.add_argument("--events", type=int, default=100_000)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--requests", type=int, default=200)
+    sp.add_argument("--fm-epochs", type=int, default=2)
     sp.set_defaults(func=_cmd_demo)
 
     for verb, module, text in (("triton", "serving.triton.cli", "start|stop|status the bundled tritonserver"),

@@ -40,3 +40,8 @@ def scan(repository: str | Path) -> tuple[dict[tuple[str, int], ModelManifest], 
             except ManifestError as exc:
                 bad[(name, version)] = str(exc)
     return good, bad
+
+
+def next_version(repository: str | Path, name: str) -> int:
+    """One above the newest version of `name` in the repository (1 for a new model)."""
+    return max(version_dirs(repository, name), default=0) + 1
