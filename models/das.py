@@ -51,6 +51,9 @@ def write_das(path: str | Path, fm_version: str, event_ids: np.ndarray, logits: 
 
 
 def das_header(path: str | Path) -> dict:
+    if not Path(path).is_file():
+        raise DasLogError(f"{path}: no DAS log there; `adrank train fm` writes one beside fm.pt and "
+                          "`adrank das --fm-checkpoint F` writes one for any event log")
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             return json.loads(bytes(data["header"]).decode())

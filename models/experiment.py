@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from models.data import load_dataset
+from models.das import read_das, write_das
 from models.data.schema import EventLog
 from models.distill import DistillConfig
 from models.embed import open_history, publish_codes
@@ -133,7 +134,10 @@ def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progr
     cache = CodeCache(work_dir / f"cache-seed{seed}", fm.fm_version, events, fm.codes)
     full_train = len(data.train_idx)
     data = vertical_view(data, profile.vm_placements)
-    data.fm_logits, data.fm_version = fm.logits, fm.fm_version
+    # KD reads the DAS log from disk, as `adrank train vm --kd` does: one FM pass per example, logged once
+    das = write_das(work_dir / f"das-seed{seed}.npz", fm.fm_version, events["event_id"], fm.logits,
+                    source=events.source)
+    data.fm_logits, data.fm_version = read_das(das, events, fm.fm_version), fm.fm_version
     data.history = cache.history("int4")  # served codes are int4 (LoopFM), from the user's events on every placement
     scope = f"placements {profile.vm_placements}" if len(data.train_idx) < full_train else "every row (one placement)"
     log(f"[seed {seed}] VM vertical: {scope}, train {len(data.train_idx):,} / test {len(data.test_idx):,}")

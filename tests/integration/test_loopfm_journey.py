@@ -147,3 +147,24 @@ def test_embed_refuses_data_of_another_feature_schema_naming_both(fm_dir, tmp_pa
     assert proc.returncode == 2
     assert "feature schema mismatch" in proc.stderr and "was trained on 'synthetic' data with" in proc.stderr
     assert "the given 'movielens' data has" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kd_variants_distil_from_the_das_log_on_disk(fm_dir, tmp_path):
+    """`adrank das` logs what `train fm` logged; `train vm --kd aux --adapter` reads it and records how it
+    distilled; without a log it refuses, naming the step that writes one."""
+    das = tmp_path / "das.npz"
+    adrank("das", "--fm-checkpoint", str(fm_dir / "fm.pt"), "--events", EVENTS, "--out", str(das))
+    with np.load(das) as mine, np.load(fm_dir / "das.npz") as logged:
+        assert np.array_equal(mine["event_id"], logged["event_id"])
+        np.testing.assert_allclose(mine["fm_logit"], logged["fm_logit"], atol=1e-6)
+    out = adrank("train", "vm", "--events", EVENTS, "--epochs", "1", "--out", str(tmp_path / "kd"), "--fm-checkpoint",
+                 str(fm_dir / "fm.pt"), "--kd", "aux", "--kd-strength", "2", "--adapter", "--das", str(das))
+    assert "kd=aux (2)" in out
+    payload = __import__("torch").load(tmp_path / "kd" / "vm.pt", weights_only=True)
+    assert payload["distill"] == {"mode": "aux", "beta": 2.0, "adapter": True, "das": str(das)}
+    assert payload["fm_version"] == fm_payload(str(fm_dir / "fm.pt"))["fm_version"] and payload["history"] == {}
+    proc = subprocess.run([sys.executable, "-m", "serving.cli", "train", "vm", "--events", EVENTS, "--out",
+                           str(tmp_path / "none"), "--fm-checkpoint", str(fm_dir / "fm.pt"), "--kd", "single",
+                           "--das", str(tmp_path / "absent.npz")], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 2 and "absent.npz: no DAS log there" in proc.stderr and "adrank das" in proc.stderr
