@@ -30,7 +30,7 @@ test: $(STAMP)
 
 # All performance figures in docs/benchmarks.md (ratios against baselines measured in the same run).
 bench: $(STAMP)
-	$(VENV)/bin/adrank bench all --json runs/bench/bench.json
+	$(VENV)/bin/adrank bench all --json runs/bench/bench.json --doc docs/benchmarks.md
 
 # A 30 s locust run against a server started by `make demo`-style artefacts in runs/demo.
 loadtest: $(STAMP)

@@ -2,7 +2,7 @@
 
 One compiled call does what `csr.user_history_one` + `csr.ad_codes` do in about ten numpy calls: it finds
 the user's row range, binary-searches t in the user's timestamps, copies the L most recent rows (newest
-first), then for every candidate ad finds its row and copies it, dequantizing int8 on the way. Nothing runs
+first), then for every candidate ad finds its row and copies it, dequantizing int8 or int4 on the way. Nothing runs
 per row in Python.
 
     kernel = RequestKernel.for_snapshot(data)          # None when numba is missing or switched off
@@ -18,8 +18,8 @@ The numpy path in csr.py stays the reference and the fallback: the kernel's resu
 numba is optional: without it (or with ADRANK_CACHE_KERNEL=numpy) readers use the numpy path.
 
 Compilation happens when the first reader opens (`ensure_compiled`: a compile, or a load from numba's
-on-disk cache), never inside a request: the kernel has exactly two signatures (int8 with fused
-dequantization; raw bytes for the other codecs) over read-only C-contiguous snapshot arrays, and further
+on-disk cache), never inside a request: the kernel has exactly two signatures (float32 outputs, with int8
+or int4 decoded in the kernel; raw bytes for the other codecs) over read-only C-contiguous snapshot arrays, and further
 compilation is disabled, so an argument of another layout is a TypeError that `lookup` answers by copying
 the argument, not by compiling.
 """
@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from embedding_cache.codecs import Float32Codec, Int8Codec
+from embedding_cache.codecs import Float32Codec, Int4Codec, Int8Codec
 from embedding_cache.snapshot_data import SnapshotData
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ENV_SWITCH = "ADRANK_CACHE_KERNEL"  # "numpy" forces the numpy path; anything else: numba when importable
 MODE_INT8 = 0  # fused int8 dequantization: outputs are float32
 MODE_RAW = 1  # raw byte copy: outputs are uint8 rows that the codec decodes afterwards
+MODE_INT4 = 2  # fused int4 unpacking (two codes per byte, step 1/8): outputs are float32
 
 
 _HELPERS: list = []  # plain functions the kernel calls; compiled inline with it (see ensure_compiled)
@@ -143,6 +144,11 @@ def _lookup_request(snapshot, user_id, t, req_ads, out_hist, out_ts, out_ads, ou
                 sc = scales[row]
                 for k in range(width):
                     out_hist[0, j, k] = np.float32(np.int8(codes[row, k])) * sc
+            elif mode == MODE_INT4:  # low nibble first, (q - 8) / 8: exact in float32, as Int4Codec.decode
+                for k in range(width):
+                    c = np.int64(codes[row, k])
+                    out_hist[0, j, 2 * k] = np.float32(((c & 15) - 8) * 0.125)
+                    out_hist[0, j, 2 * k + 1] = np.float32(((c >> 4) - 8) * 0.125)
             else:
                 for k in range(width):
                     out_hist[0, j, k] = codes[row, k]
@@ -166,12 +172,17 @@ def _lookup_request(snapshot, user_id, t, req_ads, out_hist, out_ts, out_ads, ou
                 sc = ad_scales[row]
                 for k in range(width):
                     out_ads[i, k] = np.float32(np.int8(ad_codes[row, k])) * sc
+            elif mode == MODE_INT4:
+                for k in range(width):
+                    c = np.int64(ad_codes[row, k])
+                    out_ads[i, 2 * k] = np.float32(((c & 15) - 8) * 0.125)
+                    out_ads[i, 2 * k + 1] = np.float32(((c >> 4) - 8) * 0.125)
             else:
                 for k in range(width):
                     out_ads[i, k] = ad_codes[row, k]
         else:
             out_hit[i] = False
-            for k in range(width):
+            for k in range(out_ads.shape[1]):
                 out_ads[i, k] = 0
     out_meta[0] = n_found
     out_meta[1] = hits
@@ -284,9 +295,10 @@ class RequestKernel:
         self._run = dispatcher
         self._codec = codec
         self._dim = data.dim
-        self._mode = MODE_INT8 if isinstance(codec, Int8Codec) else MODE_RAW
-        self._width = data.dim if self._mode == MODE_INT8 else codec.bytes_per_row
-        self._out_dtype = np.float32 if self._mode == MODE_INT8 else np.uint8
+        self._mode = MODE_INT8 if isinstance(codec, Int8Codec) else MODE_INT4 if isinstance(codec, Int4Codec) \
+            else MODE_RAW
+        self._width = codec.bytes_per_row if self._mode == MODE_RAW else data.dim
+        self._out_dtype = np.uint8 if self._mode == MODE_RAW else np.float32
         self._float32 = isinstance(codec, Float32Codec)  # raw float32 bytes need no decoding
         bpr = codec.bytes_per_row
         self._snapshot = (

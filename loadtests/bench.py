@@ -110,6 +110,28 @@ def cache_rows(cache: dict | None, why: str) -> list[Row]:
     return rows
 
 
+def served_history_rows(quick: bool) -> tuple[list[Row], dict | None]:
+    """The history stage as the serving path calls it (HistoryProvider.inputs: one lookup + the model's
+    tensors) against numpy gathers of the same user rows, measured in this run (loadtests/bench_history.py)."""
+    from loadtests import bench_history
+
+    try:
+        r = bench_history.measure(users=20_000 if quick else 200_000, requests=1_000 if quick else 3_000,
+                                  rounds=1 if quick else 3)
+    except Exception as exc:  # noqa: BLE001 - a failed measurement becomes a table note, not a crash
+        why = f"bench_history failed: {type(exc).__name__}: {exc}"
+        return [Row.unavailable("served history stage vs numpy gather", why)], None
+    shape = f"{r['users']:,} users × L={r['history']} d={r['dim']} {r['codec']}, {r['lookup_path']} lookup"
+    served = f"{r['served']['p50_us']:.1f} µs p50 (p99 {r['served']['p99_us']:.1f})"
+    rows = [Row("served history stage vs numpy gather", served, f"{r['gather']['p50_us']:.1f} µs",
+                r["ratio_p50_vs_gather"], "≤ 1.5×", r["ratio_p50_vs_gather"] <= 1.5,
+                f"{shape}; baseline: the same bytes gathered by precomputed row numbers", r),
+            Row("served history stage vs numpy gather + decode", served, f"{r['gather_decode']['p50_us']:.1f} µs",
+                r["ratio_p50_vs_gather_decode"], "≤ 1.5×", r["ratio_p50_vs_gather_decode"] <= 1.5,
+                f"{shape}; baseline: the same bytes gathered and decoded to float32", r)]
+    return rows, r
+
+
 def fm_row(cache: dict | None, quick: bool, history_len: int = 256, candidates: int = 200) -> Row:
     """The FM run live on one user's history versus the cache lookup that replaces it."""
     name = "live FM vs cache lookup"
@@ -294,13 +316,16 @@ def _print(rows: list[Row]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adrank bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("all", "serve", "cache"))
+    p.add_argument("what", choices=("all", "serve", "cache", "triton"),
+                   help="all | serve | cache (embedding cache + the served history stage) | triton (the Triton row's "
+                        "own benchmark, `adrank bench triton --help`)")
     p.add_argument("--json", default=None, help="write all figures here")
     p.add_argument("--quick", action="store_true", help="fewer iterations and a smaller cache (≈ 1 min)")
     p.add_argument("--run", default="runs/demo", help="folder with model_repository/ and catalog.npz; "
                                                       "a tiny model is trained into a temp dir when absent")
     p.add_argument("--triton-url", default=None, help="a running tritonserver for the Triton row")
-    p.add_argument("--doc", default=str(DOC), help="markdown report to write ('' to skip)")
+    p.add_argument("--doc", default="", help=f"also rewrite this markdown report's generated block (the committed "
+                                            f"one is {DOC.relative_to(ROOT)}); default: none")
     return p
 
 
@@ -325,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.what in ("all", "cache"):
             cache, why = _cache_bench(a.quick, tmp)
             rows += cache_rows(cache, why)
+            served_rows, results["served_history"] = served_history_rows(a.quick)
+            rows += served_rows
             rows.append(fm_row(cache, a.quick))
             results["cache"] = cache
     results["rows"] = [asdict(r) for r in rows]

@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -115,12 +116,32 @@ class HistorySpec:
                    codec=str(d["codec"]), pooling=str(d.get("pooling", "sum")))
 
 
+@lru_cache(maxsize=64)
+def _mask_table(length: int) -> np.ndarray:
+    """Row n is the mask of a history with n valid codes: [1]*n + [0]*(length - n). Read-only, shared."""
+    table = (np.arange(length)[None, :] < np.arange(length + 1)[:, None]).astype(np.float32)
+    table.flags.writeable = False
+    return table
+
+
 def history_tensors(codes: np.ndarray, lengths: np.ndarray, length: int, width: int,
                     user_index: np.ndarray) -> dict[str, np.ndarray]:
     """Model inputs from a lookup: `codes` float32 [U, >=L, >=d] newest first, `lengths` int [U] valid codes
-    per user (the cold-start prior counts as one), `user_index` int64 [B] the user of each candidate row."""
+    per user (the cold-start prior counts as one), `user_index` int64 [B] the user of each candidate row.
+
+    The mask is one row of a cached table per length (a request pays one small gather, not three array ops);
+    the codes are passed through without a copy when the lookup already returned exactly L × d float32.
+    """
     if codes.ndim != 3 or codes.shape[2] < width or codes.shape[1] < length:
         raise ValueError(f"history codes of shape {codes.shape} cannot give {length} codes of width {width}")
-    mask = (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
-    return {FM_HISTORY: np.ascontiguousarray(codes[:, :length, :width], dtype=np.float32),
-            FM_HISTORY_MASK: mask, USER_INDEX: np.ascontiguousarray(user_index, dtype=np.int64)}
+    if codes.shape[1] != length or codes.shape[2] != width or codes.dtype != np.float32:
+        codes = np.ascontiguousarray(codes[:, :length, :width], dtype=np.float32)
+    table = _mask_table(length)
+    if len(lengths) == 1:  # one request's user: a view of the table's row, no allocation
+        n = min(int(lengths[0]), length)
+        mask = table[n:n + 1]
+    else:
+        mask = table[np.minimum(lengths, length)]
+    if user_index.dtype != np.int64:
+        user_index = user_index.astype(np.int64)
+    return {FM_HISTORY: codes, FM_HISTORY_MASK: mask, USER_INDEX: user_index}

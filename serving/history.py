@@ -17,9 +17,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from embedding_cache import CacheError
 from models.history import FM_HISTORY, history_tensors
 from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import ModelHandle
@@ -57,8 +59,10 @@ def lookup_error(exc: Exception) -> RankingError:
     return ModelNotReady(f"embedding cache lookup failed: {exc}")
 
 
-@dataclass(frozen=True)
-class HistoryInputs:
+class HistoryInputs(NamedTuple):
+    """A request's history tensors, its flags, the lookup time and the snapshot read (a NamedTuple: built
+    once per request, where a frozen dataclass's __init__ costs a measurable share of the stage)."""
+
     tensors: dict[str, np.ndarray]
     flags: tuple[int, ...]
     cache_us: int
@@ -87,7 +91,15 @@ class HistoryProvider:
     def __init__(self, backend: str = "none", location: str = "", *, refresh_s: float = 5.0) -> None:
         self.backend, self.location, self.refresh_s = backend, location, refresh_s
         self._readers: dict[str, object] = {}
+        self._needs: dict[tuple[str, int, str], _Need] = {}
         self._lock = threading.Lock()
+
+    def _need(self, handle: ModelHandle) -> _Need:
+        key = (handle.name, handle.version, handle.fm_version)
+        need = self._needs.get(key)
+        if need is None:
+            need = self._needs[key] = _need(handle)
+        return need
 
     def reader(self, fm_version: str):  # -> embedding_cache.CacheReader
         r = self._readers.get(fm_version)
@@ -96,7 +108,7 @@ class HistoryProvider:
         if self.backend == "none":
             raise ModelNotReady(f"model needs FM history of {fm_version!r} but the server has no embedding cache "
                                 "(start it with --cache-dir or --cache-url)")
-        from embedding_cache import CacheError, open_reader
+        from embedding_cache import open_reader
 
         with self._lock:
             if fm_version not in self._readers:
@@ -121,7 +133,7 @@ class HistoryProvider:
         if not needs_history(handle):
             return
         reader = self.reader(handle.fm_version)
-        need = _need(handle)
+        need = self._need(handle)
         if reader.dim < need.width:
             raise ModelNotReady(f"embedding cache codes of {handle.fm_version} have width {reader.dim}; "
                                 f"{handle.name}/{handle.version} reads {need.width}")
@@ -130,9 +142,7 @@ class HistoryProvider:
                                 f"{handle.name}/{handle.version} was trained on {need.codec} codes")
 
     async def inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int) -> HistoryInputs:
-        from embedding_cache import CacheError
-
-        need = _need(handle)
+        need = self._need(handle)
         reader = self.reader(handle.fm_version)
         t0 = time.perf_counter()
         try:

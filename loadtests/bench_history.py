@@ -1,0 +1,142 @@
+"""The history lookup as the serving path calls it, against numpy gathers of the same bytes, in one run.
+
+`HistoryProvider.inputs` is what a LoopFM request pays for FM history: one `CacheReader.lookup` (the
+compiled one-request kernel on the embedded store; no candidate ad codes, since no model reads them) and
+`models.history.history_tensors` (slice, mask, user index). The baselines read the same user rows from
+in-memory arrays with precomputed row numbers: the raw bytes (the floor any store pays to touch the data),
+and the bytes decoded to float32 (the least work that yields what the model consumes).
+
+    python -m loadtests.bench_history --users 200000 --history 32 --codec int4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from embedding_cache import EmbeddedWriter, RetentionConfig
+from embedding_cache.embedded import open_snapshot
+from embedding_cache.latency import latency_stats
+from exporters.manifest import ModelManifest, TensorSpec
+from models.features import FeatureSpec
+from models.history import FM_HISTORY
+from serving.backends.base import ModelHandle
+from serving.history import HistoryProvider
+
+FM = "fm-bench-served"
+T0 = 1_700_000_000_000
+CANDIDATES = 200
+
+
+def _store(root: Path, users: int, history: int, dim: int, codec: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w = EmbeddedWriter(root, FM, dim=dim, codec=codec, retention=RetentionConfig(max_per_user=history, max_age_ms=None))
+    for start in range(0, users, 50_000):
+        ids = np.arange(start, min(users, start + 50_000), dtype=np.int64)
+        uid = np.repeat(ids, history)
+        ts = T0 + np.tile(np.arange(history, dtype=np.int64) * 60_000, len(ids))
+        w.append_user_codes(uid, ts, np.tanh(rng.normal(0, 0.6, (len(uid), dim))).astype(np.float32))
+    w.publish(now_ms=T0 + 10**9)
+
+
+def _handle(history: int, dim: int, codec: str) -> ModelHandle:
+    manifest = ModelManifest(name="bench", version=1, fm_version=FM, feature_spec={},
+                             inputs=(TensorSpec(FM_HISTORY, "float32", ("users", history, dim)),), outputs=(),
+                             history={"fm_version": FM, "length": history, "width": dim, "codec": codec})
+    return ModelHandle("bench", 1, manifest, FeatureSpec((1,) * 8))
+
+
+def _timed(fn, n: int) -> np.ndarray:
+    out = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter_ns()
+        fn(i)
+        out[i] = time.perf_counter_ns() - t
+    return out / 1000.0
+
+
+async def _timed_async(fn, n: int) -> np.ndarray:
+    out = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter_ns()
+        await fn(i)
+        out[i] = time.perf_counter_ns() - t
+    return out / 1000.0
+
+
+def measure(*, users: int = 200_000, history: int = 32, dim: int = 32, codec: str = "int4", requests: int = 3_000,
+            seed: int = 0, rounds: int = 3) -> dict:
+    """p50/p99 of the served history stage and of the numpy baselines, interleaved over `rounds` rounds so
+    drift on a shared machine hits both alike; ratios of the medians over all samples."""
+    with tempfile.TemporaryDirectory(prefix="adrank-bench-history-") as tmp:
+        root = Path(tmp)
+        _store(root, users, history, dim, codec, seed)
+        provider = HistoryProvider("embedded", str(root))
+        handle = _handle(history, dim, codec)
+        provider.check(handle)
+        reader = provider.reader(FM)
+        snap = open_snapshot(root, FM)
+        rng = np.random.default_rng(seed + 1)
+        uids = rng.integers(0, users, requests)
+        t_req = T0 + history * 60_000 + 5_000
+        rows = snap.offsets[uids][:, None] + np.arange(history)[None, :]
+        codes, scales = np.array(snap.codes), np.array(snap.scales)
+        decode = snap.codec.decode
+
+        async def served(i: int):
+            return await provider.inputs(handle, int(uids[i]), t_req, CANDIDATES)
+
+        def gather(i: int):
+            r = rows[i]
+            return codes[r], scales[r] if len(scales) else scales
+
+        def gather_decode(i: int):
+            r = rows[i]
+            return decode(codes[r], scales[r] if len(scales) else scales)
+
+        samples: dict[str, list[np.ndarray]] = {"served": [], "gather": [], "gather_decode": []}
+        for i in range(min(300, requests)):  # warm code paths and pages
+            asyncio.run(served(i)) if i == 0 else None
+            gather(i), gather_decode(i)
+        for _ in range(rounds):
+            samples["served"].append(asyncio.run(_timed_async(served, requests)))
+            samples["gather"].append(_timed(gather, requests))
+            samples["gather_decode"].append(_timed(gather_decode, requests))
+        stats = {k: latency_stats(np.concatenate(v)) for k, v in samples.items()}
+        path = getattr(reader, "lookup_path", "numpy")
+    return {"users": users, "history": history, "dim": dim, "codec": codec, "requests": requests, "rounds": rounds,
+            "lookup_path": path, **stats,
+            "ratio_p50_vs_gather": stats["served"]["p50_us"] / stats["gather"]["p50_us"],
+            "ratio_p50_vs_gather_decode": stats["served"]["p50_us"] / stats["gather_decode"]["p50_us"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench_history", description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=200_000)
+    p.add_argument("--history", type=int, default=32)
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--codec", default="int4")
+    p.add_argument("--requests", type=int, default=3_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    r = measure(users=a.users, history=a.history, dim=a.dim, codec=a.codec, requests=a.requests, rounds=a.rounds)
+    print(f"served history stage ({r['users']:,} users, L={r['history']}, d={r['dim']}, {r['codec']}, "
+          f"{r['lookup_path']} lookup): p50 {r['served']['p50_us']:.1f} µs  p99 {r['served']['p99_us']:.1f} µs")
+    print(f"numpy gather of the same bytes:  p50 {r['gather']['p50_us']:.1f} µs → ratio {r['ratio_p50_vs_gather']:.2f}×")
+    print(f"numpy gather + decode:           p50 {r['gather_decode']['p50_us']:.1f} µs → ratio "
+          f"{r['ratio_p50_vs_gather_decode']:.2f}×")
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
