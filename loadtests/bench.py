@@ -330,12 +330,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["triton"]:  # its own flags: the Triton row's benchmark (serving/triton/bench.py)
+        from serving.triton.bench import main as triton_bench
+
+        return triton_bench(argv[1:])
     try:
         a = _parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     t0 = time.perf_counter()
-    results: dict = {"command": "adrank bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    results: dict = {"command": "adrank bench " + " ".join(argv),
                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="adrank-bench-") as tmp_s:
