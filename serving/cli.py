@@ -97,7 +97,8 @@ def _cmd_embed(a: argparse.Namespace) -> int:
 def _cmd_experiment(a: argparse.Namespace) -> int:
     from models.experiment import run_experiment
 
-    command = f"adrank experiment --dataset {a.dataset} --seeds {a.seeds} --out {a.out}" + (" --quick" if a.quick else "")
+    command = (f"adrank experiment --dataset {a.dataset} --seeds {a.seeds} --out {a.out}"
+               + (" --quick" if a.quick else ""))
     summary = run_experiment(a.dataset, a.seeds, a.out, quick=a.quick, command=command)
     print(Path(a.out, "results.md").read_text())
     failed = [k for k, ok in summary["checks"].items() if not ok]
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=5.0)
     sp.set_defaults(func=_cmd_score)
 
-    sp = sub.add_parser("demo", help="the LoopFM loop end to end: FM → embed → VM and LoopFM VM → export → serve → score")
+    sp = sub.add_parser("demo", help="the LoopFM loop end to end: FM → embed → VM and LoopFM VM → export → serve "
+                                     "→ score")
     sp.add_argument("--out", default=DEFAULT_RUN)
     sp.add_argument("--events", type=int, default=100_000)
     sp.add_argument("--seed", type=int, default=0)
