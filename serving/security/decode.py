@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -68,15 +69,20 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
     if handler.response_streaming:
         inner_stream = handler.unary_stream
 
-        async def stream_behavior(request: object, context: grpc.aio.ServicerContext):
-            if isinstance(request, Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse_message(request, method))
-            result = inner_stream(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
+        # Same shape as the wrapped behaviour: grpc.aio treats an async generator (yields responses) and a
+        # coroutine (writes them with context.write, as health's Watch does) differently.
+        if inspect.isasyncgenfunction(inner_stream):
+            async def stream_behavior(request: object, context: grpc.aio.ServicerContext):
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse_message(request, method))
+                async for item in inner_stream(request, context):
                     yield item
-            else:  # a behaviour that writes with context.write and returns an awaitable
-                await result
+        else:
+            async def stream_behavior(request: object, context: grpc.aio.ServicerContext):  # type: ignore[misc]
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse_message(request, method))
+                result = inner_stream(request, context)
+                return await result if inspect.isawaitable(result) else result
 
         return grpc.unary_stream_rpc_method_handler(stream_behavior, request_deserializer=load,
                                                     response_serializer=handler.response_serializer)
@@ -86,7 +92,7 @@ def guard_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethod
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _refuse_message(request, method))
         result = inner(request, context)
-        return await result if hasattr(result, "__await__") else result
+        return await result if inspect.isawaitable(result) else result
 
     return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer=load,
                                                response_serializer=handler.response_serializer)
