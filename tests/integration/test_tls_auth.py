@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tls_fixtures import Pem, issue, make_ca
 
 from models.catalog import load_catalog
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
@@ -20,7 +21,6 @@ from serving.client import build_request, score
 from serving.process import ServerProcess
 from serving.security.auth import hash_token
 from serving.security.tls import ClientTls, open_channel
-from tls_fixtures import Pem, issue, make_ca
 
 ROOT = Path(__file__).resolve().parents[2]
 SCORE_TOKEN, ADMIN_TOKEN, OTHER_TOKEN = "score-secret-0123456789", "admin-secret-9876543210", "never-issued"
