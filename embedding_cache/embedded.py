@@ -45,7 +45,7 @@ def read_current(root: str | os.PathLike, fm_version: str) -> str:
 
 
 def open_snapshot(root: str | os.PathLike, fm_version: str, snapshot_id: str | None = None,
-                  verify: Verify = "header") -> SnapshotData:
+                  verify: Verify = "full") -> SnapshotData:
     """Open (and verify) the current or a given snapshot of `fm_version`."""
     snapshot_id = snapshot_id or read_current(root, fm_version)
     directory = version_dir(root, fm_version) / "snapshots" / snapshot_id
@@ -119,7 +119,7 @@ class EmbeddedReader(CsrReader):
     backend = "embedded"
 
     def __init__(self, root_dir: str | os.PathLike, fm_version: str, *, snapshot_id: str | None = None,
-                 verify: Verify = "header", limits: LookupLimits | None = None,
+                 verify: Verify = "full", limits: LookupLimits | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.root = Path(root_dir)
         self._verify: Verify = verify

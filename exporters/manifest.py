@@ -3,11 +3,24 @@
 Serving trusts nothing but this file and the model file beside it: the feature spec it must build,
 the fm_version whose embeddings it may read, input/output names and shapes, and a content hash that
 is checked before a model is loaded.
+
+The manifest is sealed too: `manifest_sha256` is the sha256 of its canonical JSON (sorted keys, no
+whitespace) without that field, so an edited fm_version, feature spec or model_file is refused just like
+a replaced model file. And `model_file` must name a file inside its own version folder (no absolute
+path, no `..`, no symlink leading out), so a manifest cannot make serving load another version's or
+another directory's file. Both checks guard against damage and mistakes, not against someone who can
+rewrite both files: that needs signing (see docs/security.md).
+
+Usage::
+
+    manifest = read_manifest("runs/demo/model_repository/vm/1")   # ManifestError on any mismatch
+    text = json.dumps(seal_manifest(edited_dict))                  # re-seal a manifest edited on purpose
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -47,9 +60,12 @@ class ModelManifest:
     """LoopFM VMs: the codes serving must read (models.history.HistorySpec: fm_version, length, width,
     codec, pooling); empty for a VM without FM history."""
     format_version: int = FORMAT_VERSION
+    manifest_sha256: str = ""
+    """sha256 of the canonical JSON of every other field (`manifest_digest`); written by `to_json`."""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """The sealed manifest: `manifest_sha256` is recomputed over the other fields as written."""
+        return json.dumps(seal_manifest(asdict(self)), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ModelManifest:
@@ -63,10 +79,46 @@ class ModelManifest:
                 outputs=tuple(TensorSpec(o["name"], o["dtype"], tuple(o["shape"])) for o in d["outputs"]),
                 model_file=str(d.get("model_file", MODEL_FILE)), sha256=str(d["sha256"]), opset=int(d["opset"]),
                 source=str(d.get("source", "")), metrics=dict(d.get("metrics", {})), parity=dict(d.get("parity", {})),
-                history=dict(d.get("history", {})),
+                history=dict(d.get("history", {})), manifest_sha256=str(d.get("manifest_sha256", "")),
             )
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"manifest lacks or mistypes field {exc}") from exc
+
+
+def manifest_digest(d: Mapping) -> str:
+    """sha256 of the canonical JSON of `d` without `manifest_sha256`: sorted keys, no whitespace, and the
+    values as JSON reads them back (tuples become lists), so writing and reading agree byte for byte."""
+    body = json.loads(json.dumps({k: v for k, v in d.items() if k != "manifest_sha256"}))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_manifest(d: Mapping) -> dict:
+    """A copy of `d` with `manifest_sha256` set: for writers, and for tools that edit a manifest on purpose."""
+    return {**d, "manifest_sha256": manifest_digest(d)}
+
+
+def _check_seal(path: Path, d: Mapping) -> None:
+    recorded = d.get("manifest_sha256")
+    if not recorded:
+        raise ManifestError(f"{path}: manifest_sha256 missing (a manifest written before manifests were sealed, "
+                            "or edited by hand); re-export this version")
+    if not hmac.compare_digest(str(recorded), manifest_digest(d)):
+        raise ManifestError(f"{path}: manifest_sha256 does not match the manifest's content (edited or damaged)")
+
+
+def resolve_model_file(version_dir: Path, model_file: str) -> Path:
+    """`version_dir / model_file`, refused unless it stays inside `version_dir` once symlinks are followed:
+    a relative path without `..`, not absolute, and not a link pointing out of the folder."""
+    rel = Path(model_file)
+    if not model_file or rel.is_absolute() or ".." in rel.parts:
+        raise ManifestError(f"{version_dir / MANIFEST_NAME}: model_file {model_file!r} must be a relative path "
+                            "inside the version folder (no absolute path, no '..')")
+    path = version_dir / rel
+    root = version_dir.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ManifestError(f"{version_dir / MANIFEST_NAME}: model_file {model_file!r} resolves outside the version "
+                            f"folder {version_dir} (a symlink leading out)")
+    return path
 
 
 def sha256_file(path: str | Path) -> str:
@@ -78,20 +130,26 @@ def sha256_file(path: str | Path) -> str:
 
 
 def read_manifest(version_dir: str | Path, *, verify: bool = True) -> ModelManifest:
-    """Reads `<version_dir>/manifest.json`; with `verify`, checks the model file's hash against it."""
+    """Reads `<version_dir>/manifest.json` and checks its seal and that `model_file` stays inside the
+    folder; with `verify`, also checks the model file's hash against it."""
     version_dir = Path(version_dir)
     path = version_dir / MANIFEST_NAME
     try:
-        manifest = ModelManifest.from_dict(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: no manifest") from exc
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: not a JSON object")
+    manifest = ModelManifest.from_dict(raw)
+    _check_seal(path, raw)
+    model_path = resolve_model_file(version_dir, manifest.model_file)
     if verify:
-        model_path = version_dir / manifest.model_file
-        if not model_path.exists():
+        if not model_path.is_file():
             raise ManifestError(f"{model_path}: model file missing")
         digest = sha256_file(model_path)
         if digest != manifest.sha256:
-            raise ManifestError(f"{model_path}: sha256 {digest[:12]}… does not match the manifest's {manifest.sha256[:12]}…")
+            raise ManifestError(f"{model_path}: sha256 {digest[:12]}… does not match the manifest's "
+                                f"{manifest.sha256[:12]}…")
     return manifest

@@ -170,8 +170,11 @@ def _cmd_score(a: argparse.Namespace) -> int:
                         version=a.version)
     import grpc
 
+    from serving.security.cli import client_security
+
+    tls, token = client_security(a)
     try:
-        resp = score(a.target, req, timeout_s=a.timeout)
+        resp = score(a.target, req, timeout_s=a.timeout, tls=tls, token=token)
     except grpc.RpcError as exc:  # print the status code and message, exit non-zero
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -296,13 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=_cmd_export)
 
     from serving.config import BACKENDS, flag_help
+    from serving.security.cli import add_auth_parser, client_security_flags
 
     # Each flag's dest is its ServerConfig field and its default None ("not given"): the environment
     # (ADRANK_<FIELD>) and then the field's default fill what is left out.
     sp = sub.add_parser("serve", help="run the gRPC ranking service",
                         description="Flags override ADRANK_<FIELD> environment variables, which override defaults. "
-                        "The request-schema limits (max_dense_features, max_recent_categories, max_request_id_len) "
-                        "come from the environment only, so every replica accepts the same requests.")
+                        "The request-schema limits (max_dense_features, max_recent_categories, max_request_id_len, "
+                        "max_bid, max_abs_dense_feature) come from the environment only, so every replica accepts "
+                        "the same requests.")
     sp.add_argument("--backend", choices=BACKENDS, help=flag_help("backend"))
     sp.add_argument("--host", help=flag_help("host"))
     sp.add_argument("--port", type=int, help=flag_help("port"))
@@ -320,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--" + name.replace("_", "-"), type=int, help=flag_help(name))
     sp.add_argument("--drain-grace-s", type=float, help=flag_help("drain_grace_s"))
     sp.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None, help=flag_help("reflection"))
+    security = sp.add_argument_group("security (docs/security.md)")
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):
+        security.add_argument("--" + name.replace("_", "-"), metavar="PATH", help=flag_help(name))
+    security.add_argument("--insecure", action="store_true", default=None, help=flag_help("insecure"))
     sp.add_argument("--ready-file", default=None, help="written with the bound port once SERVING")
     sp.set_defaults(func=_cmd_serve)
 
@@ -335,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--show", type=int, default=20, help="rows to print")
     sp.add_argument("--json", action="store_true", help="print the whole response as JSON instead of a table")
     sp.add_argument("--timeout", type=float, default=5.0)
+    client_security_flags(sp)
     sp.set_defaults(func=_cmd_score)
+
+    add_auth_parser(sub)
 
     sp = sub.add_parser("demo", help="the LoopFM loop end to end: FM → embed → VM and LoopFM VM → export → serve "
                                      "→ score")

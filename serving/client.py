@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from models.vocab import DEVICE_TRAFFIC, PLACEMENT_TRAFFIC
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
+from serving.security.tls import ClientTls, open_channel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,9 +114,12 @@ def build_request(user_id: int, n_candidates: int, catalog: Mapping[str, np.ndar
     return req
 
 
-def score(target: str, request: ranking_pb2.ScoreRequest, timeout_s: float = 5.0) -> ranking_pb2.ScoreResponse:
-    with grpc.insecure_channel(target) as channel:
-        return ranking_pb2_grpc.AdRankingStub(channel).Score(request, timeout=timeout_s)
+def score(target: str, request: ranking_pb2.ScoreRequest, timeout_s: float = 5.0, *, tls: ClientTls | None = None,
+          token: str | None = None) -> ranking_pb2.ScoreResponse:
+    """One Score call; TLS when `tls` is given, a bearer token when `token` is (docs/security.md)."""
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    with open_channel(target, tls) as channel:
+        return ranking_pb2_grpc.AdRankingStub(channel).Score(request, timeout=timeout_s, metadata=metadata)
 
 
 def render_table(response: ranking_pb2.ScoreResponse, request: ranking_pb2.ScoreRequest, limit: int = 20):

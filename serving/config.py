@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import types
 from collections.abc import Mapping
@@ -86,6 +87,21 @@ class ServerConfig:
                                   "turns NOT_SERVING; keep below the orchestrator's termination grace period.",
                                   between=(0, 600))
     reflection: bool = _field(True, "Serve gRPC reflection, so grpcurl and similar tools can list the API.")
+    max_bid: float = _field(1e6, "Largest candidate bid accepted; more is INVALID_ARGUMENT. Bounds expected_value "
+                            "so no score overflows.", between=(0.0, 1e12))
+    max_abs_dense_feature: float = _field(1e6, "Largest |value| accepted in candidates.dense_features; more is "
+                                          "INVALID_ARGUMENT. Keeps the model's activations finite (float32).",
+                                          between=(0.0, 1e9))
+    tls_cert: str = _field("", "PEM certificate chain of the ranking port; with tls_key the port speaks TLS only. "
+                           "Read once at start (rotate by restarting).")
+    tls_key: str = _field("", "PEM private key of tls_cert (keep it readable by the server's user only).")
+    tls_client_ca: str = _field("", "PEM CA bundle: when set, every client must present a certificate signed by "
+                                "it (mutual TLS); needs tls_cert and tls_key.")
+    insecure: bool = _field(False, "Allow plaintext on a host that is not loopback. Without it, a non-loopback "
+                            "host needs tls_cert and tls_key; loopback is plaintext by default.")
+    auth_tokens: str = _field("", "Token file: one `<sha256-hex of token> <scope,scope> <name>` line per token "
+                              "(docs/security.md). When set, AdRanking needs a token with scope 'score', "
+                              "administration 'admin'; health and reflection need none. Unset: no token check.")
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
@@ -96,6 +112,15 @@ class ServerConfig:
         if self.cache_backend == "redis" and not self.cache_location.startswith(REDIS_SCHEMES):
             raise ConfigError("cache_location", f"a redis cache needs a URL starting with {' or '.join(REDIS_SCHEMES)}"
                                                 f", got {self.cache_location!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_key" if self.tls_cert else "tls_cert",
+                              "--tls-cert and --tls-key go together (a certificate and its private key)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("tls_client_ca", "mutual TLS needs --tls-cert and --tls-key as well")
+        if not self.tls_cert and not self.insecure and not is_loopback(self.host):
+            raise ConfigError("host", f"{self.host} is not a loopback address and the port has no TLS: pass "
+                                      "--tls-cert and --tls-key (ADRANK_TLS_CERT, ADRANK_TLS_KEY), or --insecure "
+                                      "(ADRANK_INSECURE=1) to serve plaintext there deliberately")
         host, _, port = self.triton_url.rpartition(":")
         if "://" in self.triton_url or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ConfigError("triton_url", f"expected HOST:PORT with a port in 1..65535 and no scheme, "
@@ -129,6 +154,17 @@ class ServerConfig:
                 var = sourced[exc.field]
                 raise ConfigError(var, exc.reason) from None
             raise
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1), the only hosts plaintext is the default on."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 def field_doc(name: str) -> str:

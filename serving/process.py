@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.security.tls import ClientTls, open_channel
+
 
 class ServerProcess:
     """Usage::
@@ -22,8 +24,10 @@ class ServerProcess:
             score(srv.target, request)
     """
 
-    def __init__(self, serve_args: list[str], *, startup_timeout_s: float = 60.0, log_path: str | None = None) -> None:
+    def __init__(self, serve_args: list[str], *, startup_timeout_s: float = 60.0, log_path: str | None = None,
+                 tls: ClientTls | None = None) -> None:
         self.serve_args = serve_args
+        self.tls = tls  # how this process's own health checks connect, when serve_args turn TLS on
         self.startup_timeout_s = startup_timeout_s
         self._tmp = tempfile.TemporaryDirectory(prefix="adrank-serve-")
         self.ready_file = Path(self._tmp.name) / "port"
@@ -55,8 +59,13 @@ class ServerProcess:
         return self
 
     def health(self, service: str = "") -> int:
-        with grpc.insecure_channel(self.target) as ch:
-            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        with self.channel() as ch:
+            request = health_pb2.HealthCheckRequest(service=service)
+            return health_pb2_grpc.HealthStub(ch).Check(request, timeout=5).status
+
+    def channel(self) -> grpc.Channel:
+        """A channel to the server, with the ClientTls given at construction (plaintext without)."""
+        return open_channel(self.target, self.tls)
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

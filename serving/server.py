@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.backends.base import InferenceBackend
 from serving.config import ServerConfig
+from serving.security import bind_port, server_interceptors
 from serving.service import AdRankingService
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,14 @@ class RankingServer:
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", self.config.max_message_bytes),
                 ("grpc.max_send_message_length", self.config.max_message_bytes)]
-        server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=self.config.max_concurrent_rpcs)
+        server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
+                                 interceptors=server_interceptors(self.config))
         ranking_pb2_grpc.add_AdRankingServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        self.port = bind_port(server, self.config)  # TLS / mutual TLS when configured
         await server.start()
         self._server = server
         await self.backend.start()

@@ -18,6 +18,7 @@ from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.backends.base import InferenceBackend, ModelHandle
 from serving.config import ServerConfig
 from serving.errors import InvalidRequest, ModelNotFound, ModelNotReady, RankingError
+from serving.finite import ensure_finite
 from serving.history import HistoryProvider, needs_history
 from serving.metrics import ServiceMetrics
 from serving.validation import ParsedRequest, parse_request
@@ -120,6 +121,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
                 self.metrics.degraded.labels("user_history_missing").inc()
         t_infer = time.perf_counter()
         result = await self.backend.infer(handle, inputs)
+        ensure_finite(result.p_ctr, result.p_cvr, parsed.bid, model=f"{handle.name}/{handle.version}")
         t_rank = time.perf_counter()
         if parsed.time_defaulted:
             flags.append(ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED)

@@ -59,7 +59,8 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
     if n > config.max_candidates:
         raise InvalidRequest(f"candidates: {n} candidates exceed the limit of {config.max_candidates}")
     if len(req.request_id) > config.max_request_id_len:
-        raise InvalidRequest(f"request_id: {len(req.request_id)} characters exceed the limit of {config.max_request_id_len}")
+        raise InvalidRequest(f"request_id: {len(req.request_id)} characters exceed the limit of "
+                             f"{config.max_request_id_len}")
     if req.user_id < 0:
         raise InvalidRequest(f"user_id: must be >= 0, got {req.user_id}")
     now = int(time.time() * 1000) if now_ms is None else now_ms
@@ -82,7 +83,8 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
         raise InvalidRequest(f"user.segment: must be >= 0, got {req.user.segment}")
     recent = np.fromiter(req.user.recent_categories, dtype=np.int64, count=len(req.user.recent_categories))
     if len(recent) > config.max_recent_categories:
-        raise InvalidRequest(f"user.recent_categories: {len(recent)} entries exceed the limit of {config.max_recent_categories}")
+        raise InvalidRequest(f"user.recent_categories: {len(recent)} entries exceed the limit of "
+                             f"{config.max_recent_categories}")
     if (recent < 0).any():
         raise InvalidRequest(f"user.recent_categories[{_first_bad(recent < 0)}]: must be >= 0")
 
@@ -92,12 +94,14 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
                     dtype=np.int64)
     bid = np.array([c.bid for c in cands], dtype=np.float64)
     ad_id, advertiser, campaign, category, widths = (np.ascontiguousarray(ints[:, j]) for j in range(5))
-    for name, arr in (("ad_id", ad_id), ("advertiser_id", advertiser), ("campaign_id", campaign), ("category", category)):
+    for name, arr in (("ad_id", ad_id), ("advertiser_id", advertiser), ("campaign_id", campaign),
+                      ("category", category)):
         _check_ids(name, arr)
-    bad_bid = ~np.isfinite(bid) | (bid < 0)
+    bad_bid = ~np.isfinite(bid) | (bid < 0) | (bid > config.max_bid)
     if bad_bid.any():
         i = _first_bad(bad_bid)
-        raise InvalidRequest(f"candidates[{i}].bid: must be finite and >= 0, got {bid[i]}")
+        raise InvalidRequest(f"candidates[{i}].bid: must be finite, >= 0 and <= max_bid {config.max_bid:g}, "
+                             f"got {bid[i]}")
     width = int(widths.max())
     if width > config.max_dense_features:
         i = _first_bad(widths > config.max_dense_features)
@@ -108,10 +112,12 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
         for i, c in enumerate(cands):  # only requests that carry dense features pay this loop
             if c.dense_features:
                 dense[i, :len(c.dense_features)] = c.dense_features
-        bad = ~np.isfinite(dense)
+        # bounded as well as finite: float32 values near 3.4e38 overflow inside the model (NaN scores)
+        bad = ~(np.abs(dense) <= config.max_abs_dense_feature)
         if bad.any():
             i = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise InvalidRequest(f"candidates[{i}].dense_features: values must be finite")
+            raise InvalidRequest(f"candidates[{i}].dense_features: values must be finite and within "
+                                 f"±max_abs_dense_feature {config.max_abs_dense_feature:g}")
     version = req.model.version if req.model.HasField("version") else None
     if version is not None and version < 1:
         raise InvalidRequest(f"model.version: must be >= 1, got {version}")
@@ -119,7 +125,8 @@ def parse_request(req: ranking_pb2.ScoreRequest, config: ServerConfig, default_m
     if top_k is not None and top_k < 1:
         raise InvalidRequest(f"top_k: must be >= 1 when set, got {top_k}")
     return ParsedRequest(
-        request_id=req.request_id, user_id=req.user_id, request_time_ms=t, time_defaulted=not req.HasField("request_time_ms"),
+        request_id=req.request_id, user_id=req.user_id, request_time_ms=t,
+        time_defaulted=not req.HasField("request_time_ms"),
         placement=ctx.placement, device=ctx.device, hour=hour, segment=req.user.segment, recent_categories=recent,
         ad_id=ad_id, advertiser_id=advertiser, campaign_id=campaign, category=category, bid=bid, dense=dense,
         model_name=req.model.name or default_model, model_version=version, top_k=top_k,

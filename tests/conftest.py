@@ -35,6 +35,7 @@ def loopfm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import numpy as np
 
     from embedding_cache import open_reader
+    from exporters.manifest import seal_manifest
     from exporters.onnx_export import export_onnx
     from models.catalog import build_catalog, save_catalog
     from models.data import load_dataset
@@ -59,6 +60,6 @@ def loopfm_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     export_onnx(ckpt, repo, "vm_loopfm", 2, parity_examples=1_000)
     manifest = json.loads((repo / "vm_loopfm" / "2" / "manifest.json").read_text())
     manifest["fm_version"] = "fm-absent"
-    (repo / "vm_loopfm" / "2" / "manifest.json").write_text(json.dumps(manifest))
+    (repo / "vm_loopfm" / "2" / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     save_catalog(build_catalog(events), out / "catalog.npz")
     return {"dir": out, "repo": repo, "cache": out / "cache", "events": events, "codes": codes}

@@ -30,7 +30,7 @@ def repo(tiny_run: Path, tmp_path_factory) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from exporters.manifest import sha256_file
+    from exporters.manifest import seal_manifest, sha256_file
 
     repo = tmp_path_factory.mktemp("repo")
     shutil.copytree(tiny_run / "model_repository", repo, dirs_exist_ok=True)
@@ -43,7 +43,7 @@ def repo(tiny_run: Path, tmp_path_factory) -> Path:
     onnx.save(model, v2 / "model.onnx")
     manifest = json.loads((v2 / "manifest.json").read_text())
     manifest.update(version=2, sha256=sha256_file(v2 / "model.onnx"))
-    (v2 / "manifest.json").write_text(json.dumps(manifest))
+    (v2 / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     v3 = repo / "vm" / "3"
     shutil.copytree(repo / "vm" / "1", v3)
     (v3 / "model.onnx").write_bytes(b"garbage")
@@ -110,7 +110,8 @@ def _abort(stub, req) -> grpc.RpcError:
         (lambda r: r.ClearField("candidates"), grpc.StatusCode.INVALID_ARGUMENT, "candidates"),
         (lambda r: [r.candidates.add(ad_id=i, bid=1.0) for i in range(600)], grpc.StatusCode.INVALID_ARGUMENT,
          "limit of 500"),
-        (lambda r: setattr(r.candidates[3], "bid", float("nan")), grpc.StatusCode.INVALID_ARGUMENT, "candidates[3].bid"),
+        (lambda r: setattr(r.candidates[3], "bid", float("nan")), grpc.StatusCode.INVALID_ARGUMENT,
+         "candidates[3].bid"),
         (lambda r: setattr(r.candidates[4], "bid", -2.0), grpc.StatusCode.INVALID_ARGUMENT, "candidates[4].bid"),
         (lambda r: setattr(r.candidates[0], "ad_id", -9), grpc.StatusCode.INVALID_ARGUMENT, "candidates[0].ad_id"),
         (lambda r: setattr(r, "user_id", -1), grpc.StatusCode.INVALID_ARGUMENT, "user_id"),

@@ -77,3 +77,61 @@ def test_snapshot_retention_keeps_the_newest(tmp_path: Path) -> None:
     assert list_snapshots(tmp_path, "fm-v1") == ["s000004", "s000005"]
     hb = open_reader("embedded", tmp_path, "fm-v1").user_history(np.array([0]), T0 + 100, 8)
     assert hb.lengths[0] == 5  # rows carried from every earlier snapshot
+
+
+def _publish_large(root: Path) -> Path:
+    """~13 MiB of codes (float32, 4 blocks) and ~1.6 MiB of timestamps: files larger than one block."""
+    w = EmbeddedWriter(root, "fm-v1", dim=64, codec="float32")
+    n = 50_000
+    w.append_user_codes(np.arange(n) // 5, np.full(n, T0) + np.arange(n) % 5,
+                        np.random.default_rng(0).uniform(-1, 1, (n, 64)).astype(np.float32))
+    w.append_ad_codes(np.arange(3), np.zeros((3, 64), np.float32))
+    return root / "fm-v1" / "snapshots" / w.publish()
+
+
+def test_every_file_is_verified_by_default_block_by_block(tmp_path: Path) -> None:
+    from embedding_cache.snapshot_files import BLOCK_BYTES
+
+    sdir = _publish_large(tmp_path)
+    spec = json.loads((sdir / "manifest.json").read_text())["files"]["codes"]
+    assert spec["bytes"] > 3 * BLOCK_BYTES and len(spec["blocks"]) == -(-spec["bytes"] // BLOCK_BYTES)
+    open_reader("embedded", tmp_path, "fm-v1")
+    with open(sdir / "codes.bin", "r+b") as f:  # one flipped bit in the third block, size unchanged
+        f.seek(2 * BLOCK_BYTES + 12345)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x01]))
+    with pytest.raises(CorruptSnapshotError, match=r"codes.bin block 2 \(bytes 8388608\.\.12582912\) sha256"):
+        open_reader("embedded", tmp_path, "fm-v1")
+    with pytest.raises(CorruptSnapshotError, match="codes.bin block 2"):
+        open_snapshot(tmp_path, "fm-v1")
+
+
+def test_snapshot_without_block_list_is_hashed_whole(tmp_path: Path) -> None:
+    """A snapshot written before per-block checksums: its files are still verified on open, whole."""
+    from embedding_cache.snapshot_files import _header_digest
+
+    sdir = _publish_large(tmp_path)
+    manifest = json.loads((sdir / "manifest.json").read_text())
+    for spec in manifest["files"].values():
+        del spec["blocks"], spec["block_bytes"]
+    manifest["header_sha256"] = _header_digest(manifest)
+    (sdir / "manifest.json").write_text(json.dumps(manifest))
+    open_snapshot(tmp_path, "fm-v1")
+    data = bytearray((sdir / "ts.bin").read_bytes())
+    data[-1] ^= 0x80
+    (sdir / "ts.bin").write_bytes(bytes(data))
+    with pytest.raises(CorruptSnapshotError, match=r"ts.bin sha256 mismatch"):
+        open_snapshot(tmp_path, "fm-v1")
+
+
+def test_block_list_that_does_not_cover_the_file_is_refused(tmp_path: Path) -> None:
+    from embedding_cache.snapshot_files import _header_digest
+
+    sdir = _publish_large(tmp_path)
+    manifest = json.loads((sdir / "manifest.json").read_text())
+    manifest["files"]["codes"]["blocks"].pop()  # a re-sealed manifest that skips the last block
+    manifest["header_sha256"] = _header_digest(manifest)
+    (sdir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptSnapshotError, match="block checksums for"):
+        open_snapshot(tmp_path, "fm-v1")

@@ -10,7 +10,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from exporters.manifest import read_manifest, sha256_file
+from exporters.manifest import read_manifest, seal_manifest, sha256_file
 from exporters.onnx_export import export_onnx
 from exporters.triton_repo import (
     TritonModelConfig,
@@ -102,14 +102,14 @@ def _copy_version(repo: Path, src: int, dst: int) -> Path:
     (folder / "model.py").unlink(missing_ok=True)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["version"] = dst
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
     return folder
 
 
 def _rehash(folder: Path, **changes) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest.update(sha256=sha256_file(folder / "model.onnx"), **changes)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
 
 
 @pytest.mark.parametrize(("damage", "message"), [
@@ -134,7 +134,7 @@ def test_corrupt_or_mismatched_version_refused_without_writing(repo, damage, mes
         elif damage == "renamed_input":
             manifest = json.loads((folder / "manifest.json").read_text())
             manifest["inputs"][0]["name"] = "sparse_ids"
-            (folder / "manifest.json").write_text(json.dumps(manifest))
+            (folder / "manifest.json").write_text(json.dumps(seal_manifest(manifest)))
         else:
             _rehash(folder, version=7)
         with pytest.raises(TritonRepoError, match=message):

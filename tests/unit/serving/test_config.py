@@ -18,6 +18,8 @@ NOT_OPERATOR_TUNABLE: dict[str, str] = {
     "max_dense_features": "request-schema limit (API contract), environment only",
     "max_recent_categories": "request-schema limit (API contract), environment only",
     "max_request_id_len": "request-schema limit (API contract), environment only",
+    "max_bid": "request-schema limit (API contract), environment only",
+    "max_abs_dense_feature": "request-schema limit (API contract), environment only",
 }
 # Fields set together by one flag that names both which store and where it is.
 SET_BY: dict[str, tuple[str, ...]] = {"cache_backend": ("--cache-dir", "--cache-url"),
@@ -88,7 +90,7 @@ def test_replace_validates_too() -> None:
     ("ADRANK_DRAIN_GRACE_S", "2.5", 2.5),                         # float
     ("ADRANK_REFLECTION", "off", False),                          # bool
     ("ADRANK_REFLECTION", "TRUE", True),
-    ("ADRANK_HOST", "0.0.0.0", "0.0.0.0"),                        # str
+    ("ADRANK_HOST", "::1", "::1"),                                # str
     ("ADRANK_METRICS_PORT", "9100", 9100),                        # optional int
     ("ADRANK_METRICS_PORT", "", None),
     ("ADRANK_METRICS_PORT", "none", None),
@@ -101,7 +103,8 @@ def test_environment_values_take_their_field_type(var: str, raw: str, expected: 
 def test_every_field_is_read_from_its_environment_variable() -> None:
     samples = {int: "7", float: "7.5", bool: "no", str: "x"}
     custom = {"backend": "triton", "cache_backend": "redis", "cache_location": "redis://h:1/0",
-              "triton_url": "triton:8001", "port": "7", "metrics_port": "9100", "max_message_bytes": "2048"}
+              "triton_url": "triton:8001", "port": "7", "metrics_port": "9100", "max_message_bytes": "2048",
+              "insecure": "yes"}
     environ = {}
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int

@@ -66,3 +66,27 @@ def test_missing_time_defaults_to_server_time():
     r.ClearField("request_time_ms")
     p = parse(r)
     assert p.request_time_ms == NOW and p.time_defaulted
+
+
+@pytest.mark.parametrize(("mutate", "match"), [
+    (lambda r: setattr(r.candidates[1], "bid", 3.5e38), r"candidates\[1\]\.bid: .*<= max_bid 1e\+06"),
+    (lambda r: setattr(r.candidates[2], "bid", 1e6 + 1), r"candidates\[2\]\.bid: .*max_bid"),
+    (lambda r: r.candidates[0].dense_features.extend([3.4e38]), r"candidates\[0\]\.dense_features: .*±max_abs_dense"),
+    (lambda r: r.candidates[2].dense_features.extend([0.0, -2e6]), r"candidates\[2\]\.dense_features: .*1e\+06"),
+])
+def test_magnitudes_beyond_the_configured_limits_are_refused_naming_field_and_limit(mutate, match):
+    r = _req()
+    mutate(r)
+    with pytest.raises(InvalidRequest, match=match):
+        parse(r)
+
+
+def test_limits_are_inclusive_and_configurable():
+    r = _req()
+    r.candidates[0].bid = 1e6
+    r.candidates[1].dense_features.extend([-1e6, 1e6])
+    assert parse(r).bid[0] == 1e6
+    with pytest.raises(InvalidRequest, match="max_bid 10"):
+        parse(r, max_bid=10.0)
+    with pytest.raises(InvalidRequest, match="max_abs_dense_feature 100"):
+        parse(r, max_abs_dense_feature=100.0)
