@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from exporters.manifest import ModelManifest, TensorSpec
+from serving.rollout.analysis import ArmWindow, WindowMetrics
 
 FEATURE_SPEC = {"field_sizes": [40, 12, 16, 8, 6, 4, 24, 5], "recent_k": 5, "dense_width": 4,
                 "fields": ["ad_id", "advertiser_id", "campaign_id", "category", "placement", "device", "hour",
@@ -21,3 +24,20 @@ def make_manifest(version: int, *, name: str = "vm", fm_version: str = "none", n
                       outputs=(TensorSpec("p_ctr", "float32", ("batch",)),),
                       sha256=sha or f"{version:064x}", metrics=metrics, parity=parity)
     return replace(m, **changes)
+
+
+WINDOW_CALLS = 2_000
+
+
+def arm(seed: int, *, logit_shift: float = 0.0, logit_scale: float = 1.0, latency_ms: float = 4.0,
+        errors: int = 0, n: int = WINDOW_CALLS, labels: bool = False) -> ArmWindow:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(-3.0, 0.8, n) * logit_scale + logit_shift
+    p = 1 / (1 + np.exp(-logits))
+    lat = rng.lognormal(np.log(latency_ms), 0.3, n)
+    y = (rng.random(n) < p).astype(int) if labels else None
+    return ArmWindow.from_samples(lat, p, errors=errors, labels=y)
+
+
+def window(i: int, **canary) -> WindowMetrics:
+    return WindowMetrics(live=arm(1000 + i), canary=arm(2000 + i, **canary))
