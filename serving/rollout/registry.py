@@ -23,8 +23,10 @@ Usage::
 from __future__ import annotations
 
 import abc
+import asyncio
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +38,7 @@ from serving.rollout.routing import CanaryRoute, RoutingTable, ShadowRoute
 from serving.rollout.states import SINGLE_PER_MODEL, VersionState, check_transition
 
 S = VersionState
+log = logging.getLogger(__name__)
 
 
 def spec_hash(feature_spec: Mapping) -> str:
@@ -368,11 +371,12 @@ class RolloutRegistry(abc.ABC):
 class RoutingWatcher:
     """A replica's copy of the routing tables, rebuilt only when the registry's change counter moved.
 
-    The request path calls `table(name)` (a dict read, no I/O); a background task calls `refresh()` every
-    `poll_s` seconds, which is what bounds how long replicas disagree after a change.
+    The request path calls `table(name)` (a dict read, no I/O); a background task refreshes every `poll_s`
+    seconds, which is what bounds how long replicas disagree after a change.
 
         watcher = RoutingWatcher(registry)
-        watcher.refresh()                      # from an asyncio task: await asyncio.to_thread(watcher.refresh)
+        watcher.refresh()                                  # once before serving
+        task = asyncio.create_task(watcher.poll(1.0))      # then in the background
         table = watcher.table("vm")
     """
 
@@ -400,6 +404,20 @@ class RoutingWatcher:
 
     def table(self, model: str) -> RoutingTable | None:
         return self._tables.get(model)
+
+    async def poll(self, poll_s: float = 1.0, stop: asyncio.Event | None = None) -> None:
+        """Refresh every `poll_s` seconds until `stop` is set (or the task is cancelled). The registry read
+        runs in a worker thread so the event loop never waits on the database."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:  # a registry hiccup must not kill routing: keep the last tables, retry
+                log.exception("routing refresh failed; keeping the tables of change %d", self._counter)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+            except TimeoutError:
+                pass
 
     def tables(self) -> dict[str, RoutingTable]:
         return dict(self._tables)

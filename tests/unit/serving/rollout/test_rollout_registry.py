@@ -229,3 +229,32 @@ def test_state_survives_reopening(tmp_path):
     assert again.routing("vm") == RoutingTable(model="vm", live=1)
     assert again.routing_tables() == {"vm": RoutingTable(model="vm", live=1)}
     again.close()
+
+
+def test_a_polling_replica_converges_within_a_second(tmp_path):
+    import asyncio
+    import time
+
+    writer, replica = SqliteRegistry(tmp_path / "state"), SqliteRegistry(tmp_path / "state")
+    live_v1(writer)
+    watcher = RoutingWatcher(replica)
+    watcher.refresh()
+
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watcher.poll(0.05, stop))
+        await asyncio.sleep(0.1)
+        writer.register(make_manifest(2), actor="ci")
+        writer.transition("vm", 2, "canary", actor="ops", reason="start")
+        writer.set_route("vm", canary_weight=10, actor="ops", reason="step")
+        t0 = time.monotonic()
+        while watcher.table("vm").canary is None or watcher.table("vm").canary.weight != 10:
+            await asyncio.sleep(0.01)
+            assert time.monotonic() - t0 < 5, "replica did not converge"
+        stop.set()
+        await task
+        return time.monotonic() - t0
+
+    assert asyncio.run(scenario()) < 1.0
+    writer.close()
+    replica.close()
