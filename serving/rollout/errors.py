@@ -76,3 +76,9 @@ class RegistryPathError(RolloutError):
     """The registry file would fall outside its state folder."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class RegistryUnavailable(RolloutError):
+    """The shared registry (Redis) cannot be reached; replicas keep routing by the last tables they read."""
+
+    code = grpc.StatusCode.UNAVAILABLE

@@ -412,8 +412,8 @@ class RoutingWatcher:
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.refresh)
-            except Exception:  # a registry hiccup must not kill routing: keep the last tables, retry
-                log.exception("routing refresh failed; keeping the tables of change %d", self._counter)
+            except Exception as exc:  # a registry hiccup must not kill routing: keep the last tables, retry
+                log.warning("routing refresh failed (%s); keeping the tables of change %d", exc, self._counter)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=poll_s)
             except TimeoutError:

@@ -1,10 +1,12 @@
-"""The SQLite registry: the transition table, per-model invariants, audit in the same transaction, path
-confinement, and two instances on one file converging through the change counter."""
+"""The registry on SQLite and on a real redis-server: the transition table, per-model invariants, audit in
+the same transaction, path confinement, and instances on one store converging through the change counter."""
 
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from rollout_fixtures import FEATURE_SPEC, make_manifest
@@ -13,20 +15,43 @@ from serving.rollout.errors import (
     AlreadyRegistered,
     IllegalTransition,
     RegistryPathError,
+    RegistryUnavailable,
     StateConflict,
     UnknownVersion,
 )
+from serving.rollout.redis_registry import RedisRegistry
 from serving.rollout.registry import RoutingWatcher, spec_hash
 from serving.rollout.routing import CanaryRoute, RoutingTable, ShadowRoute
 from serving.rollout.sqlite_registry import SqliteRegistry
 from serving.rollout.states import TRANSITIONS, VersionState, check_transition
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "integration"))
+import cache_fixtures  # noqa: E402 - the suites' private redis-server
+
+redis_server, redis_url = cache_fixtures.redis_server, cache_fixtures.redis_url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_registry(request, tmp_path):
+    """Opens registry instances on one store, as replicas do: one SQLite file, or one Redis database."""
+    opened = []
+
+    def open_one():
+        if request.param == "sqlite":
+            r = SqliteRegistry(tmp_path / "state")
+        else:
+            r = RedisRegistry(request.getfixturevalue("redis_url"), prefix="test:rollout:")
+        opened.append(r)
+        return r
+
+    yield open_one
+    for r in opened:
+        r.close()
+
 
 @pytest.fixture
-def registry(tmp_path):
-    r = SqliteRegistry(tmp_path / "state")
-    yield r
-    r.close()
+def registry(open_registry):
+    return open_registry()
 
 
 def live_v1(registry):
@@ -152,7 +177,8 @@ def test_route_changes_need_their_arm_and_valid_values(registry):
         registry.transition("vm", 3, "retired", actor="", reason="x")
 
 
-def test_audit_log_is_append_only_in_the_database(registry):
+def test_audit_log_is_append_only_in_the_database(tmp_path):
+    registry = SqliteRegistry(tmp_path / "state")
     live_v1(registry)
     db = sqlite3.connect(registry.path)
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
@@ -161,6 +187,7 @@ def test_audit_log_is_append_only_in_the_database(registry):
         db.execute("DELETE FROM audit")
     db.close()
     assert len(registry.audit()) == 2
+    registry.close()
 
 
 def test_the_file_stays_inside_the_state_folder(tmp_path):
@@ -173,8 +200,8 @@ def test_the_file_stays_inside_the_state_folder(tmp_path):
         SqliteRegistry(tmp_path / "state", "link.sqlite3")
 
 
-def test_two_instances_on_one_file_converge_through_the_counter(tmp_path):
-    a, b = SqliteRegistry(tmp_path / "state"), SqliteRegistry(tmp_path / "state")
+def test_two_instances_on_one_store_converge_through_the_counter(open_registry):
+    a, b = open_registry(), open_registry()
     watcher = RoutingWatcher(b)
     assert watcher.refresh() and watcher.table("vm") is None
     assert not watcher.refresh()  # nothing changed: no rebuild
@@ -189,26 +216,23 @@ def test_two_instances_on_one_file_converge_through_the_counter(tmp_path):
     b.set_route("vm", canary_weight=50, actor="ops", reason="step from the other replica")
     assert a.routing("vm").canary.weight == 50
     assert [e.actor for e in a.audit()] == [e.actor for e in b.audit()]
-    a.close()
-    b.close()
 
 
-def test_concurrent_writers_serialise(tmp_path):
-    """Two replicas promoting different canaries at once: exactly one canary, and a conflict for the other."""
-    seed = SqliteRegistry(tmp_path / "state")
+def test_concurrent_writers_serialise(open_registry):
+    """Ten replicas starting different canaries at once: exactly one canary, a conflict for the others."""
+    seed = open_registry()
     live_v1(seed)
     for v in range(2, 12):
         seed.register(make_manifest(v), actor="ci")
     errors: list[Exception] = []
 
+    replicas = {v: open_registry() for v in range(2, 12)}
+
     def start(v: int) -> None:
-        r = SqliteRegistry(tmp_path / "state")
         try:
-            r.transition("vm", v, "canary", actor=f"replica-{v}", reason="race")
+            replicas[v].transition("vm", v, "canary", actor=f"replica-{v}", reason="race")
         except StateConflict as exc:
             errors.append(exc)
-        finally:
-            r.close()
 
     threads = [threading.Thread(target=start, args=(v,)) for v in range(2, 12)]
     for t in threads:
@@ -218,7 +242,8 @@ def test_concurrent_writers_serialise(tmp_path):
     canaries = [r.version for r in seed.versions("vm") if r.state is VersionState.CANARY]
     assert len(canaries) == 1 and len(errors) == 9
     assert sum(e.to_state is VersionState.CANARY for e in seed.audit("vm")) == 1
-    seed.close()
+    seqs = [e.seq for e in seed.audit()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # one total order, no gaps or duplicates
 
 
 def test_state_survives_reopening(tmp_path):
@@ -231,11 +256,11 @@ def test_state_survives_reopening(tmp_path):
     again.close()
 
 
-def test_a_polling_replica_converges_within_a_second(tmp_path):
+def test_a_polling_replica_converges_within_a_second(open_registry):
     import asyncio
     import time
 
-    writer, replica = SqliteRegistry(tmp_path / "state"), SqliteRegistry(tmp_path / "state")
+    writer, replica = open_registry(), open_registry()
     live_v1(writer)
     watcher = RoutingWatcher(replica)
     watcher.refresh()
@@ -256,5 +281,32 @@ def test_a_polling_replica_converges_within_a_second(tmp_path):
         return time.monotonic() - t0
 
     assert asyncio.run(scenario()) < 1.0
-    writer.close()
-    replica.close()
+
+
+def test_an_unreachable_registry_is_unavailable_and_replicas_keep_their_tables(tmp_path):
+    import asyncio
+
+    gone = RedisRegistry("redis://127.0.0.1:9/0", socket_timeout_s=0.2)
+    with pytest.raises(RegistryUnavailable) as exc:
+        gone.change_counter()
+    assert exc.value.code.name == "UNAVAILABLE"
+    with pytest.raises(RegistryUnavailable):
+        gone.transition("vm", 1, "live", actor="ops", reason="x")
+    gone.close()
+
+    registry = SqliteRegistry(tmp_path / "state")
+    live_v1(registry)
+    watcher = RoutingWatcher(registry)
+    watcher.refresh()
+    registry.change_counter = lambda: (_ for _ in ()).throw(RegistryUnavailable("down"))  # type: ignore[method-assign]
+
+    async def briefly() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(watcher.poll(0.01, stop))
+        await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    asyncio.run(briefly())
+    assert watcher.table("vm") == RoutingTable(model="vm", live=1)
+    registry.close()
