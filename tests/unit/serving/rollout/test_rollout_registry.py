@@ -20,10 +20,11 @@ from serving.rollout.errors import (
     UnknownVersion,
 )
 from serving.rollout.redis_registry import RedisRegistry
-from serving.rollout.registry import RoutingWatcher, spec_hash
+from serving.rollout.registry import spec_hash
 from serving.rollout.routing import CanaryRoute, RoutingTable, ShadowRoute
 from serving.rollout.sqlite_registry import SqliteRegistry
 from serving.rollout.states import TRANSITIONS, VersionState, check_transition
+from serving.rollout.watcher import RoutingWatcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "integration"))
 import cache_fixtures  # noqa: E402 - the suites' private redis-server
