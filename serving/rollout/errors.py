@@ -23,8 +23,8 @@ class IllegalTransition(RolloutError):
 
     def __init__(self, model: str, version: int, from_state: str | None, to_state: str, allowed: tuple[str, ...]):
         shown = ", ".join(allowed) or "nothing"
-        super().__init__(f"{model}/{version}: cannot go from {from_state or 'unregistered'} to {to_state}; "
-                         f"from {from_state or 'unregistered'} only {shown} is allowed")
+        source = from_state or "unregistered"
+        super().__init__(f"{model}/{version}: cannot go from {source} to {to_state} (allowed from {source}: {shown})")
         self.model, self.version, self.from_state, self.to_state = model, version, from_state, to_state
 
 
