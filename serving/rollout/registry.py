@@ -168,8 +168,8 @@ def plan_transition(view: ModelView, version: int, to_state: VersionState | str,
     if target in SINGLE_PER_MODEL:
         holder = view.in_state(target)
         if holder is not None and holder.version != version:
-            raise StateConflict(f"{view.model}/{version}: version {holder.version} is already {target.value}; "
-                                f"{'promote' if target is S.LIVE else 'roll back or retire'} it first")
+            fix = "promote to replace it" if target is S.LIVE else "roll it back or retire it first"
+            raise StateConflict(f"{view.model}/{version}: version {holder.version} is already {target.value}; {fix}")
     settings = view.settings
     if rec.state is S.CANARY:  # leaving canary always takes its traffic away
         settings = replace(settings, canary_weight=0.0)
