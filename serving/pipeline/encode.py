@@ -14,14 +14,14 @@ from serving.pipeline.context import RequestContext
 from serving.pipeline.values import Ranking
 
 
-def scored_candidates(ranking: Ranking) -> list[ranking_pb2.ScoredCandidate]:
-    """One ScoredCandidate per ranked row, rank 1 first."""
-    make = ranking_pb2.ScoredCandidate
+def add_candidates(response: ranking_pb2.ScoreResponse, ranking: Ranking) -> None:
+    """Appends one ScoredCandidate per ranked row to `response`, rank 1 first."""
+    add = response.candidates.add  # built in place: a list of messages passed to the constructor is copied
     # plain Python scalars: message construction from numpy scalars is several times slower
-    return [make(ad_id=a, request_index=i, p_ctr=c, p_cvr=v, expected_value=e, rank=r)
-            for r, (a, i, c, v, e) in enumerate(zip(ranking.ad_id.tolist(), ranking.request_index.tolist(),
-                                                     ranking.p_ctr.tolist(), ranking.p_cvr.tolist(),
-                                                     ranking.expected_value.tolist(), strict=True), start=1)]
+    for r, (a, i, c, v, e) in enumerate(zip(ranking.ad_id.tolist(), ranking.request_index.tolist(),
+                                            ranking.p_ctr.tolist(), ranking.p_cvr.tolist(),
+                                            ranking.expected_value.tolist(), strict=True), start=1):
+        add(ad_id=a, request_index=i, p_ctr=c, p_cvr=v, expected_value=e, rank=r)
 
 
 class EncodeStage:
@@ -34,11 +34,12 @@ class EncodeStage:
         if request.time_defaulted:  # raised last, after history's flags, as responses always listed them
             ctx.flags.append(ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED)
         response = ranking_pb2.ScoreResponse(
-            request_id=ctx.request_id, candidates=scored_candidates(ranking),
+            request_id=ctx.request_id,
             served_by=ranking_pb2.ServedBy(model_name=handle.name, model_version=handle.version,
                                            fm_version=handle.fm_version, backend=ranking.backend),
             flags=ctx.flags, request_time_ms=request.request_time_ms,
         )
+        add_candidates(response, ranking)
         end = time.perf_counter()
         timing = response.timing
         timing.cache_us = ctx.cache_us

@@ -44,3 +44,13 @@ def test_time_defaulted_comes_after_the_flags_stages_raised():
     resp = asyncio.run(EncodeStage()(_ranking(req), ctx))
     assert list(resp.flags) == [ranking_pb2.FLAG_USER_HISTORY_MISSING, ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED]
     assert ctx.flags == list(resp.flags)  # the context keeps what the response says, for a request log
+
+
+def test_candidates_built_in_place_serialize_like_messages_built_apart():
+    ranking = _ranking(fakes.request(3))
+    response = asyncio.run(EncodeStage()(ranking, RequestContext.begin()))
+    apart = [ranking_pb2.ScoredCandidate(ad_id=a, request_index=i, p_ctr=c, p_cvr=v, expected_value=e, rank=r)
+             for r, (a, i, c, v, e) in enumerate(zip(ranking.ad_id.tolist(), ranking.request_index.tolist(),
+                                                     ranking.p_ctr.tolist(), ranking.p_cvr.tolist(),
+                                                     ranking.expected_value.tolist(), strict=True), start=1)]
+    assert [c.SerializeToString() for c in response.candidates] == [c.SerializeToString() for c in apart]
