@@ -1,8 +1,10 @@
 """The serve part of `adrank bench`: Score end to end against raw onnxruntime on the same batch, the
 in-process Score path stage by stage, a pyinstrument profile of it, and a short locust capacity ramp.
 
-The in-process parts import the service directly (no locust in this process); the capacity ramp
-runs locust through `loadtests.runner` in a child process.
+The in-process parts run the request pipeline through its public API: `Pipeline.run` on a message,
+the stage times the pipeline records for every request (`ctx.timings`), and the infer stage's tensors
+captured by wrapping that stage (no locust in this process). The capacity ramp runs locust through
+`loadtests.runner` in a child process.
 """
 
 from __future__ import annotations
@@ -61,32 +63,33 @@ def _stats(us: np.ndarray) -> dict:
 
 
 def in_process(run_dir: Path, request, n: int) -> dict:
-    """Stage timings of AdRankingService._score with the embedded backend, and raw session.run on the
-    exact tensors the service assembled (captured from its backend call)."""
+    """The in-process Score path through the pipeline's public API (`Pipeline.run`, embedded backend,
+    no gRPC): its total, each stage's time as the pipeline records it, and raw session.run on the
+    exact tensors the infer stage received (captured by wrapping that stage)."""
     import onnxruntime as ort
 
     from protos.adrank.v1 import ranking_pb2
     from serving.backends.embedded import EmbeddedBackend
     from serving.config import ServerConfig
-    from serving.service import AdRankingService
+    from serving.metrics import ServiceMetrics
+    from serving.pipeline import STAGE_NAMES, Pipeline, RequestContext
     from serving.validation import parse_request
 
     repo = run_dir / "model_repository"
     config = ServerConfig(model_repository=str(repo))
     backend = EmbeddedBackend(repo, intra_op_threads=config.intra_op_threads)
     backend.load()
-    service = AdRankingService(config, backend)
+    pipeline = Pipeline.build(config, backend, metrics=ServiceMetrics())  # observing its stages, as a server does
     captured: dict = {}
-    infer = backend.infer
 
-    async def spy(handle, inputs):
-        captured.update(handle=handle, inputs=inputs)
-        return await infer(handle, inputs)
+    def capture(infer):
+        async def stage(inputs, ctx):
+            captured.update(handle=inputs.handle, inputs=inputs.tensors)
+            return await infer(inputs, ctx)
+        return stage
 
-    backend.infer = spy
     loop = asyncio.new_event_loop()
-    response = loop.run_until_complete(service._score(request, time.perf_counter()))
-    backend.infer = infer
+    response = loop.run_until_complete(pipeline.wrap("infer", capture).run(request, RequestContext.begin()))
     handle, inputs = captured["handle"], captured["inputs"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = config.intra_op_threads, 1
@@ -94,10 +97,13 @@ def in_process(run_dir: Path, request, n: int) -> dict:
                                    sess_options=opts, providers=["CPUExecutionProvider"])
     payload = request.SerializeToString()
     timings: list[tuple[int, int, int]] = []
+    stage_s: list[list[float]] = []
 
     def score() -> None:
-        r = loop.run_until_complete(service._score(request, time.perf_counter()))
+        ctx = RequestContext.begin()
+        r = loop.run_until_complete(pipeline.run(request, ctx))
         timings.append((r.timing.features_us, r.timing.inference_us, r.timing.total_us))
+        stage_s.append([ctx.timings[name] for name in STAGE_NAMES])
 
     out = {
         "ort_run": _stats(_us(lambda: session.run(["p_ctr", "p_cvr"], inputs), n)),
@@ -111,53 +117,40 @@ def in_process(run_dir: Path, request, n: int) -> dict:
     t = np.asarray(timings[-n:], dtype=np.float64)
     out["features"] = _stats(t[:, 0])
     out["backend_infer"] = _stats(t[:, 1])
-    out["_score_total_server_timer"] = _stats(t[:, 2])
+    out["score_total_server_timer"] = _stats(t[:, 2])
+    per_stage = np.asarray(stage_s[-n:], dtype=np.float64) * 1e6
+    out["stages"] = {name: _stats(per_stage[:, j]) for j, name in enumerate(STAGE_NAMES)}
     try:
-        out["profile"] = profile(loop, service, request, n=max(300, n))
+        out["profile"] = profile(loop, pipeline, request, n=max(300, n))
     except ImportError as exc:  # pyinstrument is a dev extra
         out["profile"] = {"unavailable": f"pyinstrument not installed ({exc}); pip install -e '.[dev]'"}
     loop.close()
     return out
 
 
-# function names → the stage they belong to (first match on the way down the call tree wins)
-STAGES = (("parse_request", "validation + request → arrays (serving/validation.py)"),
-          ("features_for_request", "feature assembly (models/features.py)"),
-          ("run", "onnxruntime session.run"),
-          ("rank_response", "ranking + ScoredCandidate messages (serving/service.py)"))
-
-
-def profile(loop, service, request, n: int) -> dict:
-    """pyinstrument over n in-process Score calls: the call tree as text and time per stage."""
+def profile(loop, pipeline, request, n: int) -> dict:
+    """pyinstrument over n in-process Score calls: the call tree as text, and the mean time per stage
+    as the pipeline itself records it (under the profiler, so every figure is inflated alike)."""
     from pyinstrument import Profiler
 
+    from serving.pipeline import STAGE_NAMES, RequestContext
+
     profiler = Profiler(interval=0.0002)
+    stages = dict.fromkeys(STAGE_NAMES, 0.0)
+    t0 = time.perf_counter()
     profiler.start()
     for _ in range(n):
-        loop.run_until_complete(service._score(request, time.perf_counter()))
+        ctx = RequestContext.begin()
+        loop.run_until_complete(pipeline.run(request, ctx))
+        for name, seconds in ctx.timings.items():
+            stages[name] += seconds
     profiler.stop()
+    total = time.perf_counter() - t0
     text = profiler.output_text(unicode=True, color=False, show_all=False)
-    root = profiler.last_session.root_frame()
-    stages: dict[str, float] = {}
-
-    def walk(frame) -> None:
-        for key, label in STAGES:
-            if frame.function == key and (key != "run" or "onnxruntime" in (frame.file_path or "")):
-                stages[label] = stages.get(label, 0.0) + frame.time
-                return
-        for child in frame.children:
-            walk(child)
-
-    def time_in(frame, name: str) -> float:  # a coroutine can show up under several parents
-        if frame.function == name:
-            return frame.time
-        return sum(time_in(child, name) for child in frame.children)
-
-    walk(root)
-    total = time_in(root, "_score") or root.time
-    stages["rest of _score (response message, ids, timing)"] = max(total - sum(stages.values()), 0.0)
+    per_stage = {f"{name} (serving/pipeline/{name}.py)": seconds for name, seconds in stages.items()}
+    per_stage["between stages (event loop, context, metrics)"] = max(total - sum(stages.values()), 0.0)
     return {"calls": n, "total_s": total, "per_call_us": total / n * 1e6,
-            "stages_us": {k: v / n * 1e6 for k, v in stages.items()}, "text": text}
+            "stages_us": {k: v / n * 1e6 for k, v in per_stage.items()}, "text": text}
 
 
 def end_to_end(run_dir: Path, serve_args: list[str], quick: bool, capacity: bool = False) -> dict:
@@ -227,7 +220,7 @@ def rows(serve: dict, row_cls) -> list:
                 f"{e2e['server_p50_us']:,.0f} µs = {e2e['server_p50_us'] / ort_us:.2f}× raw", e2e),
         row_cls("in-process Score vs raw onnxruntime", f"{ip['score_in_process']['p50_us']:,.0f} µs p50",
                 f"{ort_us:,.0f} µs", ip["score_in_process"]["p50_us"] / ort_us, "", None,
-                "AdRankingService._score without gRPC (validation, features, inference, ranking)"),
+                "Pipeline.run without gRPC, a message in (decode → validate → … → encode)"),
     ]
     cap = e2e.get("capacity") or {}
     if cap.get("capacity"):
@@ -251,13 +244,13 @@ def stage_table(serve: dict) -> str:
     ip, e2e = serve["in_process"], serve["e2e"]
     ort_us = ip["ort_run"]["p50_us"]
     lines = ["| stage (p50, one request) | µs | × raw onnxruntime |", "|---|---|---|"]
+    stages = ip.get("stages", {})
     for label, us in (("raw onnxruntime session.run (baseline)", ort_us),
-                      ("ScoreRequest.FromString (wire parse, server side)", ip["request_parse_wire"]["p50_us"]),
-                      ("parse_request (validation → arrays)", ip["parse_request"]["p50_us"]),
-                      ("features_for_request (service timer)", ip["features"]["p50_us"]),
-                      ("backend.infer (service timer)", ip["backend_infer"]["p50_us"]),
+                      ("ScoreRequest.FromString (wire parse; in a server, part of decode)",
+                       ip["request_parse_wire"]["p50_us"]),
+                      *((f"stage {name} (pipeline timer)", st["p50_us"]) for name, st in stages.items()),
                       ("ScoreResponse.SerializeToString", ip["response_serialize"]["p50_us"]),
-                      ("_score in process (total)", ip["score_in_process"]["p50_us"]),
+                      ("Pipeline.run in process (total)", ip["score_in_process"]["p50_us"]),
                       ("server timer timing.total_us (child process)", e2e["server_p50_us"]),
                       ("client round trip over gRPC", e2e["client_p50_us"])):
         lines.append(f"| {label} | {us:,.0f} | {us / ort_us:.2f} |")
@@ -271,7 +264,7 @@ def profile_markdown(serve: dict) -> str:
     p = serve["in_process"]["profile"]
     if "unavailable" in p:
         return f"### Where the time goes\n\nnot available: {p['unavailable']}"
-    lines = [f"### Where the time goes (pyinstrument, {p['calls']} in-process `_score` calls, "
+    lines = [f"### Where the time goes (pyinstrument, {p['calls']} in-process `Pipeline.run` calls, "
              f"{p['per_call_us']:,.0f} µs per call under the profiler)", "",
              "| stage | µs per call | share |", "|---|---|---|"]
     total = sum(p["stages_us"].values()) or 1.0

@@ -1,12 +1,33 @@
 """Typed errors of the ranking service, each carrying the gRPC status it maps to.
 
-Handlers raise these with a message that names the field and the limit; the servicer turns them
-into `context.abort(code, message)`. Anything else is a bug and surfaces as INTERNAL.
+Stages raise these with a message that names the field and the limit, or the dependency and what it
+answered; `grpc_status` is the one place an exception becomes a status code and a message. Errors of
+other layers are translated into these where they are caught: cache errors in
+`serving.history.lookup_error` / `open_error`, Triton's in `serving.backends.triton.map_triton_error`,
+onnxruntime's in `serving.backends.embedded.map_onnxruntime_error`. Anything else is a bug and
+surfaces as INTERNAL, logged with its traceback by the servicer.
+
+| error               | status              | raised when                                                |
+|---------------------|---------------------|------------------------------------------------------------|
+| InvalidRequest      | INVALID_ARGUMENT    | a field breaks a limit; undecodable bytes; the cache or     |
+|                     |                     | backend refuses the inputs                                 |
+| ModelNotFound       | NOT_FOUND           | no such model or version (or Triton no longer knows it)    |
+| ModelNotReady       | FAILED_PRECONDITION | the version exists but cannot serve (FM codes absent, wrong |
+|                     |                     | codec or width, Triton version not at ready state)         |
+| ModelLoadError      | FAILED_PRECONDITION | a version on disk could not be loaded                      |
+| Overloaded          | RESOURCE_EXHAUSTED  | admission control refuses a request (not raised yet: the   |
+|                     |                     | seam is `serving.pipeline.admission.Admission`)            |
+| BackendUnavailable  | UNAVAILABLE         | the cache or Triton cannot be reached; a snapshot vanished |
+| BackendTimeout      | DEADLINE_EXCEEDED   | the cache or Triton did not answer within its timeout      |
+| DataLoss            | DATA_LOSS           | a snapshot fails its checksums                             |
+| InferenceFailed     | INTERNAL            | the model ran and failed (onnxruntime or Triton error)     |
 """
 
 from __future__ import annotations
 
 import grpc
+
+INTERNAL_MESSAGE = "internal error while scoring; see server log"
 
 
 class RankingError(Exception):
@@ -28,11 +49,21 @@ class ModelNotReady(RankingError):
 
 
 class Overloaded(RankingError):
+    """The server is at capacity; the caller should back off and retry. Raised only by an admission
+    policy plugged into the pipeline (`serving.pipeline.admission`); none is installed today."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class BackendUnavailable(RankingError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class BackendTimeout(BackendUnavailable):
+    """A dependency (cache, Triton) did not answer in time. A kind of unavailability, so code that
+    handles BackendUnavailable (retries, future fallbacks) handles it too; its status says "too slow"."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class ModelLoadError(RankingError):
@@ -45,3 +76,22 @@ class DataLoss(RankingError):
     """Stored data the request needs is damaged (e.g. an embedding snapshot fails its checksums)."""
 
     code = grpc.StatusCode.DATA_LOSS
+
+
+class InferenceFailed(RankingError):
+    """The model was found and ran, and the runtime reported an error: a server-side fault, but one
+    whose message names the model version and what the runtime said."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a failed call returns: a typed error's own code and message; anything
+    else INTERNAL with a fixed message (its details belong in the server log, not on the wire).
+
+    >>> grpc_status(InvalidRequest("top_k: must be >= 1 when set, got 0"))
+    (<StatusCode.INVALID_ARGUMENT: (3, 'invalid argument')>, 'top_k: must be >= 1 when set, got 0')
+    """
+    if isinstance(exc, RankingError):
+        return exc.code, str(exc) or type(exc).__name__
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE

@@ -25,7 +25,7 @@ from embedding_cache import CacheError
 from models.history import FM_HISTORY, history_tensors
 from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import ModelHandle
-from serving.errors import BackendUnavailable, DataLoss, InvalidRequest, ModelNotReady, RankingError
+from serving.errors import BackendTimeout, BackendUnavailable, DataLoss, InvalidRequest, ModelNotReady, RankingError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,17 @@ _NO_ADS = np.zeros(0, np.int64)
 
 def needs_history(handle: ModelHandle) -> bool:
     return any(i.name == FM_HISTORY for i in handle.manifest.inputs)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether a cache error was caused by a timeout (the cache reports slow and unreachable alike as
+    CacheUnavailableError, keeping the client library's exception as its cause)."""
+    cause: BaseException | None = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, TimeoutError) or type(cause).__name__ == "TimeoutError":  # builtin or redis-py's
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def lookup_error(exc: Exception) -> RankingError:
@@ -49,6 +60,8 @@ def lookup_error(exc: Exception) -> RankingError:
     if isinstance(exc, InvalidLookupError):
         return InvalidRequest(f"embedding cache refused the lookup: {exc}")
     if isinstance(exc, CacheUnavailableError):
+        if timed_out(exc):
+            return BackendTimeout(f"embedding cache timed out: {exc}")
         return BackendUnavailable(f"embedding cache unavailable: {exc}")
     if isinstance(exc, SnapshotNotFoundError):  # deleted under the reader; the next refresh repairs it
         return BackendUnavailable(f"embedding cache snapshot gone, retry: {exc}")
@@ -57,6 +70,18 @@ def lookup_error(exc: Exception) -> RankingError:
     if isinstance(exc, FmVersionMismatchError):
         return ModelNotReady(f"embedding cache holds other codes than the model needs: {exc}")
     return ModelNotReady(f"embedding cache lookup failed: {exc}")
+
+
+def open_error(exc: Exception, fm_version: str) -> RankingError:
+    """Opening a reader: an unreachable cache is UNAVAILABLE (retry, it is not the model's fault);
+    every other refusal means the model's codes cannot be read, so the version is not ready."""
+    from embedding_cache import CacheUnavailableError
+
+    if isinstance(exc, CacheUnavailableError):
+        if timed_out(exc):
+            return BackendTimeout(f"embedding cache timed out while opening {fm_version!r}: {exc}")
+        return BackendUnavailable(f"embedding cache unavailable while opening {fm_version!r}: {exc}")
+    return ModelNotReady(f"embedding cache has no usable snapshot of {fm_version!r}: {exc}")
 
 
 class HistoryInputs(NamedTuple):
@@ -115,7 +140,7 @@ class HistoryProvider:
                 try:
                     self._readers[fm_version] = open_reader(self.backend, self.location, fm_version)
                 except CacheError as exc:
-                    raise ModelNotReady(f"embedding cache has no usable snapshot of {fm_version!r}: {exc}") from exc
+                    raise open_error(exc, fm_version) from exc
             return self._readers[fm_version]
 
     def refresh(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
+# a stage takes from a few microseconds (route) to most of the request (infer): finer at the bottom
+STAGE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0)
 
 
 class ServiceMetrics:
@@ -17,5 +19,8 @@ class ServiceMetrics:
         self.latency = Histogram("adrank_score_latency_seconds", "Server-side Score latency", ["model"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.candidates = Counter("adrank_scored_candidates", "Candidates scored", ["model"], registry=self.registry)
+        self.stage_latency = Histogram("adrank_stage_latency_seconds", "Time per request pipeline stage "
+                                       "(decode, validate, route, history, features, infer, rank, encode)",
+                                       ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
         self.degraded = Counter("adrank_degraded_requests", "Requests scored without user FM history", ["reason"],
                                 registry=self.registry)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
+from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import InferenceBackend
 from serving.config import ServerConfig
 from serving.security import bind_port, server_interceptors
@@ -78,7 +78,7 @@ class RankingServer:
                 ("grpc.max_send_message_length", self.config.max_message_bytes)]
         server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
                                  interceptors=server_interceptors(self.config))
-        ranking_pb2_grpc.add_AdRankingServicer_to_server(self.service, server)
+        self.service.add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -12,14 +12,25 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from exporters.manifest import ModelManifest
 from models.features import FeatureSpec
 from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
-from serving.errors import ModelLoadError
+from serving.errors import InferenceFailed, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
 from serving.model_repository import scan
 
 log = logging.getLogger(__name__)
+
+
+def map_onnxruntime_error(exc: Exception, where: str) -> RankingError:
+    """The serving error for an exception from `InferenceSession.run`: inputs the graph refuses
+    (shape, dtype, missing tensor) are INVALID_ARGUMENT as Triton reports them, so both backends
+    answer alike; any other runtime failure is InferenceFailed (INTERNAL) naming the model."""
+    kind = type(exc).__name__
+    if isinstance(exc, InvalidArgument):
+        return InvalidRequest(f"{where}: onnxruntime {kind}: {exc}")
+    return InferenceFailed(f"{where}: onnxruntime {kind}: {exc}")
 
 
 def providers() -> list[str]:
@@ -74,6 +85,14 @@ class EmbeddedBackend(InferenceBackend):
         self.load()
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
-        # A few hundred rows take tens of microseconds: running inline beats a thread hop.
-        p_ctr, p_cvr = self._sessions[(handle.name, handle.version)].run(["p_ctr", "p_cvr"], inputs)
+        try:
+            session = self._sessions[(handle.name, handle.version)]
+        except KeyError:  # a handle from another backend, or of a version no longer loaded
+            raise ModelNotFound(f"model.version: {handle.name}/{handle.version} is not loaded; "
+                                f"loaded versions {self.models().get(handle.name, [])}") from None
+        try:
+            # A few hundred rows take tens of microseconds: running inline beats a thread hop.
+            p_ctr, p_cvr = session.run(["p_ctr", "p_cvr"], inputs)
+        except Exception as exc:  # onnxruntime raises one type per error kind, all plain Exceptions
+            raise map_onnxruntime_error(exc, f"{handle.name}/{handle.version}") from exc
         return InferenceResult(p_ctr, p_cvr)

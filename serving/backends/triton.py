@@ -28,7 +28,16 @@ import numpy as np
 from exporters.manifest import ModelManifest
 from models.features import FeatureSpec
 from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
-from serving.errors import BackendUnavailable, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
+from serving.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceFailed,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    RankingError,
+)
 from serving.model_repository import scan
 
 log = logging.getLogger(__name__)
@@ -37,7 +46,18 @@ _TRITON_DTYPES = {"int64": "INT64", "int32": "INT32", "float32": "FP32", "float1
 
 
 def map_triton_error(exc: Exception, where: str) -> RankingError:
-    """The serving error for a tritonclient exception: its gRPC status decides the type."""
+    """The serving error for a tritonclient exception: its gRPC status decides the type, and the
+    message keeps Triton's status and words, prefixed with what was being asked (`where`).
+
+    | Triton answers                            | raised               | status              |
+    |-------------------------------------------|----------------------|---------------------|
+    | NOT_FOUND (unknown model or version)      | ModelNotFound        | NOT_FOUND           |
+    | UNAVAILABLE "… is not at ready state"     | ModelNotReady        | FAILED_PRECONDITION |
+    | INVALID_ARGUMENT (tensor shape, dtype)    | InvalidRequest       | INVALID_ARGUMENT    |
+    | DEADLINE_EXCEEDED, asyncio timeout        | BackendTimeout       | DEADLINE_EXCEEDED   |
+    | UNAVAILABLE, CANCELLED, RESOURCE_EXHAUSTED, no status (connection) | BackendUnavailable | UNAVAILABLE |
+    | anything else (INTERNAL: the model failed) | InferenceFailed     | INTERNAL            |
+    """
     from tritonclient.utils import InferenceServerException
 
     status, message = "", str(exc) or type(exc).__name__
@@ -46,11 +66,15 @@ def map_triton_error(exc: Exception, where: str) -> RankingError:
     text = f"{where}: Triton {status.removeprefix('StatusCode.') or 'error'}: {message}"
     if status.endswith("NOT_FOUND"):
         return ModelNotFound(text)
+    if status.endswith("UNAVAILABLE") and "not at ready state" in message:
+        return ModelNotReady(text)  # loaded but unloading or failed: the version exists, it cannot serve
     if status.endswith("INVALID_ARGUMENT"):
         return InvalidRequest(text)
-    if status.endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED")) or not status:
+    if status.endswith("DEADLINE_EXCEEDED") or (not status and isinstance(exc, TimeoutError)):
+        return BackendTimeout(text)
+    if status.endswith(("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED")) or not status:
         return BackendUnavailable(text)
-    return RankingError(text)
+    return InferenceFailed(text)
 
 
 class TritonBackend(InferenceBackend):
@@ -157,8 +181,8 @@ class TritonBackend(InferenceBackend):
                                                 outputs=outputs, client_timeout=self.timeout_s)
         except Exception as exc:
             error = map_triton_error(exc, f"{handle.name}/{handle.version}")
-            if isinstance(error, ModelNotFound):
-                # the version went away (unloaded, retired): refresh so the next resolve is right
+            if isinstance(error, ModelNotFound | ModelNotReady):
+                # the version went away or is going (unloaded, retired): refresh so the next resolve is right
                 task = asyncio.get_running_loop().create_task(self._refresh_quietly())
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
@@ -169,4 +193,4 @@ class TritonBackend(InferenceBackend):
         try:
             await self.refresh()
         except RankingError as exc:
-            log.warning("Triton refresh after NOT_FOUND failed: %s", exc)
+            log.warning("Triton refresh after a version went away failed: %s", exc)

@@ -1,0 +1,29 @@
+"""Stage 6, infer: ModelInputs → Scores. One backend call per request.
+
+The backend (embedded onnxruntime or Triton) translates its runtime's errors into the typed ones of
+serving.errors, so this stage adds none. A fallback backend or a shadow scorer is another InferStage,
+or a wrapper around this one (`Pipeline.wrap("infer", …)`), reporting its own name in `Scores.backend`.
+"""
+
+from __future__ import annotations
+
+from serving.backends.base import InferenceBackend
+from serving.finite import ensure_finite
+from serving.pipeline.context import RequestContext
+from serving.pipeline.values import ModelInputs, Scores
+
+
+class InferStage:
+    """ModelInputs → Scores, computed by `backend`."""
+
+    name = "infer"
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+
+    async def __call__(self, value: ModelInputs, ctx: RequestContext) -> Scores:
+        result = await self.backend.infer(value.handle, value.tensors)
+        # the last check: no NaN or infinite score is ranked or leaves the server (serving/finite.py)
+        ensure_finite(result.p_ctr, result.p_cvr, value.request.bid,
+                      model=f"{value.handle.name}/{value.handle.version}")
+        return Scores(value.request, value.handle, self.backend.name, result.p_ctr, result.p_cvr)

@@ -1,0 +1,134 @@
+"""The one function a Score request runs through: eight named stages, in order, each timed.
+
+    decode → validate → route → history → features → infer → rank → encode
+
+`Pipeline.run` calls each stage with the previous stage's output and the request's context, records
+the stage's time in `ctx.timings` and in the `adrank_stage_latency_seconds{stage=…}` histogram, and
+returns encode's ScoreResponse. Stages are plain async callables (`Stage`), so one can be replaced or
+wrapped without touching the others — a fallback backend, a shadow scorer, a request logger:
+
+    recorded = []
+
+    def recording(infer):
+        async def stage(inputs, ctx):
+            recorded.append(inputs.tensors)
+            return await infer(inputs, ctx)
+        return stage
+
+    pipeline = Pipeline.build(config, backend, history).wrap("infer", recording)
+    response = await pipeline.run(request_bytes, RequestContext.begin())
+
+A stage raises a typed error (serving.errors) to stop the request; the transport maps it to a status.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol, TypeVar
+
+from protos.adrank.v1 import ranking_pb2
+from serving.backends.base import InferenceBackend
+from serving.config import ServerConfig
+from serving.history import HistoryProvider
+from serving.metrics import ServiceMetrics
+from serving.pipeline.admission import Admission
+from serving.pipeline.context import RequestContext
+from serving.pipeline.decode import DecodeStage, ScorePayload
+from serving.pipeline.encode import EncodeStage
+from serving.pipeline.features import FeaturesStage
+from serving.pipeline.history import HistoryStage
+from serving.pipeline.infer import InferStage
+from serving.pipeline.rank import RankStage
+from serving.pipeline.route import RouteStage
+from serving.pipeline.validate import ValidateStage
+from serving.pipeline.values import DecodedRequest, ModelInputs, ParsedRequest, Ranking, Route, Scores, WithHistory
+
+In = TypeVar("In", contravariant=True)
+Out = TypeVar("Out", covariant=True)
+
+
+class Stage(Protocol[In, Out]):
+    """One step of the request: its input value and the request's context in, its output value out."""
+
+    def __call__(self, value: In, ctx: RequestContext, /) -> Awaitable[Out]: ...
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The eight stages, in the order they run (the field order is the pipeline's order)."""
+
+    decode: Stage[ScorePayload, DecodedRequest]
+    validate: Stage[DecodedRequest, ParsedRequest]
+    route: Stage[ParsedRequest, Route]
+    history: Stage[Route, WithHistory]
+    features: Stage[WithHistory, ModelInputs]
+    infer: Stage[ModelInputs, Scores]
+    rank: Stage[Scores, Ranking]
+    encode: Stage[Ranking, ranking_pb2.ScoreResponse]
+
+    @classmethod
+    def default(cls, config: ServerConfig, backend: InferenceBackend, history: HistoryProvider) -> Stages:
+        """The stages `adrank serve` runs: rows in, `backend` inferring, FM history from `history`."""
+        return cls(decode=DecodeStage(config), validate=ValidateStage(config), route=RouteStage(backend, history),
+                   history=HistoryStage(history), features=FeaturesStage(), infer=InferStage(backend),
+                   rank=RankStage(), encode=EncodeStage())
+
+
+STAGE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Stages))
+
+
+class Pipeline:
+    """Runs `stages` in order for one request at a time (many requests run concurrently, each with its
+    own context). Immutable: `replace` and `wrap` return a new pipeline."""
+
+    def __init__(self, stages: Stages, *, metrics: ServiceMetrics | None = None,
+                 admission: Admission | None = None) -> None:
+        self.stages, self.metrics, self.admission = stages, metrics, admission
+        # the labelled histogram children are bound once: .labels() per request costs a dict lookup and a lock
+        observers = ([metrics.stage_latency.labels(n).observe for n in STAGE_NAMES] if metrics is not None
+                     else [None] * len(STAGE_NAMES))
+        self._chain: tuple[tuple[str, Stage[Any, Any], Callable[[float], None] | None], ...] = tuple(
+            (name, getattr(stages, name), observe) for name, observe in zip(STAGE_NAMES, observers, strict=True))
+
+    @classmethod
+    def build(cls, config: ServerConfig, backend: InferenceBackend, history: HistoryProvider | None = None, *,
+              metrics: ServiceMetrics | None = None, admission: Admission | None = None) -> Pipeline:
+        """The default stages over `backend` (and `history`; none: LoopFM models are refused)."""
+        return cls(Stages.default(config, backend, history or HistoryProvider()), metrics=metrics,
+                   admission=admission)
+
+    def replace(self, **stages: Stage[Any, Any]) -> Pipeline:
+        """A pipeline with the named stages swapped for others, e.g. `replace(infer=fallback_infer)`."""
+        unknown = sorted(set(stages) - set(STAGE_NAMES))
+        if unknown:
+            raise ValueError(f"no stage named {', '.join(unknown)}; stages are {', '.join(STAGE_NAMES)}")
+        return Pipeline(replace(self.stages, **stages), metrics=self.metrics, admission=self.admission)
+
+    def wrap(self, name: str, wrapper: Callable[[Stage[Any, Any]], Stage[Any, Any]]) -> Pipeline:
+        """A pipeline whose stage `name` is `wrapper(current stage)`; the wrapper decides when (and
+        whether) to call the stage it wraps."""
+        if name not in STAGE_NAMES:
+            raise ValueError(f"no stage named {name!r}; stages are {', '.join(STAGE_NAMES)}")
+        return self.replace(**{name: wrapper(getattr(self.stages, name))})
+
+    async def run(self, payload: ScorePayload, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
+        """Scores one request: every stage in order, each timed into `ctx.timings` and the histogram."""
+        admission = self.admission
+        if admission is not None:
+            await admission.admit(ctx)  # raises Overloaded (RESOURCE_EXHAUSTED) when the server is full
+        clock, timings = time.perf_counter, ctx.timings
+        value: Any = payload
+        try:
+            for name, stage, observe in self._chain:
+                # a stage boundary: where a passed deadline (ctx.remaining_s() < 0) would stop the request
+                start = clock()
+                value = await stage(value, ctx)
+                timings[name] = elapsed = clock() - start
+                if observe is not None:
+                    observe(elapsed)
+        finally:
+            if admission is not None:
+                admission.release(ctx)
+        return value
