@@ -11,8 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.data.labels import LabelError, labels_table, read_labels, write_labels
-from models.data.requestlog import (REQUEST_LOG_SCHEMA, RequestLogError, read_request_log, records_to_table,
-                                    request_log_files)
+from models.data.requestlog import (
+    REQUEST_LOG_SCHEMA,
+    RequestLogError,
+    read_request_log,
+    records_to_table,
+    request_log_files,
+)
 from tests.requestlog_fixtures import make_record
 
 
