@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import deque
@@ -37,6 +38,7 @@ from models.data.requestlog import REQUEST_LOG_SCHEMA, RequestLogError, RequestR
 from serving.requestlog.files import PREFIX_PATTERN, RollingParquetWriter, remove_stale_temps
 
 DROP_REASONS = ("queue_full", "invalid", "write_error", "closed")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,11 +245,16 @@ class RequestLogSink:
             with self._flush_cond:
                 ticket = self._flush_asked
             flushing = ticket > self._flush_done
-            self._drain()
-            if stopping or flushing or self._too_old():
-                self._write_buffer(final=True)
-                self._guarded(self._files.commit)
-                self._pending_since = None
+            try:
+                self._drain()
+                if stopping or flushing or self._too_old():
+                    self._write_buffer(final=True)
+                    self._guarded(self._files.commit)
+                    self._pending_since = None
+            except Exception:  # a bug here must not stop the writer: count what it held, keep going
+                log.exception("request log writer pass failed; its records are counted as write errors")
+                self._write_error += len(self._buffer) + self._files.abort()
+                self._buffer, self._pending_since = [], None
             self._sync_metrics()
             if flushing:
                 with self._flush_cond:
@@ -261,6 +268,7 @@ class RequestLogSink:
         return self._pending_since is not None and self._clock() - self._pending_since >= self.config.max_file_age_s
 
     def _drain(self) -> None:
+        """Moves the queue into the buffer (checking each record), then writes full row groups."""
         with self._lock:
             if not self._queue:
                 return
@@ -275,8 +283,7 @@ class RequestLogSink:
             if self._pending_since is None:
                 self._pending_since = self._clock()
             self._buffer.append(record)
-            if len(self._buffer) >= self.config.row_group_rows:
-                self._write_buffer(final=False)
+        self._write_buffer(final=False)
 
     def _write_buffer(self, *, final: bool) -> None:
         """Writes full row groups (and, when `final`, the remainder) from the buffer."""

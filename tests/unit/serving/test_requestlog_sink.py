@@ -157,3 +157,18 @@ def test_record_from_exchange_scatters_scores_to_request_order() -> None:
     np.testing.assert_array_equal(record.p_ctr, np.array([0.1, np.nan, 0.5], np.float32))
     assert record.flags == ["FLAG_USER_HISTORY_MISSING"] and record.dense_features is None
     assert (record.model_name, record.model_version, record.fm_version, record.rollout_arm) == ("vm", 3, "fm-2", "b")
+
+
+def test_an_unexpected_writer_failure_is_counted_and_the_writer_goes_on(tmp_path: Path, monkeypatch) -> None:
+    import serving.requestlog.sink as sink_module
+
+    sink = RequestLogSink(SinkConfig(folder=str(tmp_path), poll_interval_s=0.005))
+    real = sink_module.records_to_table
+    monkeypatch.setattr(sink_module, "records_to_table", lambda records: (_ for _ in ()).throw(RuntimeError("bug")))
+    sink.offer(make_record("lost"))
+    assert sink.flush()
+    monkeypatch.setattr(sink_module, "records_to_table", real)
+    sink.offer(make_record("kept"))
+    stats = sink.close()
+    assert stats.dropped["write_error"] == 1 and stats.written == 1 and stats.offered == 2
+    assert read_request_log(tmp_path).column("request_id").to_pylist() == ["kept"]
