@@ -289,12 +289,14 @@ class RequestLogSink:
         """Writes full row groups (and, when `final`, the remainder) from the buffer."""
         size = self.config.row_group_rows
         while self._buffer and (final or len(self._buffer) >= size):
-            chunk, self._buffer = self._buffer[:size], self._buffer[size:]
+            chunk = self._buffer[:size]
             try:
                 table = records_to_table(chunk)
             except (TypeError, ValueError, OverflowError):
                 self._invalid += len(chunk)
+                del self._buffer[:len(chunk)]
                 continue
+            del self._buffer[:len(chunk)]  # only now: an unexpected failure above leaves them counted in the buffer
             self._guarded(lambda t=table: self._files.write(t), incoming_rows=table.num_rows)
 
     def _guarded(self, step: Callable[[], tuple[Path, int] | None], incoming_rows: int = 0) -> None:
