@@ -183,7 +183,12 @@ class RequestLogSink:
     def offer(self, record: RequestRecord) -> bool:
         """Queues `record` for writing; False when it is sampled out or the queue is full. Never blocks
         beyond a short lock; never raises for a bad record (the writer thread checks and counts it)."""
-        keep = sampled(record.request_id, self.config.sample_rate) if self.config.sample_rate < 1.0 else True
+        keep = True
+        if self.config.sample_rate < 1.0:
+            try:
+                keep = sampled(record.request_id, self.config.sample_rate)
+            except (AttributeError, TypeError):  # not a string id: queued, and counted invalid by the writer
+                keep = True
         with self._lock:
             self._offered += 1
             if self._closed:

@@ -100,8 +100,9 @@ def test_sampling_is_deterministic_by_request_id(tmp_path: Path) -> None:
 
 
 def test_bad_records_and_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
-    sink = RequestLogSink(SinkConfig(folder=str(tmp_path), poll_interval_s=0.005))
+    sink = RequestLogSink(SinkConfig(folder=str(tmp_path), poll_interval_s=0.005, sample_rate=0.9999))
     assert sink.offer(make_record("bad", bid=[1.0]))  # accepted: the writer thread checks it
+    assert sink.offer(make_record(None))  # type: ignore[arg-type]  # no id to hash: never raises
     assert sink.offer(make_record("good"))
     assert sink.flush()
 
@@ -111,8 +112,8 @@ def test_bad_records_and_write_errors_are_counted_not_raised(tmp_path: Path) -> 
     sink._files.write = disk_full  # type: ignore[method-assign]
     sink.offer(make_record("lost"))
     stats = sink.close()
-    assert stats.dropped["invalid"] == 1 and stats.dropped["write_error"] == 1 and stats.written == 1
-    assert stats.written + stats.dropped_total == stats.offered == 3
+    assert stats.dropped["invalid"] == 2 and stats.dropped["write_error"] == 1 and stats.written == 1
+    assert stats.written + stats.dropped_total == stats.offered == 4
     assert not sink.offer(make_record("late")) and sink.stats().dropped["closed"] == 1
 
 
