@@ -1,0 +1,93 @@
+"""The request-log record and the label file: round trips, checks that name the field, confined reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models.data.labels import LabelError, labels_table, read_labels, write_labels
+from models.data.requestlog import (
+    REQUEST_LOG_SCHEMA,
+    RequestLogError,
+    read_request_log,
+    records_to_table,
+    request_log_files,
+)
+from tests.requestlog_fixtures import make_record
+
+
+def test_records_round_trip_through_parquet(tmp_path: Path) -> None:
+    dense = np.arange(12, dtype=np.float32).reshape(4, 3)
+    records = [make_record("a", dense_features=dense), make_record("b", n=2, flags=[], stage_us={})]
+    pq.write_table(records_to_table(records), tmp_path / "x.parquet")
+    table = read_request_log(tmp_path)
+    assert table.schema.equals(REQUEST_LOG_SCHEMA, check_metadata=False)
+    rows = table.to_pylist()
+    assert [r["request_id"] for r in rows] == ["a", "b"]
+    a, b = rows
+    assert a["ad_id"] == [10, 11, 12, 13] and a["advertiser_id"] == [100, 101, 102, 103]
+    assert a["dense_features"] == dense.tolist() and b["dense_features"] == [[], []]
+    assert dict(a["stage_us"]) == {"features": 40, "infer": 300} and b["stage_us"] == []
+    assert a["order"] == [3, 2, 1, 0] and a["flags"] == ["FLAG_USER_HISTORY_MISSING"]
+    assert (a["placement"], a["device"], a["hour"], a["user_segment"]) == (1, 2, 5, 3)
+    assert a["snapshot_id"] == "snap-9" and a["rollout_arm"] == "control" and a["model_version"] == 2
+    np.testing.assert_array_equal(np.array(a["p_ctr"], np.float32), np.linspace(0.01, 0.05, 4, dtype=np.float32))
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"bid": [1.0]}, "bid"),
+    ({"p_cvr": [0.1] * 5}, "p_cvr"),
+    ({"order": [0, 0]}, "order"),
+    ({"order": [4]}, "order"),
+    ({"dense_features": np.zeros((3, 2), np.float32)}, "dense_features"),
+    ({"user_id": -1}, "user_id"),
+])
+def test_check_names_the_bad_field(override: dict, field: str) -> None:
+    with pytest.raises(RequestLogError, match=field):
+        make_record("r", **override).check()
+
+
+def test_check_refuses_an_empty_request_id() -> None:
+    with pytest.raises(RequestLogError, match="request_id"):
+        make_record("").check()
+
+
+def test_reads_only_complete_files_of_the_folder(tmp_path: Path) -> None:
+    assert read_request_log(tmp_path).num_rows == 0
+    pq.write_table(records_to_table([make_record("a")]), tmp_path / "requests-1.parquet")
+    (tmp_path / ".requests-2.parquet.tmp").write_bytes(b"PAR1 half a file")
+    assert [p.name for p in request_log_files(tmp_path)] == ["requests-1.parquet"]
+    assert read_request_log(tmp_path, columns=["request_id"]).column("request_id").to_pylist() == ["a"]
+
+
+def test_refuses_links_out_of_the_folder_and_foreign_files(tmp_path: Path) -> None:
+    logs, outside = tmp_path / "logs", tmp_path / "outside.parquet"
+    logs.mkdir()
+    pq.write_table(records_to_table([make_record("a")]), outside)
+    os.symlink(outside, logs / "escape.parquet")
+    with pytest.raises(RequestLogError, match="outside"):
+        read_request_log(logs)
+    other = tmp_path / "other"
+    other.mkdir()
+    pq.write_table(pa.table({"request_id": ["a"]}), other / "x.parquet")
+    with pytest.raises(RequestLogError, match="schema tag"):
+        read_request_log(other)
+    with pytest.raises(RequestLogError, match="does not exist"):
+        read_request_log(tmp_path / "missing")
+
+
+def test_labels_round_trip_atomically(tmp_path: Path) -> None:
+    table = labels_table(["r1", "r1"], [5, 5], [100, 100], ["impression", "click"], [100, 4_100])
+    path = write_labels(tmp_path / "labels.parquet", table)
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.parquet"]  # no temp file left behind
+    assert read_labels(path).to_pylist()[1] == {"request_id": "r1", "ad_id": 5, "impression_ms": 100,
+                                                 "event": "click", "event_ms": 4_100}
+    with pytest.raises(LabelError, match="unknown label events"):
+        labels_table(["r1"], [5], [100], ["view"], [100])
+    with pytest.raises(LabelError, match="lacks column 'event_ms'"):
+        read_labels(table.drop_columns(["event_ms"]))
