@@ -8,7 +8,6 @@ or a wrapper around this one (`Pipeline.wrap("infer", …)`), reporting its own 
 from __future__ import annotations
 
 from serving.backends.base import InferenceBackend
-from serving.finite import ensure_finite
 from serving.pipeline.context import RequestContext
 from serving.pipeline.values import ModelInputs, Scores
 
@@ -23,7 +22,4 @@ class InferStage:
 
     async def __call__(self, value: ModelInputs, ctx: RequestContext) -> Scores:
         result = await self.backend.infer(value.handle, value.tensors)
-        # the last check: no NaN or infinite score is ranked or leaves the server (serving/finite.py)
-        ensure_finite(result.p_ctr, result.p_cvr, value.request.bid,
-                      model=f"{value.handle.name}/{value.handle.version}")
         return Scores(value.request, value.handle, self.backend.name, result.p_ctr, result.p_cvr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.finite import ensure_finite
 from serving.pipeline.context import RequestContext
 from serving.pipeline.values import Ranking, Scores
 
@@ -28,6 +29,8 @@ class RankStage:
 
     async def __call__(self, scores: Scores, ctx: RequestContext) -> Ranking:
         request = scores.request
+        # the last check: no NaN or infinite score is ranked or leaves the server (serving/finite.py)
+        ensure_finite(scores.p_ctr, scores.p_cvr, request.bid, model=f"{scores.handle.name}/{scores.handle.version}")
         order, ev = rank_order(request.bid, scores.p_ctr, scores.p_cvr, request.top_k)
         return Ranking(request, scores.handle, scores.backend, ad_id=request.ad_id[order], request_index=order,
                        p_ctr=scores.p_ctr[order], p_cvr=scores.p_cvr[order], expected_value=ev[order])
