@@ -111,12 +111,14 @@ class LocalRedisCluster:
     failover time (Redis' default is 15 s; 2 s here keeps the failover tests short). `full_coverage=False`
     sets `cluster-require-full-coverage no`, so the surviving primaries keep serving their slots while one
     shard is down (without it the whole cluster answers CLUSTERDOWN once a primary is marked FAIL).
+    `appendonly=True` keeps an fsync-always AOF per node, so a node restarted with `start_node` comes back with
+    its data (otherwise persistence is off and a restarted node returns empty).
     """
 
     def __init__(self, primaries: int = 3, replicas: int = 0, *, node_timeout_ms: int = 2000,
-                 full_coverage: bool = True, ready_timeout_s: float = 30.0) -> None:
+                 full_coverage: bool = True, appendonly: bool = False, ready_timeout_s: float = 30.0) -> None:
         self._server, self._cli = _executable("redis-server"), _executable("redis-cli")
-        self.node_timeout_ms, self.full_coverage = node_timeout_ms, full_coverage
+        self.node_timeout_ms, self.full_coverage, self.appendonly = node_timeout_ms, full_coverage, appendonly
         self._dir = Path(tempfile.mkdtemp(prefix="adrank-redis-cluster-"))
         self.ports = [_free_cluster_port() for _ in range(primaries * (1 + replicas))]
         self._procs: dict[int, subprocess.Popen] = {}
@@ -142,8 +144,30 @@ class LocalRedisCluster:
             [self._server, "--port", str(port), "--bind", HOST, "--dir", str(node_dir), "--cluster-enabled", "yes",
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", str(self.node_timeout_ms),
              "--cluster-require-full-coverage", "yes" if self.full_coverage else "no",
-             "--save", "", "--appendonly", "no"],
+             "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again on the same port and directory (it rejoins with its nodes.conf)."""
+        self.start_node(port)
+        _wait_ping(port)
+
+    def wait_replicas_synced(self, timeout_s: float = 10.0) -> None:
+        """Until every replica's replication offset equals its primary's (writes so far survive a failover)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            behind = []
+            for port in self.primary_ports():
+                with self.node(port) as client:
+                    info = client.info("replication")
+                offset = int(info["master_repl_offset"])
+                replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+                behind += [port for r in replicas if int(r["offset"]) < offset]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas of {behind} still behind after {timeout_s} s")
+            time.sleep(0.05)
 
     def node(self, port: int) -> redis.Redis:
         """A plain client of one node (for CLUSTER INFO, FLUSHALL, INFO replication)."""
