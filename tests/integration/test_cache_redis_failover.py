@@ -23,7 +23,7 @@ import pytest
 
 from embedding_cache import CacheUnavailableError, RedisWriter, open_reader
 from embedding_cache.redis_client import READER, connect
-from embedding_cache.redis_keys import USER_BUCKETS, RedisKeys
+from embedding_cache.redis_keys import AD_BUCKETS, USER_BUCKETS, BucketKeys, RedisKeys
 from embedding_cache.redis_local import LocalRedisCluster, RedisNotInstalledError
 
 T0 = 1_700_000_000_000
@@ -146,8 +146,7 @@ def test_killed_primary_gives_fast_typed_errors_for_its_users_only_then_recovers
         writer.close()
         cluster.wait_replicas_synced()
         probe, keys = connect(cluster.url, READER), RedisKeys("adrank", "fm-v1")
-        from embedding_cache.redis_keys import BucketKeys  # the same key names the reader builds
-        names = BucketKeys(keys, "s000001", USER_BUCKETS, 16)
+        names = BucketKeys(keys, "s000001", USER_BUCKETS, AD_BUCKETS)  # the key names the reader builds
         owner = {int(u): probe.get_node_from_key(names.user(int(u))).port for u in USERS}
         probe.close()
         victim = owner[0]
