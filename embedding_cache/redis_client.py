@@ -8,8 +8,9 @@ The reader and writer are written once against these helpers, so a cluster needs
   the client discovers the rest (CLUSTER SLOTS) and follows MOVED/ASK on its own.
 * Readers fail fast: a short socket timeout and no client-side retry loop, because the caller (the ranking service)
   has a cheap answer for CacheUnavailableError (the population prior) and a request must not stall for seconds.
-  redis-py's defaults (5 s timeouts, 10 retries with backoff; in a cluster also a 0.25 s sleep per CLUSTERDOWN
-  retry) would turn one dead node into multi-second stalls. Writers are offline and get patient settings.
+  redis-py's defaults (5 s timeouts, 10 retries with backoff, each retry on a cluster after a slot-map refresh)
+  would turn one dead node into multi-second stalls. One cost stays: RedisCluster sleeps 0.25 s before raising
+  on a CLUSTERDOWN reply (no setting removes it). Writers are offline and get patient settings.
 * `mget_checked` sends single-slot MGETs, each with the key that proves its snapshot is still whole: one command
   on one node, a pipeline (one write and one read per node) on a cluster. `scan_keys` runs SCAN on every
   primary; `mget_many` and `unlink_keys` read and delete any keys slot by slot, pipelined.
@@ -69,7 +70,10 @@ class ClientSettings:
 
 #: Request path: at most one socket timeout per lookup, one reconnect on a single node (a pooled connection the
 #: server closed), no retry on a cluster (the failed call already refreshed the slot map for the next one).
-READER = ClientSettings(socket_timeout_s=0.25, connect_timeout_s=0.25, retries=0)
+#: A connect to a dead or unreachable host is what a failed node costs, so it gets the tighter bound; a read waits
+#: on the server's event loop, which a CPU-starved host can stall for a few hundred ms (seen at 0.25 s on 2 shared,
+#: throttled cores), so it gets twice that.
+READER = ClientSettings(socket_timeout_s=0.5, connect_timeout_s=0.25, retries=0)
 #: Publishing and retention: large pipelines on busy machines; a failed publish is never flipped, so waiting is safe.
 WRITER = ClientSettings(socket_timeout_s=30.0, connect_timeout_s=2.0, retries=3)
 
