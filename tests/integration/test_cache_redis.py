@@ -169,3 +169,10 @@ def test_unreachable_cluster_is_typed() -> None:
     url = f"redis+cluster://127.0.0.1:{free_port()}/"
     with pytest.raises(CacheUnavailableError, match="unavailable"):
         open_reader("redis", url, "fm-v1")
+
+
+def test_reader_timeouts_are_short_and_the_url_overrides_them() -> None:
+    kwargs = connect("redis://127.0.0.1:1/0", READER).connection_pool.connection_kwargs
+    assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (0.5, 0.25)
+    assert connect("redis://127.0.0.1:1/0?socket_timeout=2", READER).connection_pool.connection_kwargs[
+        "socket_timeout"] == 2.0
