@@ -50,7 +50,8 @@ _BATCH = 2_000
 
 
 class RedisReader(CacheReader):
-    """Reads one fm_version from Redis or a Redis Cluster; a request's lookup is one round trip.
+    """Reads one fm_version from Redis or a Redis Cluster; a request's lookup is one round trip (on a cluster,
+    asking for ads adds one MGET per ad bucket to the same pipeline).
 
     `url` is redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT...]/ (see redis_client.py). Socket
     timeouts are short and there is no retry loop: an unreachable node costs at most one timeout and raises
