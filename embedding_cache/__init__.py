@@ -35,6 +35,7 @@ from embedding_cache.memory import InMemoryStore, MemoryReader, MemoryWriter
 from embedding_cache.metrics import CacheMetrics
 from embedding_cache.reader import CacheReader
 from embedding_cache.redis_backend import RedisReader, RedisWriter
+from embedding_cache.redis_client import URL_SCHEMES as REDIS_URL_SCHEMES
 from embedding_cache.report import CodecReport, bytes_per_user, codec_report
 from embedding_cache.writer import SnapshotWriter
 
@@ -47,8 +48,8 @@ def open_reader(backend: Backend, location: str | os.PathLike | InMemoryStore, f
     """Open a reader of `fm_version` on a backend.
 
     Args:
-        backend: "embedded" (location = root directory), "redis" (location = redis:// URL) or
-            "memory" (location = an InMemoryStore).
+        backend: "embedded" (location = root directory), "redis" (location = a redis://HOST:PORT/DB URL, or
+            redis+cluster://HOST:PORT[,HOST:PORT...]/ for a Redis Cluster) or "memory" (location = an InMemoryStore).
         fm_version: the FM version the serving VM was trained with; FmVersionMismatchError if absent.
         snapshot_id: pin a snapshot instead of following the current pointer (embedded, redis).
         limits: lookup limits (InvalidLookupError beyond them).
@@ -83,7 +84,8 @@ def open_writer(backend: Backend, location: str | os.PathLike | InMemoryStore, f
 __all__ = [
     "CODEC_NAMES", "CacheError", "CacheMetrics", "CacheReader", "CacheUnavailableError", "CodecReport",
     "CorruptSnapshotError", "EmbeddedReader", "EmbeddedWriter", "FmVersionMismatchError", "HistoryBatch",
-    "InMemoryStore", "InvalidLookupError", "LookupLimits", "MemoryReader", "MemoryWriter", "RedisReader",
+    "InMemoryStore", "InvalidLookupError", "LookupLimits", "MemoryReader", "MemoryWriter", "REDIS_URL_SCHEMES",
+    "RedisReader",
     "RedisWriter", "RetentionConfig", "SnapshotNotFoundError", "bytes_per_user", "codec_report", "make_codec",
     "SnapshotWriter", "open_reader", "open_writer",
 ]

@@ -1,41 +1,47 @@
-"""Redis backend: one packed value per user and per ad under a snapshot prefix, and a `current` pointer.
+"""Redis backend (one node or a Redis Cluster): one packed value per user and per ad, and a `current` pointer.
 
-Key layout (prefix "adrank"; see docs/cache.md):
+Key layout (prefix "adrank"; `{...}` are hash tags; see redis_keys.py and docs/cache.md):
 
     adrank:versions                         SET of fm_versions with data
     adrank:{fm}:seq                         INCR counter for snapshot ids
-    adrank:{fm}:current                     current snapshot id (one SET flips it atomically)
+    adrank:{fm}:current                     current snapshot id (one MULTI flips it, with the list below)
     adrank:{fm}:snapshots                   LIST of published ids, oldest first (retention)
-    adrank:{fm}:{snap}:meta                 JSON: dim, codec params, counts, created_ms, max_segment
+    adrank:{fm}:{snap}:meta                 JSON: dim, codec params, counts, created_ms, max_segment, layout
     adrank:{fm}:{snap}:state:{name}         float32 bytes: prior (cold start), pq_centroids (pq only)
-    adrank:{fm}:{snap}:u:{user_id}          n x int64 ts (ascending) | n x code bytes | n x float32 scale (int8)
+    adrank:{fm|uBBBB}:{snap}:u:{user_id}    n x int64 ts (ascending) | n x code bytes | n x float32 scale (int8)
                                             | n x int64 event id (meta "event_ids": true; -1 = none given)
-    adrank:{fm}:{snap}:a:{ad_id}            code bytes | float32 scale (int8)
+    adrank:{fm|aBB}:{snap}:a:{ad_id}        code bytes | float32 scale (int8)
+    adrank:{fm|...}:{snap}:live             per bucket: present while the snapshot is whole
 
-A request is one MGET (meta + user + ads): one round trip. `meta` rides along so a reader whose snapshot
-was deleted by retention notices (meta is None), refreshes and retries instead of returning misses.
+On one node a request is one MGET [meta, user, ads...]: one round trip, atomic, and `meta` rides along so a reader
+whose snapshot was deleted by retention notices (meta is None), refreshes and retries instead of returning misses.
+On a cluster the same request is one single-slot MGET [live, user] (plus one MGET per ad bucket when ads are asked
+for, pipelined), each carrying its bucket's `live` key for the same check.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
-import redis
 from prometheus_client.registry import CollectorRegistry
+from redis.cluster import RedisCluster
 
 from embedding_cache.config import LookupLimits, RetentionConfig
 from embedding_cache.csr import RawHistory
-from embedding_cache.errors import (
-    CacheError,
-    CacheUnavailableError,
-    FmVersionMismatchError,
-    SnapshotNotFoundError,
-)
+from embedding_cache.errors import CacheError, FmVersionMismatchError, SnapshotNotFoundError
 from embedding_cache.reader import CacheReader, ViewInfo, check_fm_version
-from embedding_cache.redis_keys import RedisKeys, RedisView, load_view
+from embedding_cache.redis_client import READER, WRITER, available, connect, mget_checked, scan_keys, unlink_keys
+from embedding_cache.redis_keys import (
+    AD_BUCKETS,
+    USER_BUCKETS,
+    BucketKeys,
+    RedisKeys,
+    RedisView,
+    buckets_of,
+    check_buckets,
+    load_view,
+)
 from embedding_cache.redis_scan import read_snapshot
 from embedding_cache.snapshot_data import SnapshotData
 from embedding_cache.writer import SnapshotWriter, format_snapshot_id
@@ -43,21 +49,14 @@ from embedding_cache.writer import SnapshotWriter, format_snapshot_id
 _BATCH = 2_000
 
 
-@contextmanager
-def _available(url: str) -> Iterator[None]:
-    """Turn connection failures into CacheUnavailableError (gRPC UNAVAILABLE)."""
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        raise CacheUnavailableError(f"redis at {url} unavailable: {exc}") from exc
-
-
-def _connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-
-
 class RedisReader(CacheReader):
-    """Reads one fm_version from Redis; every lookup is a single MGET."""
+    """Reads one fm_version from Redis or a Redis Cluster; a request's lookup is one round trip (on a cluster,
+    asking for ads adds one MGET per ad bucket to the same pipeline).
+
+    `url` is redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT...]/ (see redis_client.py). Socket
+    timeouts are short and there is no retry loop: an unreachable node costs at most one timeout and raises
+    CacheUnavailableError; the next call finds the refreshed topology (a promoted replica, a returned node).
+    """
 
     backend = "redis"
 
@@ -67,11 +66,12 @@ class RedisReader(CacheReader):
         self.url = url
         self._keys = RedisKeys(prefix, fm_version)
         self._pinned = snapshot_id
-        self._client = _connect(url)
+        self._client = connect(url, READER)
+        self._cluster = isinstance(self._client, RedisCluster)
         self._view = self._open(snapshot_id)
 
     def _open(self, snapshot_id: str | None) -> RedisView:
-        with _available(self.url):
+        with available(self.url):
             if snapshot_id is None:
                 current = self._client.get(self._keys.current)
                 if current is None:
@@ -107,7 +107,7 @@ class RedisReader(CacheReader):
         if self._pinned:
             return False
         try:
-            with _available(self.url):
+            with available(self.url):
                 current = self._client.get(self._keys.current)
             if current is None or current.decode() == self._view.snapshot_id:
                 return False
@@ -121,18 +121,50 @@ class RedisReader(CacheReader):
         self._client.close()
 
     # -- lookups ---------------------------------------------------------------------------------------
+    def _groups(self, view: RedisView, user_ids: np.ndarray, ad_ids: np.ndarray
+                ) -> tuple[list[tuple[str, list[str]]], list[list[int]]]:
+        """Keys to read, as [(check key, keys)] groups, and each key's position in [users..., ads...].
+
+        One node: a single group checked by `meta` (one atomic MGET). A cluster: one group per bucket, each checked
+        by its bucket's `live` key and lying in one slot. A request (1 user) has one user group; its ads add at most
+        one group per ad bucket.
+        """
+        b = view.buckets
+        if not self._cluster:
+            keys = [b.user(u) for u in user_ids.tolist()] + [b.ad(a) for a in ad_ids.tolist()]
+            return [(view.meta_key, keys)], [list(range(len(keys)))]
+        groups: dict[tuple[str, int], tuple[list[str], list[int]]] = {}
+        pos = 0
+        for kind, ids, nb, prefixes in (("u", user_ids, b.user_buckets, b.user_prefix),
+                                        ("a", ad_ids, b.ad_buckets, b.ad_prefix)):
+            for item, bucket in zip(ids.tolist(), buckets_of(ids, nb).tolist(), strict=True):
+                keys, positions = groups.setdefault((kind, bucket), ([], []))
+                keys.append(prefixes[bucket] + str(item))
+                positions.append(pos)
+                pos += 1
+        if not groups:
+            return [(view.meta_key, [])], [[]]
+        lives = {"u": b.user_live, "a": b.ad_live}
+        return ([(lives[kind][bucket], keys) for (kind, bucket), (keys, _) in groups.items()],
+                [positions for _, positions in groups.values()])
+
     def _mget(self, user_ids: np.ndarray, ad_ids: np.ndarray) -> tuple[RedisView, list, list]:
-        """One MGET of [meta, users..., ads...]; retried once on a fresh view if the snapshot vanished."""
+        """Values of [users..., ads...] from one view; retried once on a fresh view if the snapshot vanished."""
+        n, total = len(user_ids), len(user_ids) + len(ad_ids)
         for attempt in range(2):
             view = self._view
-            keys = [view.meta_key]
-            keys += [view.user_prefix + str(u) for u in user_ids.tolist()]
-            keys += [view.ad_prefix + str(a) for a in ad_ids.tolist()]
-            with _available(self.url):
-                values = self._client.mget(keys)
-            if values[0] is not None:
-                n = len(user_ids)
-                return view, values[1:1 + n], values[1 + n:]
+            groups, positions = self._groups(view, user_ids, ad_ids)
+            with available(self.url):
+                replies = mget_checked(self._client, groups)
+            if replies is not None:
+                if len(replies) == 1:
+                    values = replies[0]
+                else:
+                    values = [None] * total
+                    for reply, where in zip(replies, positions, strict=True):
+                        for p, value in zip(where, reply, strict=True):
+                            values[p] = value
+                return view, values[:n], values[n:]
             if attempt == 0 and not self._pinned:
                 self.refresh()
         raise SnapshotNotFoundError(f"snapshot {self._view.snapshot_id} of {self.fm_version} was deleted")
@@ -195,22 +227,27 @@ class RedisReader(CacheReader):
 
 
 class RedisWriter(SnapshotWriter):
-    """Publishes snapshots to Redis: write every key under a new snapshot prefix, then flip `current`.
+    """Publishes snapshots to Redis or a Redis Cluster: write every key of a new snapshot, then flip `current`.
 
     The previous snapshot is kept in this process for carrying rows into the next publish; a fresh writer
-    process reads it back from Redis once (SCAN of its user and ad keys).
+    process reads it back from Redis once (SCAN of its user and ad keys on every primary). `user_buckets` and
+    `ad_buckets` (powers of two, recorded in the snapshot's meta) set how many hash-tagged buckets the users and
+    ads are spread over; see redis_keys.py.
     """
 
     def __init__(self, url: str, fm_version: str, dim: int, codec: str = "int8",
-                 retention: RetentionConfig | None = None, prefix: str = "adrank", **codec_params: int) -> None:
+                 retention: RetentionConfig | None = None, prefix: str = "adrank", *,
+                 user_buckets: int = USER_BUCKETS, ad_buckets: int = AD_BUCKETS, **codec_params: int) -> None:
         super().__init__(check_fm_version(fm_version), dim, codec, retention, **codec_params)
         self.url = url
+        self.user_buckets = check_buckets(user_buckets, "user_buckets")
+        self.ad_buckets = check_buckets(ad_buckets, "ad_buckets")
         self._keys = RedisKeys(prefix, fm_version)
-        self._client = _connect(url)
+        self._client = connect(url, WRITER)
         self._last: SnapshotData | None = None
 
     def _load_base(self) -> SnapshotData | None:
-        with _available(self.url):
+        with available(self.url):
             current = self._client.get(self._keys.current)
             if current is None:
                 return None
@@ -219,54 +256,72 @@ class RedisWriter(SnapshotWriter):
             return read_snapshot(self._client, self._keys, current.decode())
 
     def _next_snapshot_id(self) -> str:
-        with _available(self.url):
+        with available(self.url):
             return format_snapshot_id(int(self._client.incr(self._keys.seq)))
 
     def _store(self, data: SnapshotData) -> None:
         keys, sid = self._keys, data.snapshot_id
-        with _available(self.url):
+        buckets = BucketKeys(keys, sid, self.user_buckets, self.ad_buckets)
+        with available(self.url):
             pipe = self._client.pipeline(transaction=False)
             off, ts, codes, scales, eids = data.offsets, data.ts, data.codes, data.scales, data.event_ids
+            user_bucket = buckets_of(data.user_ids, self.user_buckets).tolist()
             for i, uid in enumerate(data.user_ids.tolist()):
                 s, e = int(off[i]), int(off[i + 1])
                 value = (ts[s:e].tobytes() + codes[s:e].tobytes() + (scales[s:e].tobytes() if len(scales) else b"")
                          + eids[s:e].tobytes())
-                pipe.set(keys.user(sid, uid), value)
+                pipe.set(buckets.user_prefix[user_bucket[i]] + str(uid), value)
                 if len(pipe) >= _BATCH:
                     pipe.execute()
+            ad_bucket = buckets_of(data.ad_ids, self.ad_buckets).tolist()
             for i, aid in enumerate(data.ad_ids.tolist()):
                 scale = data.ad_scales[i:i + 1].tobytes() if len(data.ad_scales) else b""
-                pipe.set(keys.ad(sid, aid), data.ad_codes[i].tobytes() + scale)
+                pipe.set(buckets.ad_prefix[ad_bucket[i]] + str(aid), data.ad_codes[i].tobytes() + scale)
                 if len(pipe) >= _BATCH:
                     pipe.execute()
+            for live in buckets.all_live():  # every bucket, empty or not: readers check them on every lookup
+                pipe.set(live, sid)
+                if len(pipe) >= _BATCH:
+                    pipe.execute()
+            pipe.execute()  # data and check keys are stored on every node before meta says the snapshot is whole
             state = {"prior": data.prior, **data.codec.state()}
-            for name, arr in state.items():
-                pipe.set(keys.state(sid, name), np.ascontiguousarray(arr, np.float32).tobytes())
             meta = {"fm_version": data.fm_version, "snapshot_id": sid, "created_ms": data.created_ms,
                     "codec": data.codec.params(), "dim": data.dim, "n_users": int(len(data.user_ids)),
                     "n_rows": data.n_rows, "n_ads": int(len(data.ad_ids)), "max_segment": data.max_segment,
-                    "state": sorted(state), "event_ids": True, "coverage": data.coverage}
-            pipe.set(keys.meta(sid), json.dumps(meta))  # meta last: its presence means the snapshot is complete
-            pipe.execute()
-            # Flip: one SET is atomic; readers see the old or the new snapshot id, never a mix.
+                    "state": sorted(state), "event_ids": True, "coverage": data.coverage,
+                    "layout": {"user_buckets": self.user_buckets, "ad_buckets": self.ad_buckets}}
+            fm_slot = self._client.pipeline(transaction=False)  # state and meta share the {fm} slot: one node
+            for name, arr in state.items():
+                fm_slot.set(keys.state(sid, name), np.ascontiguousarray(arr, np.float32).tobytes())
+            fm_slot.set(keys.meta(sid), json.dumps(meta))  # meta last: its presence means the snapshot is complete
+            fm_slot.execute()
+            # Flip: current and the snapshot list share the {fm} slot, so one MULTI switches them on one node;
+            # readers (on any node's clients) see the old or the new snapshot id, never a mix.
             flip = self._client.pipeline(transaction=True)
-            flip.set(keys.current, sid).rpush(keys.snapshots, sid).sadd(keys.versions, data.fm_version)
+            flip.set(keys.current, sid).rpush(keys.snapshots, sid)
             flip.execute()
+            self._client.sadd(keys.versions, data.fm_version)  # its own slot; only names versions in error messages
             self._last = data
             self._apply_retention()
 
     def _apply_retention(self) -> None:
+        """Delete snapshots beyond keep_snapshots: meta, then every bucket's check key, then the data (on every
+        primary). Readers still on a deleted snapshot find a check key missing, refresh and retry."""
         ids = [s.decode() for s in self._client.lrange(self._keys.snapshots, 0, -1)]
         for sid in ids[: max(0, len(ids) - self.retention.keep_snapshots)]:
-            self._client.delete(self._keys.meta(sid))  # first, so readers on it notice and refresh
-            batch = []
-            for key in self._client.scan_iter(match=f"{self._keys.snap(sid)}:*", count=1000):
-                batch.append(key)
-                if len(batch) >= _BATCH:
-                    self._client.unlink(*batch)
-                    batch = []
-            if batch:
-                self._client.unlink(*batch)
+            raw_meta = self._client.get(self._keys.meta(sid))
+            layout = json.loads(raw_meta).get("layout", {}) if raw_meta else {}
+            self._client.delete(self._keys.meta(sid))
+            unlink_keys(self._client, BucketKeys(self._keys, sid, int(layout.get("user_buckets", USER_BUCKETS)),
+                                                 int(layout.get("ad_buckets", AD_BUCKETS))).all_live())
+            for pattern in self._keys.snapshot_patterns(sid):
+                batch = []
+                for key in scan_keys(self._client, pattern):
+                    batch.append(key)
+                    if len(batch) >= 20 * _BATCH:
+                        unlink_keys(self._client, batch)
+                        batch = []
+                unlink_keys(self._client, batch)
             self._client.lrem(self._keys.snapshots, 1, sid)
 
     def close(self) -> None:

@@ -1,37 +1,35 @@
 """Reading a whole Redis snapshot back into CSR arrays (a fresh writer carrying rows into its first publish).
 
-Off the request path: O(store) SCAN + MGET. Kept apart from redis_backend.py to keep both modules small.
+Off the request path: O(store) SCAN on every primary (a cluster's SCAN only sees the node it runs on) + MGETs
+grouped by slot. Kept apart from redis_backend.py to keep both modules small.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import redis
 
+from embedding_cache.redis_client import Client, mget_many, scan_keys
 from embedding_cache.redis_keys import RedisKeys, load_view
 from embedding_cache.snapshot_data import SnapshotData
 
 
-def _scan_values(client: redis.Redis, pattern: str, prefix_len: int) -> tuple[list[int], list[bytes]]:
+def _scan_values(client: Client, pattern: str) -> tuple[list[int], list[bytes]]:
+    """Ids (the key's last `:` field) and values of every key matching `pattern`, on every primary."""
     ids: list[int] = []
     values: list[bytes] = []
-    keys = list(client.scan_iter(match=pattern, count=2000))
-    for i in range(0, len(keys), 2000):
-        chunk = keys[i:i + 2000]
-        for key, value in zip(chunk, client.mget(chunk), strict=True):
-            if value is not None:
-                ids.append(int(key[prefix_len:]))
-                values.append(value)
+    for key, value in mget_many(client, scan_keys(client, pattern, count=2000)):
+        if value is not None:  # deleted between SCAN and MGET
+            ids.append(int(key.rsplit(b":", 1)[1]))
+            values.append(value)
     return ids, values
 
 
-def read_snapshot(client: redis.Redis, keys: RedisKeys, snapshot_id: str) -> SnapshotData:
+def read_snapshot(client: Client, keys: RedisKeys, snapshot_id: str) -> SnapshotData:
     """Rebuild the SnapshotData of a published Redis snapshot."""
     view = load_view(client, keys, snapshot_id)
     bpr, sb, ib = view.bpr, view.scale_bytes, view.id_bytes
     row = view.row_bytes
-    prefix = f"{keys.snap(snapshot_id)}:u:"
-    uids, uvals = _scan_values(client, prefix + "*", len(prefix))
+    uids, uvals = _scan_values(client, keys.user_pattern(snapshot_id))
     order = np.argsort(np.asarray(uids, np.int64), kind="stable")
     ts_parts, code_parts, scale_parts, id_parts, counts = [], [], [], [], []
     for i in order.tolist():
@@ -42,8 +40,7 @@ def read_snapshot(client: redis.Redis, keys: RedisKeys, snapshot_id: str) -> Sna
         code_parts.append(np.frombuffer(value, np.uint8, n * bpr, 8 * n).reshape(n, bpr))
         scale_parts.append(np.frombuffer(value, np.float32, n, (8 + bpr) * n) if sb else np.zeros(0, np.float32))
         id_parts.append(np.frombuffer(value, np.int64, n, (8 + bpr + sb) * n) if ib else np.full(n, -1, np.int64))
-    aprefix = f"{keys.snap(snapshot_id)}:a:"
-    aids, avals = _scan_values(client, aprefix + "*", len(aprefix))
+    aids, avals = _scan_values(client, keys.ad_pattern(snapshot_id))
     aorder = np.argsort(np.asarray(aids, np.int64), kind="stable")
     ablob = np.frombuffer(b"".join(avals[i] for i in aorder.tolist()), np.uint8).reshape(len(aids), bpr + sb)
     empty_codes = np.zeros((0, bpr), np.uint8)

@@ -1,15 +1,12 @@
-"""Fixtures for the embedding-cache tests: a real redis-server and one factory per backend.
+"""Fixtures for the embedding-cache tests: a real redis-server, a real 3-node Redis Cluster, one factory per backend.
 
-Imported by tests/integration/test_cache_*.py (the lead owns tests/conftest.py). The Redis server is
-started once per session on a free 127.0.0.1 port with persistence off, and each test gets a flushed db.
+Imported by tests/integration/test_cache_*.py (the lead owns tests/conftest.py). The Redis server and the cluster
+(3 primaries, no replicas, `redis-cli --cluster create`) are started once per session on free 127.0.0.1 ports with
+persistence off, and each test gets them flushed. Both skip, saying what to install, without redis-server/redis-cli.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,49 +24,48 @@ from embedding_cache import (
     open_reader,
 )
 from embedding_cache.kernels import ENV_SWITCH
+from embedding_cache.redis_local import LocalRedis, LocalRedisCluster, RedisNotInstalledError, free_port
 from embedding_cache.writer import SnapshotWriter
 
 # "memory-numpy": the in-memory store with the fused kernel switched off, so the numpy lookup path passes
 # the whole suite too (the other backends use the kernel whenever numba is installed).
-BACKENDS = ("memory", "memory-numpy", "embedded", "redis")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+BACKENDS = ("memory", "memory-numpy", "embedded", "redis", "redis-cluster")
+__all__ = ["free_port"]
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """URL of a private redis-server; skips when redis-server is not installed."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server not found: install it (apt-get install redis-server) to run the Redis tests")
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield url
-    client.close()
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        server = LocalRedis()
+    except RedisNotInstalledError as exc:
+        pytest.skip(str(exc))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture()
 def redis_url(redis_server: str) -> str:
-    redis.Redis.from_url(redis_server).flushdb()
+    with redis.Redis.from_url(redis_server) as client:
+        client.flushdb()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A private 3-primary Redis Cluster (no replicas); skips when redis-server or redis-cli is missing."""
+    try:
+        cluster = LocalRedisCluster(primaries=3, replicas=0)
+    except RedisNotInstalledError as exc:
+        pytest.skip(str(exc))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture()
+def redis_cluster_url(redis_cluster: LocalRedisCluster) -> str:
+    redis_cluster.flushall()
+    return redis_cluster.url
 
 
 @dataclass
@@ -104,4 +100,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
         return StoreFactory("memory", InMemoryStore())
     if request.param == "embedded":
         return StoreFactory("embedded", tmp_path / "cache")
-    return StoreFactory("redis", request.getfixturevalue("redis_url"))
+    if request.param == "redis":
+        return StoreFactory("redis", request.getfixturevalue("redis_url"))
+    return StoreFactory("redis", request.getfixturevalue("redis_cluster_url"))

@@ -1,4 +1,4 @@
-"""One conformance suite for every embedding-cache backend (memory, embedded, real redis-server)."""
+"""One conformance suite for every embedding-cache backend (memory, embedded, real redis-server, real Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from embedding_cache import FmVersionMismatchError, InvalidLookupError, Retentio
 
 StoreFactory = cache_fixtures.StoreFactory
 redis_server, redis_url, store = cache_fixtures.redis_server, cache_fixtures.redis_url, cache_fixtures.store
+redis_cluster, redis_cluster_url = cache_fixtures.redis_cluster, cache_fixtures.redis_cluster_url
 
 T0 = 1_700_000_000_000
 
