@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from embedding_cache import CacheReader, RetentionConfig, open_reader, open_writer
+from embedding_cache import REDIS_URL_SCHEMES, CacheReader, RetentionConfig, open_reader, open_writer
 from models.data.schema import EventLog
 from models.history import history_tensors
 from models.train import HistorySource
@@ -42,8 +42,9 @@ class CacheLocation:
         if cache_dir and cache_url:
             raise ValueError("give one of --cache-dir and --cache-url, not both")
         if cache_url:
-            if not cache_url.startswith(("redis://", "rediss://", "unix://")):
-                raise ValueError(f"--cache-url must be a redis:// URL, got {cache_url!r}")
+            if not cache_url.startswith(REDIS_URL_SCHEMES):
+                raise ValueError(f"--cache-url must start with one of {', '.join(REDIS_URL_SCHEMES)}, "
+                                 f"got {cache_url!r}")
             return cls("redis", cache_url)
         if cache_dir:
             return cls("embedded", str(cache_dir))

@@ -22,10 +22,12 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from embedding_cache.redis_client import URL_SCHEMES as REDIS_URL_SCHEMES
+
 ENV_PREFIX = "ADRANK_"
 BACKENDS: tuple[str, ...] = ("embedded", "triton")
 CACHE_BACKENDS: tuple[str, ...] = ("embedded", "redis", "none")
-REDIS_SCHEMES: tuple[str, ...] = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES: tuple[str, ...] = REDIS_URL_SCHEMES  # one list of accepted URL schemes, the cache's own
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
