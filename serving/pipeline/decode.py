@@ -11,17 +11,22 @@ the dense matrix is built only when a row carries dense features.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from protos.adrank.v1 import ranking_pb2
 from serving.config import ServerConfig
 from serving.errors import InvalidRequest
 from serving.pipeline.context import RequestContext
 from serving.pipeline.values import DecodedRequest
+from serving.security.throttled_log import ThrottledLog
 
 ScorePayload = bytes | ranking_pb2.ScoreRequest
 
+_TYPE = ranking_pb2.ScoreRequest.DESCRIPTOR.full_name
+SCORE_METHOD = "/adrank.v1.AdRanking/Score"
+_bad_input = ThrottledLog(logging.getLogger(__name__), interval_s=10.0)
 _NO_INTS = np.zeros(0, np.int64)
 _NO_FLOATS = np.zeros(0, np.float64)
 _NO_DENSE = np.zeros((0, 0), np.float32)
@@ -33,8 +38,11 @@ def parse_wire(payload: ScorePayload) -> ranking_pb2.ScoreRequest:
         return payload
     try:
         return ranking_pb2.ScoreRequest.FromString(payload)
-    except DecodeError as exc:
-        raise InvalidRequest(f"request: {len(payload)} bytes are not an adrank.v1.ScoreRequest ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the caller's bad input, never INTERNAL
+        # repeated bad input is logged at most once per interval, never with a traceback
+        _bad_input.warning("undecodable", "undecodable request to %s: %d bytes are not a valid %s (%s)",
+                           SCORE_METHOD, len(payload), _TYPE, type(exc).__name__)
+        raise InvalidRequest(f"request body is not a valid {_TYPE} ({len(payload)} bytes)") from None
 
 
 def decode_rows(req: ranking_pb2.ScoreRequest, *, max_candidates: int, max_dense_features: int) -> DecodedRequest:

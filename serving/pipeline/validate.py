@@ -9,6 +9,7 @@ route, which knows the model.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from serving.config import ServerConfig
 from serving.errors import InvalidRequest
 from serving.pipeline.context import RequestContext
 from serving.pipeline.values import DecodedRequest, ParsedRequest
+
+MAX_MODEL_NAME = 128
+_MODEL_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MODEL_NAME}}}")  # the exporter's rule for model names
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -42,6 +46,9 @@ def validate_request(req: DecodedRequest, config: ServerConfig, default_model: s
     if len(req.request_id) > config.max_request_id_len:
         raise InvalidRequest(f"request_id: {len(req.request_id)} characters exceed the limit of "
                              f"{config.max_request_id_len}")
+    if req.model_name and not _MODEL_NAME.fullmatch(req.model_name):  # never echoed: it may be anything
+        raise InvalidRequest(f"model.name: must be 1..{MAX_MODEL_NAME} letters, digits, '-' or '_' "
+                             f"({len(req.model_name)} characters given)")
     if req.user_id < 0:
         raise InvalidRequest(f"user_id: must be >= 0, got {req.user_id}")
     now = int(time.time() * 1000) if now_ms is None else now_ms

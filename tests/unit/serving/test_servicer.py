@@ -83,7 +83,7 @@ def test_each_failure_leaves_with_its_own_status_and_is_counted():
     bad_top_k = fakes.request(1, top_k=0)
     got = asyncio.run(_call(server, [b"\xff\xff\xff", bad_top_k, fakes.request(1, model={"version": 5}),
                                      fakes.request(2), fakes.request(3), fakes.request(4)]))
-    assert got[0][0] == grpc.StatusCode.INVALID_ARGUMENT and "not an adrank.v1.ScoreRequest" in got[0][1]
+    assert got[0][0] == grpc.StatusCode.INVALID_ARGUMENT and "not a valid adrank.v1.ScoreRequest" in got[0][1]
     assert got[1] == (grpc.StatusCode.INVALID_ARGUMENT, "top_k: must be >= 1 when set, got 0")
     assert got[2][0] == grpc.StatusCode.NOT_FOUND and "no version 5" in got[2][1]
     assert got[3] == (grpc.StatusCode.DEADLINE_EXCEEDED, "vm/1: Triton DEADLINE_EXCEEDED: Deadline Exceeded")

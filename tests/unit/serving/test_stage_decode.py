@@ -43,7 +43,7 @@ def test_optional_fields_decode_to_none_when_absent():
 
 
 def test_undecodable_bytes_are_invalid_argument_naming_the_request():
-    with pytest.raises(InvalidRequest, match=r"^request: 4 bytes are not an adrank.v1.ScoreRequest"):
+    with pytest.raises(InvalidRequest, match=r"^request body is not a valid adrank.v1.ScoreRequest \(4 bytes\)"):
         parse_wire(b"\xff\xff\xff\xff")
 
 
