@@ -1,0 +1,120 @@
+"""The one training loop the FM and every VM variant run.
+
+Why one: seeding, the thread count, the per-epoch permutation, the running loss and its curve, the
+optimizer step and the split of rows across data-parallel ranks are the parts where two copies drift
+apart unnoticed (a curve sampled differently, a rank that sees other rows). What differs between
+models is how a batch becomes a loss, so that is the only thing a caller passes in.
+
+Usage::
+
+    start_run(seed=0, threads=2)                         # before the model is built: its init draws from the seed
+    model = ...; opt = torch.optim.Adam(model.parameters())
+    def step(rows: np.ndarray) -> StepLoss:
+        return StepLoss(loss_of(model, rows))
+    result = run_epochs(train_rows, step, opt, LoopConfig(epochs=2, batch_size=1024, seed=0, desc="train"),
+                        modules=[model])
+    result.loss_curve, result.epochs_run
+
+Distributed (a `models.world.World` of several ranks): every rank draws the same permutation per epoch
+(the same seed and the same number of draws, which is what `DistributedSampler.set_epoch` achieves),
+pads it to a multiple of the world size, takes every `world.size`-th row starting at its rank, and steps with batches of
+`batch_size // world.size`. Rank r's k-th batch is then rows r, r + W, r + 2W, … of the one-process
+k-th batch, so the global batch (what DDP averages the gradient over) holds the same rows as one process
+(but for the last one, which repeats the few head rows the padding added).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.progress import progress_bar
+from models.world import World
+
+CURVE_EVERY = 50  # steps between points of the recorded loss curve
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    epochs: int
+    batch_size: int  # the global batch: split over ranks when distributed
+    seed: int
+    desc: str = "train"
+    progress: bool = True
+
+
+@dataclass
+class StepLoss:
+    """What one step returns: `loss` is what backward runs on; `tracked` feeds the running loss and its
+    curve (the FM tracks its task loss, not the autoencoder's); `shown` adds figures to the progress bar."""
+
+    loss: torch.Tensor
+    tracked: torch.Tensor | None = None
+    shown: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LoopResult:
+    loss_curve: list[float]
+    epochs_run: int
+
+
+Step = Callable[[np.ndarray], StepLoss]
+EpochHook = Callable[[int], bool]  # called with the 0-based epoch after it; True stops training
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def start_run(*, seed: int, threads: int, world: World = World()) -> None:
+    """Seeds every generator and sets the intra-op threads, split between the ranks of this machine so
+    two processes on two cores do not run four threads. Call it before building the model."""
+    seed_everything(seed)
+    torch.set_num_threads(max(1, threads // world.size))
+
+
+def run_epochs(rows: np.ndarray, step: Step, optimizer: torch.optim.Optimizer, config: LoopConfig, *,
+               modules: Iterable[nn.Module], on_epoch_end: EpochHook | None = None,
+               world: World = World()) -> LoopResult:
+    """Trains over `rows` for `config.epochs` epochs (fewer if `on_epoch_end` says stop).
+
+    `step(rows)` builds the batch's loss; the loop zeroes the gradients, runs backward and steps the
+    optimizer. `modules` are put in training mode at the start of every epoch (a hook may have
+    evaluated them in between). Only the main rank shows a progress bar; every rank records the curve of
+    its own batches.
+    """
+    modules = list(modules)
+    rng = np.random.default_rng(config.seed)
+    bs = world.local_batch(config.batch_size)
+    curve: list[float] = []
+    epochs_run = 0
+    for epoch in range(config.epochs):
+        for m in modules:
+            m.train()
+        perm = world.shard(rng.permutation(rows))
+        bar = progress_bar(range(0, len(perm), bs), desc=f"{config.desc} epoch {epoch + 1}/{config.epochs}",
+                           enabled=config.progress and world.is_main)
+        running = 0.0
+        for i, s in enumerate(bar):
+            out = step(perm[s:s + bs])
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            tracked = (out.loss if out.tracked is None else out.tracked).item()
+            running = 0.98 * running + 0.02 * tracked if i else tracked
+            if i % CURVE_EVERY == 0:
+                curve.append(running)
+                bar.set_postfix(loss=f"{running:.4f}", **{k: f"{v.item():.4f}" for k, v in out.shown.items()},
+                                refresh=False)
+        epochs_run = epoch + 1
+        if on_epoch_end is not None and on_epoch_end(epoch):
+            break
+    return LoopResult(curve, epochs_run)
