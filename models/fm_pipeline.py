@@ -100,9 +100,12 @@ class FMBatcher:
         }
 
 
-def fm_version_of(config: FMTrainConfig, source: str, n_events: int) -> str:
-    """A content-derived version: the same config and data give the same fm_version."""
-    digest = hashlib.sha256(json.dumps([asdict(config), source, n_events], sort_keys=True, default=str).encode())
+def fm_version_of(config: FMTrainConfig, source: str, n_events: int, world_size: int = 1) -> str:
+    """A content-derived version: the same config and data give the same fm_version. An FM trained by
+    several processes has other weights than one trained alone (other float sums), so its codes must not
+    mix with that one's under one version: the world size joins the digest when it is above 1."""
+    key = [asdict(config), source, n_events] + ([{"world_size": world_size}] if world_size > 1 else [])
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     return f"fm-{digest.hexdigest()[:10]}"
 
 
@@ -181,7 +184,7 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
     metrics: dict = {"replicas": world.replica_check([model, ae])} if world.distributed else {}
     model.cpu()
     ae.cpu()
-    version = fm_version_of(config, ev.source, len(ev))
+    version = fm_version_of(config, ev.source, len(ev), world.size)
     if not world.is_main:
         return FMArtifacts(model, ae, version, np.empty(0, np.float32), np.empty((0, ae.code_dim), np.float32),
                            metrics, loop.loss_curve, loop.epochs_run, best_epoch, val_ne)
@@ -276,31 +279,70 @@ def check_feature_schema(checkpoint: str | Path, payload: dict, data: VMData) ->
 
 
 def embed_split(fm_path: str | Path, data: VMData, rows: np.ndarray, cache, *, codec: str = "int4",
-                since: int | str | None = None, progress: bool = True):
+                since: int | str | None = None, progress: bool = True, world: World = World(),
+                parts_dir: str | Path | None = None):
     """Codes for `rows` of `data` with the FM at `fm_path`, published to `cache` (a `models.embed.CacheLocation`
     or an embedded store directory) as one new snapshot of that FM's version.
 
     `since`: None embeds every given row; an int (ms) only rows at or after it; "auto" resumes after the
-    high-water mark of the snapshot already published (the nearline path). Returns a `PublishResult`.
+    high-water mark of the snapshot already published (the nearline path). Returns a `PublishResult`
+    (None when there is nothing to embed, and on every rank but 0).
+
+    In a `world` of several ranks, each computes the codes of its users' events (`models.embed.user_shard`:
+    the FM reads only the event's own user's history, so a split by user changes no code) and writes them
+    to `parts_dir`; after a barrier rank 0 publishes all parts as one snapshot, through the same
+    `publish_codes` call one process makes, so the snapshot is the one-process snapshot byte for byte.
     """
     from embedding_cache import open_writer
-    from models.embed import CacheLocation, publish_codes, rows_since
+    from models.embed import CacheLocation, publish_codes, rows_since, user_shard
 
     model, ae, payload = load_fm(fm_path)
     check_feature_schema(fm_path, payload, data)
     cache = cache if isinstance(cache, CacheLocation) else CacheLocation("embedded", str(cache))
-    if since == "auto":
+    if since == "auto":  # every rank reads the mark before rank 0 publishes (the barrier below)
         writer = open_writer(cache.backend, cache.location, payload["fm_version"], dim=ae.code_dim, codec=codec)
         since = writer.current_coverage().get("high_water_ms")
     if since is not None:
         rows = np.intersect1d(rows, rows_since(data.events, int(since)))
+    mine = rows
+    if world.distributed:
+        if parts_dir is None:
+            raise ValueError("a sharded embed needs parts_dir, a directory every rank can write")
+        mine = rows[user_shard(data.events["user_id"][rows], world.size) == world.rank]
+    batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
+    codes = infer_fm(model, ae, batcher, mine, progress=progress and world.is_main)[1] if len(mine) else \
+        np.empty((0, ae.code_dim), np.float32)
+    if world.distributed:
+        _write_part(Path(parts_dir), world.rank, mine, codes)
+        world.barrier()
+        if not world.is_main:
+            return None
+        mine, codes = _read_parts(Path(parts_dir), world.size, rows, ae.code_dim)
     if len(rows) == 0:
         return None  # nothing at or after the high-water mark: no new snapshot
-    batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
-    _, codes = infer_fm(model, ae, batcher, rows, progress=progress)
     full = np.zeros((len(data.events), codes.shape[1]), np.float32)
-    full[rows] = codes
+    full[mine] = codes
     return publish_codes(cache, payload["fm_version"], data.events, rows, full, codec=codec)
+
+
+def _write_part(parts_dir: Path, rank: int, rows: np.ndarray, codes: np.ndarray) -> None:
+    """One rank's rows and float codes, renamed into place so rank 0 never reads half a part."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    tmp = parts_dir / f"part-{rank:05d}.tmp.npz"
+    np.savez(tmp, rows=rows.astype(np.int64), codes=codes)
+    tmp.replace(parts_dir / f"part-{rank:05d}.npz")
+
+
+def _read_parts(parts_dir: Path, size: int, rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's part, checked to cover `rows` exactly once (a lost or doubled part must not publish)."""
+    parts = []
+    for rank in range(size):
+        with np.load(parts_dir / f"part-{rank:05d}.npz", allow_pickle=False) as z:
+            parts.append((z["rows"], z["codes"]))
+    got = np.concatenate([p[0] for p in parts])
+    if len(got) != len(rows) or not np.array_equal(np.sort(got), np.sort(rows)):
+        raise RuntimeError(f"embed parts in {parts_dir} cover {len(got):,} rows, expected {len(rows):,}")
+    return got, np.concatenate([p[1] for p in parts]).reshape(-1, dim)
 
 
 def log_predictions(fm_path: str | Path, data: VMData, path: str | Path, *, progress: bool = True) -> Path:

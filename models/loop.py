@@ -76,8 +76,12 @@ def seed_everything(seed: int) -> None:
 
 def start_run(*, seed: int, threads: int, world: World = World()) -> None:
     """Seeds every generator and sets the intra-op threads, split between the ranks of this machine so
-    two processes on two cores do not run four threads. Call it before building the model."""
-    seed_everything(seed)
+    two processes on two cores do not run four threads. Call it before building the model.
+
+    Rank r seeds with `seed + r`, so each rank draws its own dropout masks instead of the same ones for
+    other rows; rank 0 (and one process) with `seed` itself. The initial weights still agree: wrapping
+    in DDP (`World.wrap`) broadcasts rank 0's parameters to every rank."""
+    seed_everything(seed + world.rank)
     torch.set_num_threads(max(1, threads // world.size))
 
 

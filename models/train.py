@@ -173,7 +173,7 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     adapter = StudentAdapter().to(dev) if distill.adapter else None
     adapter_opt = torch.optim.Adam(adapter.parameters(), lr=1e-2) if adapter is not None else None
-    gen = torch.Generator().manual_seed(train_config.seed)
+    gen = torch.Generator().manual_seed(train_config.seed + world.rank)  # history dropout: per-rank draws
     objective = world.wrap(_VMObjective(model, distill))
     adapter_step = world.wrap(adapter) if adapter is not None else None
 
