@@ -25,7 +25,7 @@ from models.features import SPARSE_FIELDS
 from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
 from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
-from models.loop import LoopConfig, StepLoss, run_epochs, start_run
+from models.loop import Batch, LoopConfig, StepLoss, run_epochs, start_run
 from models.metrics import summarize
 from models.progress import progress_bar, progress_write
 from models.train import VMData, esmm_loss
@@ -152,7 +152,8 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
     val_ne: list[float] = []
     best: tuple[float, int, dict, dict] | None = None
 
-    def step(rows: np.ndarray) -> StepLoss:
+    def step(batch: Batch) -> StepLoss:
+        rows = batch.rows
         ctr_logit, cvr_logit, recon = objective({k: v.to(dev) for k, v in batcher(rows).items()})
         task = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
         return StepLoss(task + config.ae_weight * recon, tracked=task, shown={"recon": recon})

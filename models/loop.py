@@ -9,8 +9,8 @@ Usage::
 
     start_run(seed=0, threads=2)                         # before the model is built: its init draws from the seed
     model = ...; opt = torch.optim.Adam(model.parameters())
-    def step(rows: np.ndarray) -> StepLoss:
-        return StepLoss(loss_of(model, rows))
+    def step(batch: Batch) -> StepLoss:
+        return StepLoss(loss_of(model, batch.rows))
     result = run_epochs(train_rows, step, opt, LoopConfig(epochs=2, batch_size=1024, seed=0, desc="train"),
                         modules=[model])
     result.loss_curve, result.epochs_run
@@ -20,7 +20,9 @@ Distributed (a `models.world.World` of several ranks): every rank draws the same
 pads it to a multiple of the world size, takes every `world.size`-th row starting at its rank, and steps with batches of
 `batch_size // world.size`. Rank r's k-th batch is then rows r, r + W, r + 2W, … of the one-process
 k-th batch, so the global batch (what DDP averages the gradient over) holds the same rows as one process
-(but for the last one, which repeats the few head rows the padding added).
+(but for the last one, which repeats the few head rows the padding added). `Batch.positions` says where
+each row sits in the one-process batch, so a random draw per row (history dropout) can be the draw one
+process makes, and N processes train the model one process trains, up to the order of float additions.
 """
 
 from __future__ import annotations
@@ -58,13 +60,22 @@ class StepLoss:
     shown: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One step's rows on this rank, and where they sit in the batch one process takes at this step."""
+
+    rows: np.ndarray
+    positions: np.ndarray  # index of each row in the one-process batch (padding rows wrap around)
+    size: int  # rows in the one-process batch
+
+
 @dataclass
 class LoopResult:
     loss_curve: list[float]
     epochs_run: int
 
 
-Step = Callable[[np.ndarray], StepLoss]
+Step = Callable[[Batch], StepLoss]
 EpochHook = Callable[[int], bool]  # called with the 0-based epoch after it; True stops training
 
 
@@ -78,9 +89,10 @@ def start_run(*, seed: int, threads: int, world: World = World()) -> None:
     """Seeds every generator and sets the intra-op threads, split between the ranks of this machine so
     two processes on two cores do not run four threads. Call it before building the model.
 
-    Rank r seeds with `seed + r`, so each rank draws its own dropout masks instead of the same ones for
-    other rows; rank 0 (and one process) with `seed` itself. The initial weights still agree: wrapping
-    in DDP (`World.wrap`) broadcasts rank 0's parameters to every rank."""
+    Rank r seeds with `seed + r`, so dropout layers (which draw from the global generator) draw other
+    masks on each rank rather than the same ones for other rows; rank 0 (and one process) with `seed`
+    itself. The initial weights still agree: wrapping in DDP (`World.wrap`) broadcasts rank 0's
+    parameters to every rank."""
     seed_everything(seed + world.rank)
     torch.set_num_threads(max(1, threads // world.size))
 
@@ -90,7 +102,7 @@ def run_epochs(rows: np.ndarray, step: Step, optimizer: torch.optim.Optimizer, c
                world: World = World()) -> LoopResult:
     """Trains over `rows` for `config.epochs` epochs (fewer if `on_epoch_end` says stop).
 
-    `step(rows)` builds the batch's loss; the loop zeroes the gradients, runs backward and steps the
+    `step(batch)` builds the loss of `batch.rows`; the loop zeroes the gradients, runs backward and steps the
     optimizer. `modules` are put in training mode at the start of every epoch (a hook may have
     evaluated them in between). Only the main rank shows a progress bar; every rank records the curve of
     its own batches.
@@ -103,12 +115,15 @@ def run_epochs(rows: np.ndarray, step: Step, optimizer: torch.optim.Optimizer, c
     for epoch in range(config.epochs):
         for m in modules:
             m.train()
-        perm = world.shard(rng.permutation(rows))
+        full = rng.permutation(rows)
+        perm = world.shard(full)
         bar = progress_bar(range(0, len(perm), bs), desc=f"{config.desc} epoch {epoch + 1}/{config.epochs}",
                            enabled=config.progress and world.is_main)
         running = 0.0
         for i, s in enumerate(bar):
-            out = step(perm[s:s + bs])
+            local = perm[s:s + bs]
+            size = min(config.batch_size, len(full) - i * config.batch_size)  # the one-process batch
+            out = step(Batch(local, (np.arange(len(local)) * world.size + world.rank) % size, size))
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             optimizer.step()

@@ -22,7 +22,7 @@ from models.data.splits import per_user_split_mask, time_split_mask
 from models.distill import DistillConfig, StudentAdapter, scale_grad, soft_bce
 from models.features import FeatureSpec, features_from_events
 from models.history import FM_HISTORY, FM_HISTORY_MASK, USER_INDEX
-from models.loop import LoopConfig, StepLoss, run_epochs, start_run
+from models.loop import Batch, LoopConfig, StepLoss, run_epochs, start_run
 from models.loopfm import drop_history
 from models.metrics import summarize
 from models.vm import BASE_INPUTS, VerticalModel, VMConfig
@@ -97,7 +97,10 @@ def prepare_vm_data(events: EventLog, train_config: TrainConfig = TrainConfig())
 
 
 def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: bool = False,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+                 generator: torch.Generator | None = None, batch: Batch | None = None) -> tuple[torch.Tensor, ...]:
+    """The VM's input tensors for `rows`. Training hides whole histories at random (history dropout); with
+    `batch` (a data-parallel step) the draws are the ones one process makes for its whole batch, taken at
+    these rows' positions in it."""
     tensors = [torch.from_numpy(np.ascontiguousarray(data.feats[k][rows])) for k in BASE_INPUTS]
     if config.history_dim:
         if data.history is None:
@@ -107,8 +110,11 @@ def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: boo
         if codes.shape[-1] != config.history_dim:
             raise ValueError(f"history codes have width {codes.shape[-1]}, the VM expects {config.history_dim}")
         m = torch.from_numpy(hist[FM_HISTORY_MASK])
-        if train:
+        if train and batch is None:
             m = drop_history(m, config.history_dropout, generator)
+        elif train:
+            keep = drop_history(torch.ones((batch.size, 1), dtype=m.dtype), config.history_dropout, generator)
+            m = m * keep[torch.from_numpy(batch.positions)]
         tensors += [torch.from_numpy(codes), m, torch.from_numpy(hist[USER_INDEX])]
     return tuple(tensors)
 
@@ -173,12 +179,14 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     adapter = StudentAdapter().to(dev) if distill.adapter else None
     adapter_opt = torch.optim.Adam(adapter.parameters(), lr=1e-2) if adapter is not None else None
-    gen = torch.Generator().manual_seed(train_config.seed + world.rank)  # history dropout: per-rank draws
+    gen = torch.Generator().manual_seed(train_config.seed)  # history dropout: the same stream on every rank
     objective = world.wrap(_VMObjective(model, distill))
     adapter_step = world.wrap(adapter) if adapter is not None else None
 
-    def step(rows: np.ndarray) -> StepLoss:
-        inputs = tuple(t.to(dev) for t in batch_inputs(data, vm_config, rows, train=True, generator=gen))
+    def step(batch: Batch) -> StepLoss:
+        rows = batch.rows
+        inputs = tuple(t.to(dev) for t in batch_inputs(data, vm_config, rows, train=True, generator=gen,
+                                                       batch=batch if world.distributed else None))
         ctr_logit, cvr_logit, *kd = objective(*inputs)
         loss = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
         if distill.mode != "none":

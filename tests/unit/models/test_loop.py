@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.loop import CURVE_EVERY, LoopConfig, StepLoss, run_epochs, start_run
+from models.loop import CURVE_EVERY, Batch, LoopConfig, StepLoss, run_epochs, start_run
 from models.world import World
 
 
@@ -44,7 +44,8 @@ def _with_loop(x, y, *, epochs: int, bs: int, seed: int, hook=None):
     model = nn.Linear(4, 1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 
-    def step(rows: np.ndarray) -> StepLoss:
+    def step(batch: Batch) -> StepLoss:
+        rows = batch.rows
         return StepLoss(nn.functional.binary_cross_entropy_with_logits(model(x[rows]).squeeze(-1), y[rows]))
 
     res = run_epochs(np.arange(len(x)), step, opt, LoopConfig(epochs=epochs, batch_size=bs, seed=seed, progress=False),
@@ -97,3 +98,34 @@ def test_world_refuses_what_cannot_split():
     single = World()
     assert single.shard(np.arange(5)).tolist() == list(range(5)) and single.broadcast(0.5) == 0.5
     assert single.replica_check([nn.Linear(2, 1)])["identical"]
+
+
+def _batches(world: World, n: int, bs: int, epochs: int = 2) -> list[Batch]:
+    """The batches the loop hands a step on `world` (no DDP needed: the step only records)."""
+    w = nn.Parameter(torch.zeros(1))
+    seen: list[Batch] = []
+
+    def step(batch: Batch) -> StepLoss:
+        seen.append(batch)
+        return StepLoss((w * 0).sum())
+
+    run_epochs(np.arange(100, 100 + n), step, torch.optim.SGD([w], lr=0.1),
+               LoopConfig(epochs=epochs, batch_size=bs, seed=3, progress=False), modules=[], world=world)
+    return seen
+
+
+@pytest.mark.parametrize("n", [1000, 1001, 1023])
+def test_batch_positions_point_each_rank_row_at_its_place_in_the_one_process_batch(n):
+    one = _batches(World(), n, 64)
+    ranks = [_batches(World(rank=r, size=2), n, 64) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one)  # as many steps as one process, epochs included
+    for k, b in enumerate(one):
+        np.testing.assert_array_equal(b.positions, np.arange(b.size))
+        covered = np.zeros(b.size, bool)
+        for r in range(2):
+            mine = ranks[r][k]
+            assert mine.size == b.size
+            real = np.arange(len(mine.rows)) * 2 + r < b.size  # the rest are padding rows
+            np.testing.assert_array_equal(b.rows[mine.positions[real]], mine.rows[real])
+            covered[mine.positions[real]] = True
+        assert covered.all()
