@@ -80,6 +80,21 @@ def rows_since(events: EventLog, high_water_ms: int | None) -> np.ndarray:
     return np.flatnonzero(events["ts_ms"] >= int(high_water_ms))
 
 
+def user_shard(user_ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """The shard (0 .. n_shards-1) of each user: splitmix64 of the id, modulo n_shards.
+
+    Why a hash and not `user_id % n`: ids are often assigned in sign-up order or in blocks, and a mixed
+    hash spreads any such pattern evenly. Why this one: it is pure integer arithmetic, so every process,
+    machine and Python version puts a user in the same shard (Python's `hash` of a str is salted per
+    process)."""
+    z = np.asarray(user_ids).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):  # the mixing wraps modulo 2**64 on purpose
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return (z % np.uint64(n_shards)).astype(np.int64)
+
+
 def publish_codes(cache: CacheLocation | str | os.PathLike, fm_version: str, events: EventLog, rows: np.ndarray,
                   codes: np.ndarray, *, codec: str = "int4", max_per_user: int = 256) -> PublishResult:
     """Writes (user_id, event time, event_id, code) for `rows` as a new snapshot of `fm_version`.

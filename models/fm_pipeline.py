@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.checkpoint import CheckpointError, load_payload, save_atomic
 from models.data.schema import EventLog
@@ -24,9 +25,11 @@ from models.features import SPARSE_FIELDS
 from models.fm.autoencoder import CodeAutoencoder, matryoshka_loss
 from models.fm.model import FMConfig, FoundationModel
 from models.history import HistoryIndex
+from models.loop import Batch, LoopConfig, StepLoss, run_epochs, start_run
 from models.metrics import summarize
 from models.progress import progress_bar, progress_write
-from models.train import VMData, esmm_loss, seed_everything
+from models.train import VMData, esmm_loss
+from models.world import World
 
 MS_PER_HOUR = 3_600_000.0
 
@@ -97,72 +100,100 @@ class FMBatcher:
         }
 
 
-def fm_version_of(config: FMTrainConfig, source: str, n_events: int) -> str:
-    """A content-derived version: the same config and data give the same fm_version."""
-    digest = hashlib.sha256(json.dumps([asdict(config), source, n_events], sort_keys=True, default=str).encode())
+def fm_version_of(config: FMTrainConfig, source: str, n_events: int, world_size: int = 1) -> str:
+    """A content-derived version: the same config and data give the same fm_version. An FM trained by
+    several processes has other weights than one trained alone (other float sums), so its codes must not
+    mix with that one's under one version: the world size joins the digest when it is above 1."""
+    key = [asdict(config), source, n_events] + ([{"world_size": world_size}] if world_size > 1 else [])
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode())
     return f"fm-{digest.hexdigest()[:10]}"
 
 
-def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True) -> FMArtifacts:
-    seed_everything(config.seed)
-    torch.set_num_threads(config.threads)
+class _FMObjective(nn.Module):
+    """The FM's training forward (task logits + the autoencoder's Matryoshka loss on a stop-gradient copy
+    of Hidden-0) as one module, so DistributedDataParallel can wrap FM and autoencoder together."""
+
+    def __init__(self, model: FoundationModel, ae: CodeAutoencoder, prefixes: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model, self.ae, self.prefixes = model, ae, prefixes
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(**batch)
+        recon = matryoshka_loss(out.hidden0.detach(), self.ae, prefixes=self.prefixes)  # stop-gradient into the FM
+        return out.ctr_logit, out.cvr_logit, recon
+
+
+def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress: bool = True,
+             world: World = World()) -> FMArtifacts:
+    """Trains the FM and its code autoencoder, keeping the epoch with the best validation NE, then logs
+    the FM's prediction (DAS) and code for every row.
+
+    In a `world` of several ranks each trains on its shard of every epoch's batches under DDP; rank 0
+    judges early stopping and tells the others, and alone runs the final pass (the other ranks' artefacts
+    have empty logits and codes), with `metrics["replicas"]` recording that every rank ended with the same
+    weights."""
+    start_run(seed=config.seed, threads=config.threads, world=world)
     fm_cfg = FMConfig(**{"n_items": int(data.events.cardinality["ad_id"]) + 1,
                          "n_categories": int(data.events.cardinality["category"]) + 1,
                          "n_sparse": data.spec.vocab_size, "n_sparse_fields": data.spec.n_fields,
                          "dense_dim": data.spec.dense_width, "max_len": config.history_len,
                          "shared_target_vocab": True, **config.fm})
     batcher = FMBatcher(data, config.history_len, shared_vocab=fm_cfg.shared_target_vocab)
-    model = FoundationModel(fm_cfg)
-    ae = CodeAutoencoder(in_dim=model.hidden_dim, code_dim=config.code_dim)
+    dev = world.device
+    model = FoundationModel(fm_cfg).to(dev)
+    ae = CodeAutoencoder(in_dim=model.hidden_dim, code_dim=config.code_dim).to(dev)
     params = list(model.parameters()) + list(ae.parameters())
     opt = torch.optim.Adam(params, lr=config.lr)
     ev = data.events
-    click = torch.from_numpy(ev["click"].astype(np.float32))
-    conv = torch.from_numpy(ev["conversion"].astype(np.float32))
-    rng = np.random.default_rng(config.seed)
+    click = torch.from_numpy(ev["click"].astype(np.float32)).to(dev)
+    conv = torch.from_numpy(ev["conversion"].astype(np.float32)).to(dev)
     fit_rows, val_rows = validation_split(data, config.validation_fraction)
-    curve: list[float] = []
+    objective = world.wrap(_FMObjective(model, ae, config.matryoshka))
     val_ne: list[float] = []
     best: tuple[float, int, dict, dict] | None = None
-    for epoch in range(config.epochs):
-        model.train()
-        perm = rng.permutation(fit_rows)
-        bar = progress_bar(range(0, len(perm), config.batch_size), desc=f"train fm epoch {epoch + 1}/{config.epochs}",
-                           enabled=progress)
-        running = 0.0
-        for step, s in enumerate(bar):
-            rows = perm[s:s + config.batch_size]
-            out = model(**batcher(rows))
-            task = esmm_loss(out.ctr_logit, out.cvr_logit, click[rows], conv[rows])
-            recon = matryoshka_loss(out.hidden0.detach(), ae, prefixes=config.matryoshka)  # stop-gradient into the FM
-            loss = task + config.ae_weight * recon
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running = 0.98 * running + 0.02 * task.item() if step else task.item()
-            if step % 50 == 0:
-                curve.append(running)
-                bar.set_postfix(loss=f"{running:.4f}", recon=f"{recon.item():.4f}", refresh=False)
-        if len(val_rows):
+
+    def step(batch: Batch) -> StepLoss:
+        rows = batch.rows
+        ctr_logit, cvr_logit, recon = objective({k: v.to(dev) for k, v in batcher(rows).items()})
+        task = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
+        return StepLoss(task + config.ae_weight * recon, tracked=task, shown={"recon": recon})
+
+    def early_stop(epoch: int) -> bool:
+        nonlocal best
+        if not len(val_rows):
+            return False
+        ne = float("nan")
+        if world.is_main:
             val_logits, _ = infer_fm(model, ae, batcher, val_rows, progress=False)
-            val_ne.append(fm_metrics(ev, val_rows, val_logits)["ne"])
+            ne = fm_metrics(ev, val_rows, val_logits)["ne"]
             if progress:
-                progress_write(f"fm epoch {epoch + 1}: validation NE {val_ne[-1]:.4f}")
-            if best is None or val_ne[-1] < best[0]:
-                best = (val_ne[-1], epoch + 1, copy.deepcopy(model.state_dict()), copy.deepcopy(ae.state_dict()))
-            elif epoch + 1 - best[1] >= config.patience:
-                break
-    epochs_run = epoch + 1
-    best_epoch = epochs_run
+                progress_write(f"fm epoch {epoch + 1}: validation NE {ne:.4f}")
+        val_ne.append(world.broadcast(ne))
+        if best is None or val_ne[-1] < best[0]:
+            best = (val_ne[-1], epoch + 1, copy.deepcopy(model.state_dict()), copy.deepcopy(ae.state_dict()))
+            return False
+        return epoch + 1 - best[1] >= config.patience
+
+    loop = run_epochs(fit_rows, step, opt, LoopConfig(epochs=config.epochs, batch_size=config.batch_size,
+                                                      seed=config.seed, desc="train fm", progress=progress),
+                      modules=[model], on_epoch_end=early_stop, world=world)
+    best_epoch = loop.epochs_run
     if best is not None:  # keep the epoch that generalised best, not the last one
         best_epoch = best[1]
         model.load_state_dict(best[2])
         ae.load_state_dict(best[3])
+    metrics: dict = {"replicas": world.replica_check([model, ae])} if world.distributed else {}
+    model.cpu()
+    ae.cpu()
+    version = fm_version_of(config, ev.source, len(ev), world.size)
+    if not world.is_main:
+        return FMArtifacts(model, ae, version, np.empty(0, np.float32), np.empty((0, ae.code_dim), np.float32),
+                           metrics, loop.loss_curve, loop.epochs_run, best_epoch, val_ne)
     logits, codes = infer_fm(model, ae, batcher, np.arange(len(ev)), progress=progress)
     test = data.test_idx
-    metrics = {"test": {f"ctr_{k}": v for k, v in fm_metrics(ev, test, logits[test]).items()}}
-    return FMArtifacts(model, ae, fm_version_of(config, ev.source, len(ev)), logits, codes, metrics, curve,
-                       epochs_run, best_epoch, val_ne)
+    metrics = {"test": {f"ctr_{k}": v for k, v in fm_metrics(ev, test, logits[test]).items()}, **metrics}
+    return FMArtifacts(model, ae, version, logits, codes, metrics, loop.loss_curve, loop.epochs_run, best_epoch,
+                       val_ne)
 
 
 def fm_metrics(events: EventLog, rows: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -188,13 +219,14 @@ def infer_fm(model: FoundationModel, ae: CodeAutoencoder, batcher: FMBatcher, ro
              batch_size: int = 2048, *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One FM pass per example: the DAS log (pCTR logit) and the event's code, both from its inputs."""
     model.eval()
+    dev = next(model.parameters()).device  # early stopping evaluates a model still on its training device
     logits = np.empty(len(rows), np.float32)
     codes = np.empty((len(rows), ae.code_dim), np.float32)
     for s in progress_bar(range(0, len(rows), batch_size), desc="fm inference (DAS log + codes)", enabled=progress):
         sl = slice(s, s + batch_size)
-        out = model(**batcher(rows[sl]))
-        logits[sl] = out.ctr_logit.numpy()
-        codes[sl] = ae.encode(out.hidden0).numpy()
+        out = model(**{k: v.to(dev) for k, v in batcher(rows[sl]).items()})
+        logits[sl] = out.ctr_logit.cpu().numpy()
+        codes[sl] = ae.encode(out.hidden0).cpu().numpy()
     return logits, codes
 
 
@@ -248,31 +280,70 @@ def check_feature_schema(checkpoint: str | Path, payload: dict, data: VMData) ->
 
 
 def embed_split(fm_path: str | Path, data: VMData, rows: np.ndarray, cache, *, codec: str = "int4",
-                since: int | str | None = None, progress: bool = True):
+                since: int | str | None = None, progress: bool = True, world: World = World(),
+                parts_dir: str | Path | None = None):
     """Codes for `rows` of `data` with the FM at `fm_path`, published to `cache` (a `models.embed.CacheLocation`
     or an embedded store directory) as one new snapshot of that FM's version.
 
     `since`: None embeds every given row; an int (ms) only rows at or after it; "auto" resumes after the
-    high-water mark of the snapshot already published (the nearline path). Returns a `PublishResult`.
+    high-water mark of the snapshot already published (the nearline path). Returns a `PublishResult`
+    (None when there is nothing to embed, and on every rank but 0).
+
+    In a `world` of several ranks, each computes the codes of its users' events (`models.embed.user_shard`:
+    the FM reads only the event's own user's history, so a split by user changes no code) and writes them
+    to `parts_dir`; after a barrier rank 0 publishes all parts as one snapshot, through the same
+    `publish_codes` call one process makes, so the snapshot is the one-process snapshot byte for byte.
     """
     from embedding_cache import open_writer
-    from models.embed import CacheLocation, publish_codes, rows_since
+    from models.embed import CacheLocation, publish_codes, rows_since, user_shard
 
     model, ae, payload = load_fm(fm_path)
     check_feature_schema(fm_path, payload, data)
     cache = cache if isinstance(cache, CacheLocation) else CacheLocation("embedded", str(cache))
-    if since == "auto":
+    if since == "auto":  # every rank reads the mark before rank 0 publishes (the barrier below)
         writer = open_writer(cache.backend, cache.location, payload["fm_version"], dim=ae.code_dim, codec=codec)
         since = writer.current_coverage().get("high_water_ms")
     if since is not None:
         rows = np.intersect1d(rows, rows_since(data.events, int(since)))
+    mine = rows
+    if world.distributed:
+        if parts_dir is None:
+            raise ValueError("a sharded embed needs parts_dir, a directory every rank can write")
+        mine = rows[user_shard(data.events["user_id"][rows], world.size) == world.rank]
+    batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
+    codes = infer_fm(model, ae, batcher, mine, progress=progress and world.is_main)[1] if len(mine) else \
+        np.empty((0, ae.code_dim), np.float32)
+    if world.distributed:
+        _write_part(Path(parts_dir), world.rank, mine, codes)
+        world.barrier()
+        if not world.is_main:
+            return None
+        mine, codes = _read_parts(Path(parts_dir), world.size, rows, ae.code_dim)
     if len(rows) == 0:
         return None  # nothing at or after the high-water mark: no new snapshot
-    batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
-    _, codes = infer_fm(model, ae, batcher, rows, progress=progress)
     full = np.zeros((len(data.events), codes.shape[1]), np.float32)
-    full[rows] = codes
+    full[mine] = codes
     return publish_codes(cache, payload["fm_version"], data.events, rows, full, codec=codec)
+
+
+def _write_part(parts_dir: Path, rank: int, rows: np.ndarray, codes: np.ndarray) -> None:
+    """One rank's rows and float codes, renamed into place so rank 0 never reads half a part."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    tmp = parts_dir / f"part-{rank:05d}.tmp.npz"
+    np.savez(tmp, rows=rows.astype(np.int64), codes=codes)
+    tmp.replace(parts_dir / f"part-{rank:05d}.npz")
+
+
+def _read_parts(parts_dir: Path, size: int, rows: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's part, checked to cover `rows` exactly once (a lost or doubled part must not publish)."""
+    parts = []
+    for rank in range(size):
+        with np.load(parts_dir / f"part-{rank:05d}.npz", allow_pickle=False) as z:
+            parts.append((z["rows"], z["codes"]))
+    got = np.concatenate([p[0] for p in parts])
+    if len(got) != len(rows) or not np.array_equal(np.sort(got), np.sort(rows)):
+        raise RuntimeError(f"embed parts in {parts_dir} cover {len(got):,} rows, expected {len(rows):,}")
+    return got, np.concatenate([p[1] for p in parts]).reshape(-1, dim)
 
 
 def log_predictions(fm_path: str | Path, data: VMData, path: str | Path, *, progress: bool = True) -> Path:

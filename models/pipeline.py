@@ -4,7 +4,11 @@
 history read from the embedding cache, sum or target-attention pooling), KD from the FM's DAS log (single
 head or ExFM's auxiliary head, with or without the student adapter), and their combinations. A LoopFM or
 KD job names the FM checkpoint it builds on; the VM checkpoint then records that FM's version and the
-history spec serving needs.
+history spec serving needs. `run_fm_job` (`adrank train fm`) and `run_embed_job` (`adrank embed`) are
+the FM's two jobs.
+
+Every job is a frozen dataclass of plain fields, so `models.distributed` can hand it to torchrun workers
+as JSON; each job takes the `World` it runs in, and only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from models.data.schema import EventLog
 from models.distill import DistillConfig
 from models.train import TrainConfig, TrainResult, fit_vm, prepare_vm_data, save_checkpoint
 from models.vm import VMConfig
+from models.world import World
 
 CHECKPOINT = "vm.pt"
 CATALOG = "catalog.npz"
@@ -78,13 +83,58 @@ class TrainJob:
         return DistillConfig()
 
 
-def load_events(job: TrainJob) -> EventLog:
+@dataclass(frozen=True, kw_only=True)
+class FMJob:
+    """One `adrank train fm` run: the FM + its code autoencoder, then fm.pt and the DAS log in `out_dir`."""
+
+    dataset: str = "synthetic"
+    n_events: int = 300_000
+    seed: int = 0
+    epochs: int = 2
+    data_path: str | None = None
+    events_file: str | None = None
+    out_dir: str = "runs/demo"
+
+
+EMBED_SPLITS = ("train", "test", "all")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedJob:
+    """One `adrank embed` run: codes of a split's events published as one snapshot of the FM's version."""
+
+    dataset: str = "synthetic"
+    n_events: int = 300_000
+    seed: int = 0
+    data_path: str | None = None
+    events_file: str | None = None
+    fm_checkpoint: str = "runs/demo/fm.pt"
+    split: str = "all"
+    cache_dir: str | None = None
+    cache_url: str | None = None
+    codec: str = "int4"
+    since: str | None = None  # None: every row; "auto": after the published high-water mark; or a time in ms
+
+    def __post_init__(self) -> None:
+        if self.split not in EMBED_SPLITS:
+            raise JobError(f"--split must be one of {EMBED_SPLITS}, got {self.split!r}")
+        if self.since not in (None, "auto") and not str(self.since).lstrip("-").isdigit():
+            raise JobError(f"--since must be 'auto' or a time in ms, got {self.since!r}")
+
+    @property
+    def since_value(self) -> int | str | None:
+        return self.since if self.since in (None, "auto") else int(self.since)
+
+
+def load_events(job: TrainJob | FMJob | EmbedJob) -> EventLog:
     if job.events_file:
         return EventLog.load(job.events_file)
     return load_dataset(job.dataset, n_events=job.n_events, seed=job.seed, path=job.data_path)
 
 
-def run_train_job(job: TrainJob, *, progress: bool = True) -> tuple[TrainResult, Path]:
+def run_train_job(job: TrainJob, *, progress: bool = True, world: World = World()) -> tuple[TrainResult, Path | None]:
+    """Trains the job's VM variant; rank 0 writes vm.pt, the catalog and metrics.json (other ranks
+    return no path)."""
     events = load_events(job)
     tc = TrainConfig.for_dataset(events.source, epochs=job.epochs, seed=job.seed)
     data = prepare_vm_data(events, tc)
@@ -99,12 +149,77 @@ def run_train_job(job: TrainJob, *, progress: bool = True) -> tuple[TrainResult,
         vm_config, history = _attach_history(job, data, vm_config)
     if job.kd != "none":
         distill_record = _attach_das(job, data)
-    result = fit_vm(data, vm_config, tc, job.distill, progress=progress)
+    result = fit_vm(data, vm_config, tc, job.distill, progress=progress, world=world)
+    if not world.is_main:
+        return result, None
     out = Path(job.out_dir)
     ckpt = save_checkpoint(result, out / CHECKPOINT, history=history, distill=distill_record)
     save_catalog(build_catalog(events, result.spec.recent_k), out / CATALOG)
     (out / METRICS).write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
     return result, ckpt
+
+
+def vm_summary(job: TrainJob, result: TrainResult, ckpt: Path) -> str:
+    """The line `adrank train vm` ends with."""
+    t = result.metrics["test"]
+    variant = f"history={job.history} kd={job.kd}" + (f" ({job.kd_strength:g})" if job.kd != "none" else "")
+    line = (f"VM ({variant}, fm_version {result.fm_version}) → {ckpt}: test CTR AUC {t['ctr_auc']:.4f} "
+            f"NE {t['ctr_ne']:.4f}; CVR AUC {t.get('cvr_auc', float('nan')):.4f}")
+    return line + _replicas_note(result.metrics)
+
+
+def run_fm_job(job: FMJob, *, progress: bool = True, world: World = World()) -> str | None:
+    """Trains the FM; rank 0 writes fm.pt and the DAS log of every example and returns the summary line."""
+    from models.das import DAS_FILE, write_das
+    from models.fm_pipeline import FMTrainConfig, save_fm, train_fm
+
+    events = load_events(job)
+    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
+    config = FMTrainConfig(epochs=job.epochs, seed=job.seed)
+    fm = train_fm(data, config, progress=progress, world=world)
+    if not world.is_main:
+        return None
+    path = save_fm(fm, data, config, Path(job.out_dir) / "fm.pt")
+    das = write_das(Path(job.out_dir) / DAS_FILE, fm.fm_version, events["event_id"], fm.logits, source=events.source)
+    t = fm.metrics["test"]
+    return (f"FM {fm.fm_version} → {path}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}; "
+            f"DAS log of {len(events):,} examples → {das}") + _replicas_note(fm.metrics)
+
+
+def run_embed_job(job: EmbedJob, *, progress: bool = True, world: World = World(),
+                  parts_dir: str | Path | None = None) -> str:
+    """Codes for the job's split, published as one snapshot. Across ranks, each computes its users' codes
+    into `parts_dir` and rank 0 publishes them together (`models.fm_pipeline.embed_split`); returns the
+    summary line (empty on the other ranks)."""
+    import numpy as np
+
+    from models.embed import CacheLocation
+    from models.fm_pipeline import embed_split
+
+    try:
+        cache = CacheLocation.from_flags(job.cache_dir, job.cache_url)
+    except ValueError as exc:
+        raise JobError(str(exc)) from exc
+    events = load_events(job)
+    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
+    rows = {"train": data.train_idx, "test": data.test_idx, "all": np.arange(len(events))}[job.split]
+    res = embed_split(job.fm_checkpoint, data, rows, cache, codec=job.codec, since=job.since_value,
+                      progress=progress, world=world, parts_dir=parts_dir)
+    if not world.is_main:
+        return ""
+    if res is None:
+        return f"nothing to embed: no {job.split}-split event at or after the published high-water mark ({cache})"
+    ranks = f" from {world.size} processes" if world.distributed else ""
+    return (f"{res.rows_offered:,} codes of {res.fm_version} ({job.split} split, {res.codec}){ranks} published as "
+            f"snapshot {res.snapshot_id} in {cache}: {res.rows_before:,} → {res.rows_after:,} rows "
+            f"(+{res.rows_added:,}), high-water mark {res.high_water_ms}")
+
+
+def _replicas_note(metrics: dict) -> str:
+    rep = metrics.get("replicas")
+    if not rep:
+        return ""
+    return f"; {rep['world_size']} processes, replica weights {'identical' if rep['identical'] else 'DIFFER'}"
 
 
 def _attach_history(job: TrainJob, data, vm_config: VMConfig) -> tuple[VMConfig, dict]:

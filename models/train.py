@@ -7,7 +7,6 @@ experiment runs many variants over one `VMData`, so the FM runs once per example
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models.checkpoint import load_payload, save_atomic
 from models.data.schema import EventLog
@@ -22,10 +22,11 @@ from models.data.splits import per_user_split_mask, time_split_mask
 from models.distill import DistillConfig, StudentAdapter, scale_grad, soft_bce
 from models.features import FeatureSpec, features_from_events
 from models.history import FM_HISTORY, FM_HISTORY_MASK, USER_INDEX
+from models.loop import Batch, LoopConfig, StepLoss, run_epochs, start_run
 from models.loopfm import drop_history
 from models.metrics import summarize
-from models.progress import progress_bar
 from models.vm import BASE_INPUTS, VerticalModel, VMConfig
+from models.world import World
 
 # (rows, L) -> the HISTORY_INPUTS tensors (models.history.history_tensors) of the FM codes strictly before
 # each row's time, one user per row
@@ -86,12 +87,6 @@ def esmm_loss(ctr_logit: torch.Tensor, cvr_logit: torch.Tensor, click: torch.Ten
         p_ctcvr.clamp(1e-7, 1 - 1e-7), conversion)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def prepare_vm_data(events: EventLog, train_config: TrainConfig = TrainConfig()) -> VMData:
     """Features on the whole log (history features only look strictly backwards), then the split."""
     spec = FeatureSpec.from_cardinality(events.cardinality)
@@ -102,7 +97,10 @@ def prepare_vm_data(events: EventLog, train_config: TrainConfig = TrainConfig())
 
 
 def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: bool = False,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+                 generator: torch.Generator | None = None, batch: Batch | None = None) -> tuple[torch.Tensor, ...]:
+    """The VM's input tensors for `rows`. Training hides whole histories at random (history dropout); with
+    `batch` (a data-parallel step) the draws are the ones one process makes for its whole batch, taken at
+    these rows' positions in it."""
     tensors = [torch.from_numpy(np.ascontiguousarray(data.feats[k][rows])) for k in BASE_INPUTS]
     if config.history_dim:
         if data.history is None:
@@ -112,13 +110,17 @@ def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: boo
         if codes.shape[-1] != config.history_dim:
             raise ValueError(f"history codes have width {codes.shape[-1]}, the VM expects {config.history_dim}")
         m = torch.from_numpy(hist[FM_HISTORY_MASK])
-        if train:
+        if train and batch is None:
             m = drop_history(m, config.history_dropout, generator)
+        elif train:
+            keep = drop_history(torch.ones((batch.size, 1), dtype=m.dtype), config.history_dropout, generator)
+            m = m * keep[torch.from_numpy(batch.positions)]
         tensors += [torch.from_numpy(codes), m, torch.from_numpy(hist[USER_INDEX])]
     return tuple(tensors)
 
 
-def predict(model: VerticalModel, data: VMData, rows: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: VerticalModel, data: VMData, rows: np.ndarray,
+            batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     ctr, cvr = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
     with torch.no_grad():
@@ -140,64 +142,82 @@ def evaluate(events: EventLog, p_ctr: np.ndarray, p_cvr: np.ndarray) -> dict[str
     return out
 
 
+class _VMObjective(nn.Module):
+    """The VM's training forward (trunk, heads, and the KD head in aux mode) as one module, so
+    DistributedDataParallel can wrap it: DDP averages gradients only for a forward run through it."""
+
+    def __init__(self, model: VerticalModel, distill: DistillConfig) -> None:
+        super().__init__()
+        self.model, self.aux, self.grad_scale = model, distill.mode == "aux", distill.grad_scale
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.model.trunk(*inputs)
+        logits = (self.model.ctr_head(h).squeeze(-1), self.model.cvr_head(h).squeeze(-1))
+        if self.aux:
+            logits += (self.model.kd_head(scale_grad(h, self.grad_scale)).squeeze(-1),)
+        return logits
+
+
 def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainConfig = TrainConfig(),
-           distill: DistillConfig = DistillConfig(), *, progress: bool = True, desc: str = "train vm") -> TrainResult:
-    """Trains one VM variant with the ESMM loss (+ KD per `distill`) and evaluates on the test rows."""
-    seed_everything(train_config.seed)
-    torch.set_num_threads(train_config.threads)
+           distill: DistillConfig = DistillConfig(), *, progress: bool = True, desc: str = "train vm",
+           world: World = World()) -> TrainResult:
+    """Trains one VM variant with the ESMM loss (+ KD per `distill`) and evaluates on the test rows.
+
+    In a `world` of several ranks each trains on its shard of every epoch's batches under DDP; rank 0
+    alone evaluates (the other ranks' results carry no test metrics), and `metrics["replicas"]` records
+    that every rank ended with the same weights."""
+    start_run(seed=train_config.seed, threads=train_config.threads, world=world)
     if distill.mode != "none" and data.fm_logits is None:
         raise ValueError("distillation needs VMData.fm_logits (the DAS log of FM predictions)")
     if distill.mode == "aux" and not vm_config.aux_head:
         vm_config = replace(vm_config, aux_head=True)
-    events = data.events
-    click = torch.from_numpy(events["click"].astype(np.float32))
-    conv = torch.from_numpy(events["conversion"].astype(np.float32))
-    fm_logits = torch.from_numpy(data.fm_logits.astype(np.float32)) if data.fm_logits is not None else None
-    model = VerticalModel(data.spec, vm_config)
+    events, dev = data.events, world.device
+    click = torch.from_numpy(events["click"].astype(np.float32)).to(dev)
+    conv = torch.from_numpy(events["conversion"].astype(np.float32)).to(dev)
+    fm_logits = torch.from_numpy(data.fm_logits.astype(np.float32)).to(dev) if data.fm_logits is not None else None
+    model = VerticalModel(data.spec, vm_config).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
-    adapter = StudentAdapter() if distill.adapter else None
+    adapter = StudentAdapter().to(dev) if distill.adapter else None
     adapter_opt = torch.optim.Adam(adapter.parameters(), lr=1e-2) if adapter is not None else None
-    gen = torch.Generator().manual_seed(train_config.seed)
-    rng = np.random.default_rng(train_config.seed)
-    curve: list[float] = []
-    bs = train_config.batch_size
-    for epoch in range(train_config.epochs):
-        model.train()
-        perm = rng.permutation(data.train_idx)
-        bar = progress_bar(range(0, len(perm), bs), desc=f"{desc} epoch {epoch + 1}/{train_config.epochs}",
-                           enabled=progress)
-        running = 0.0
-        for step, s in enumerate(bar):
-            rows = perm[s:s + bs]
-            h = model.trunk(*batch_inputs(data, vm_config, rows, train=True, generator=gen))
-            ctr_logit, cvr_logit = model.ctr_head(h).squeeze(-1), model.cvr_head(h).squeeze(-1)
-            loss = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
-            if distill.mode != "none":
-                fm = fm_logits[rows]
-                if adapter is not None:  # fit the adapter to fresh labels first, then distil from it
-                    a_loss = F.binary_cross_entropy_with_logits(adapter(fm), click[rows])
-                    adapter_opt.zero_grad(set_to_none=True)
-                    a_loss.backward()
-                    adapter_opt.step()
-                    with torch.no_grad():
-                        fm = adapter(fm)
-                target = distill.label_scale * torch.sigmoid(fm)
-                if distill.mode == "single":
-                    loss = loss + distill.weight * soft_bce(ctr_logit, target)
-                else:
-                    kd_logit = model.kd_head(scale_grad(h, distill.grad_scale)).squeeze(-1)
-                    loss = loss + distill.weight * soft_bce(kd_logit, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
-            if step % 50 == 0:
-                curve.append(running)
-                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-    p_ctr, p_cvr = predict(model, data, data.test_idx)
-    metrics = {"test": evaluate(events.take(data.test_idx), p_ctr, p_cvr),
-               "sizes": {"train": int(len(data.train_idx)), "test": int(len(data.test_idx))}}
-    return TrainResult(model, data.spec, vm_config, train_config, metrics, curve, events.source, data.fm_version, p_ctr)
+    gen = torch.Generator().manual_seed(train_config.seed)  # history dropout: the same stream on every rank
+    objective = world.wrap(_VMObjective(model, distill))
+    adapter_step = world.wrap(adapter) if adapter is not None else None
+
+    def step(batch: Batch) -> StepLoss:
+        rows = batch.rows
+        inputs = tuple(t.to(dev) for t in batch_inputs(data, vm_config, rows, train=True, generator=gen,
+                                                       batch=batch if world.distributed else None))
+        ctr_logit, cvr_logit, *kd = objective(*inputs)
+        loss = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
+        if distill.mode != "none":
+            fm = fm_logits[rows]
+            if adapter is not None:  # fit the adapter to fresh labels first, then distil from it
+                a_loss = F.binary_cross_entropy_with_logits(adapter_step(fm), click[rows])
+                adapter_opt.zero_grad(set_to_none=True)
+                a_loss.backward()
+                adapter_opt.step()
+                with torch.no_grad():
+                    fm = adapter(fm)
+            target = distill.label_scale * torch.sigmoid(fm)
+            student = ctr_logit if distill.mode == "single" else kd[0]
+            loss = loss + distill.weight * soft_bce(student, target)
+        return StepLoss(loss)
+
+    loop = run_epochs(data.train_idx, step, opt,
+                      LoopConfig(epochs=train_config.epochs, batch_size=train_config.batch_size,
+                                 seed=train_config.seed, desc=desc, progress=progress),
+                      modules=[model], world=world)
+    metrics: dict = {}
+    if world.distributed:
+        metrics["replicas"] = world.replica_check([model] + ([adapter] if adapter is not None else []))
+    model.cpu()
+    p_ctr = None
+    if world.is_main:
+        p_ctr, p_cvr = predict(model, data, data.test_idx)
+        metrics = {"test": evaluate(events.take(data.test_idx), p_ctr, p_cvr),
+                   "sizes": {"train": int(len(data.train_idx)), "test": int(len(data.test_idx))}, **metrics}
+    return TrainResult(model, data.spec, vm_config, train_config, metrics, loop.loss_curve, events.source,
+                       data.fm_version, p_ctr)
 
 
 def train_vm(events: EventLog, vm_config: VMConfig = VMConfig(), train_config: TrainConfig = TrainConfig(),

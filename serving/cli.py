@@ -28,36 +28,34 @@ def _cmd_data(a: argparse.Namespace) -> int:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    """`--nproc N` > 1 hands the same job to N torchrun workers (models.distributed); rank 0 prints."""
     if a.what == "fm":
         return _cmd_train_fm(a)
-    from models.pipeline import TrainJob, run_train_job
+    from models.pipeline import TrainJob, run_train_job, vm_summary
 
     job = TrainJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs, data_path=a.data_path,
                    events_file=a.events_file, out_dir=a.out, fm_checkpoint=a.fm_checkpoint, cache_dir=a.cache_dir,
                    cache_url=a.cache_url, history=a.history, history_len=a.history_len,
                    history_width=a.history_width, kd=a.kd, kd_strength=a.kd_strength, adapter=a.adapter, das=a.das)
+    if a.nproc != 1:
+        from models.distributed import launch
+
+        return launch("train_vm", job, a.nproc)
     result, ckpt = run_train_job(job)
-    t = result.metrics["test"]
-    variant = f"history={job.history} kd={job.kd}" + (f" ({job.kd_strength:g})" if job.kd != "none" else "")
-    print(f"VM ({variant}, fm_version {result.fm_version}) → {ckpt}: test CTR AUC {t['ctr_auc']:.4f} "
-          f"NE {t['ctr_ne']:.4f}; CVR AUC {t.get('cvr_auc', float('nan')):.4f}")
+    print(vm_summary(job, result, ckpt))
     return 0
 
 
 def _cmd_train_fm(a: argparse.Namespace) -> int:
-    from models.das import DAS_FILE, write_das
-    from models.fm_pipeline import FMTrainConfig, save_fm, train_fm
-    from models.train import TrainConfig, prepare_vm_data
+    from models.pipeline import FMJob, run_fm_job
 
-    events = _load_events(a)
-    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
-    config = FMTrainConfig(epochs=a.epochs, seed=a.seed)
-    fm = train_fm(data, config)
-    path = save_fm(fm, data, config, Path(a.out) / "fm.pt")
-    das = write_das(Path(a.out) / DAS_FILE, fm.fm_version, events["event_id"], fm.logits, source=events.source)
-    t = fm.metrics["test"]
-    print(f"FM {fm.fm_version} → {path}: test CTR AUC {t['ctr_auc']:.4f} NE {t['ctr_ne']:.4f}; "
-          f"DAS log of {len(events):,} examples → {das}")
+    job = FMJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs, data_path=a.data_path,
+                events_file=a.events_file, out_dir=a.out)
+    if a.nproc != 1:
+        from models.distributed import launch
+
+        return launch("train_fm", job, a.nproc)
+    print(run_fm_job(job))
     return 0
 
 
@@ -73,24 +71,18 @@ def _cmd_das(a: argparse.Namespace) -> int:
 
 
 def _cmd_embed(a: argparse.Namespace) -> int:
-    import numpy as np
+    """`--nproc N` > 1: N torchrun workers each embed their users' events; one publish at the end."""
+    from models.pipeline import EmbedJob, run_embed_job
 
-    from models.embed import CacheLocation
-    from models.fm_pipeline import embed_split
-    from models.train import TrainConfig, prepare_vm_data
+    job = EmbedJob(dataset=a.dataset, n_events=a.events, seed=a.seed, data_path=a.data_path,
+                   events_file=a.events_file, fm_checkpoint=a.fm_checkpoint, split=a.split,
+                   cache_dir=a.cache_dir or (None if a.cache_url else f"{DEFAULT_RUN}/cache"), cache_url=a.cache_url,
+                   codec=a.codec, since=a.since)
+    if a.nproc != 1:
+        from models.distributed import launch
 
-    cache = CacheLocation.from_flags(a.cache_dir or (None if a.cache_url else f"{DEFAULT_RUN}/cache"), a.cache_url)
-    events = _load_events(a)
-    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
-    rows = {"train": data.train_idx, "test": data.test_idx, "all": np.arange(len(events))}[a.split]
-    since = None if a.since is None else ("auto" if a.since == "auto" else int(a.since))
-    res = embed_split(a.fm_checkpoint, data, rows, cache, codec=a.codec, since=since)
-    if res is None:
-        print(f"nothing to embed: no {a.split}-split event at or after the published high-water mark ({cache})")
-        return 0
-    print(f"{res.rows_offered:,} codes of {res.fm_version} ({a.split} split, {res.codec}) published as snapshot "
-          f"{res.snapshot_id} in {cache}: {res.rows_before:,} → {res.rows_after:,} rows "
-          f"(+{res.rows_added:,}), high-water mark {res.high_water_ms}")
+        return launch("embed", job, a.nproc)
+    print(run_embed_job(job))
     return 0
 
 
@@ -247,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     events_flags(sp)
     sp.add_argument("--epochs", type=int, default=2)
     sp.add_argument("--out", default=DEFAULT_RUN)
+    sp.add_argument("--nproc", type=int, default=1,
+                    help="processes: above 1 trains DistributedDataParallel under torchrun (gloo on CPU, NCCL with "
+                    "CUDA), the global batch split between them; rank 0 evaluates and writes (docs/distributed.md)")
     vm = sp.add_argument_group("vm variants (LoopFM history, KD from the FM's DAS log)")
     vm.add_argument("--fm-checkpoint", default=None, help="fm.pt the VM learns from (needed by --history / --kd)")
     cache_flags(vm, None)
@@ -275,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codec", default="int4", choices=("float32", "float16", "int8", "int4", "pq"))
     sp.add_argument("--since", default=None,
                     help="'auto': only events at or after the published snapshot's high-water mark; or a time in ms")
+    sp.add_argument("--nproc", type=int, default=1,
+                    help="processes under torchrun, users split between them by hash; one publish of the combined "
+                    "snapshot at the end, identical to one process's (docs/distributed.md)")
     sp.set_defaults(func=_cmd_embed)
 
     def study_flags(sp: argparse.ArgumentParser, out: str, quick_minutes: int) -> None:
