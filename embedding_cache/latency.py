@@ -1,7 +1,7 @@
 """Latency percentiles: the one helper every benchmark and the load-test report summarise samples with.
 
 It lives here, numpy only, because `embedding_cache` is the one package that imports no other project
-package: the cache bench, the Triton bench (`serving.triton.bench`) and `loadtests` can all use it
+package: the cache bench, the Triton bench (`loadtests.bench_triton`) and `loadtests` can all use it
 without a package importing back into its importers.
 
 Percentiles are numpy's default (linear interpolation), so figures match those recorded before.

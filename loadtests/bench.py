@@ -331,8 +331,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["triton"]:  # its own flags: the Triton row's benchmark (serving/triton/bench.py)
-        from serving.triton.bench import main as triton_bench
+    if argv[:1] == ["triton"]:  # its own flags: the Triton row's benchmark (loadtests/bench_triton.py)
+        from loadtests.bench_triton import main as triton_bench
 
         return triton_bench(argv[1:])
     try:

@@ -40,7 +40,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
-        cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", "0", "--ready-file", str(self.ready_file),
+        cmd = [sys.executable, "-m", "adrank", "serve", "--port", "0", "--ready-file", str(self.ready_file),
                *self.serve_args]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_demo_runs_the_loopfm_loop_end_to_end(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "demo", "--out", str(tmp_path / "run"), "--events",
+    out = subprocess.run([sys.executable, "-m", "adrank", "demo", "--out", str(tmp_path / "run"), "--events",
                           "20000", "--requests", "10", "--fm-epochs", "1"],
                          capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "COLUMNS": "200"})
     text = out.stdout

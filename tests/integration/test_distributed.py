@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 
 def adrank(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "adrank", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 0, f"adrank {' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout
@@ -120,7 +120,7 @@ def test_sharded_embed_equals_the_one_process_snapshot_byte_for_byte_also_with_s
 
 
 def test_a_worker_refusal_ends_with_the_one_process_message_and_status(fm_one, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "embed", "--fm-checkpoint", str(fm_one / "fm.pt"),
+    proc = subprocess.run([sys.executable, "-m", "adrank", "embed", "--fm-checkpoint", str(fm_one / "fm.pt"),
                            "--dataset", "movielens", "--cache-dir", str(tmp_path / "c"), "--nproc", "2"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_experiment_writes_results(tmp_path):
     out = tmp_path / "exp"
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "experiment", "--dataset", "synthetic", "--seeds", "1",
+    proc = subprocess.run([sys.executable, "-m", "adrank", "experiment", "--dataset", "synthetic", "--seeds", "1",
                            "--quick", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_quick_fm_ablation_reports_flops_time_and_ne(tmp_path):
     out = tmp_path / "abl"
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "fm-ablation", "--seeds", "1", "--quick",
+    proc = subprocess.run([sys.executable, "-m", "adrank", "fm-ablation", "--seeds", "1", "--quick",
                            "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())

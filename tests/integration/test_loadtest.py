@@ -22,8 +22,8 @@ def server(tiny_run: Path):
 
 def _loadtest(server: ServerProcess, catalog: Path, budget: Path, out: Path,
               duration: int) -> subprocess.CompletedProcess:
-    # "--" keeps argparse.REMAINDER in serving.cli from reading loadtest's flags as its own
-    cmd = [sys.executable, "-m", "serving.cli", "loadtest", "--", "--target", server.target, "--users", "2",
+    # "--" keeps argparse.REMAINDER in adrank.cli from reading loadtest's flags as its own
+    cmd = [sys.executable, "-m", "adrank", "loadtest", "--", "--target", server.target, "--users", "2",
            "--spawn-rate", "2", "--duration", str(duration), "--warmup", "0.5", "--budget", str(budget),
            "--catalog", str(catalog), "--out", str(out), "--candidates", "uniform:50:200"]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60, check=False)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 
 def adrank(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "adrank", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 0, f"adrank {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -141,7 +141,7 @@ def _kept_rows(user_ids: np.ndarray, max_per_user: int = 256) -> int:
 
 
 def test_embed_refuses_data_of_another_feature_schema_naming_both(fm_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "embed", "--fm-checkpoint", str(fm_dir / "fm.pt"),
+    proc = subprocess.run([sys.executable, "-m", "adrank", "embed", "--fm-checkpoint", str(fm_dir / "fm.pt"),
                            "--dataset", "movielens", "--cache-dir", str(tmp_path / "c")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2
@@ -163,7 +163,7 @@ def test_kd_variants_distil_from_the_das_log_on_disk(fm_dir, tmp_path):
     payload = __import__("torch").load(tmp_path / "kd" / "vm.pt", weights_only=True)
     assert payload["distill"] == {"mode": "aux", "beta": 2.0, "adapter": True, "das": str(das)}
     assert payload["fm_version"] == fm_payload(str(fm_dir / "fm.pt"))["fm_version"] and payload["history"] == {}
-    proc = subprocess.run([sys.executable, "-m", "serving.cli", "train", "vm", "--events", EVENTS, "--out",
+    proc = subprocess.run([sys.executable, "-m", "adrank", "train", "vm", "--events", EVENTS, "--out",
                            str(tmp_path / "none"), "--fm-checkpoint", str(fm_dir / "fm.pt"), "--kd", "single",
                            "--das", str(tmp_path / "absent.npz")], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)

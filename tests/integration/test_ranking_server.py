@@ -151,7 +151,7 @@ def test_health_serving_and_reflection_lists_service(server):
 
 
 def test_score_cli_prints_a_ranked_table(server, tiny_run):
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "score", "--target", server.target, "--user", "5",
+    out = subprocess.run([sys.executable, "-m", "adrank", "score", "--target", server.target, "--user", "5",
                           "--candidates", "200", "--catalog", str(tiny_run / "catalog.npz"), "--show", "200"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -161,7 +161,7 @@ def test_score_cli_prints_a_ranked_table(server, tiny_run):
 
 
 def test_score_cli_reports_errors_with_code(server, tiny_run):
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "score", "--target", server.target, "--user", "5",
+    out = subprocess.run([sys.executable, "-m", "adrank", "score", "--target", server.target, "--user", "5",
                           "--candidates", "3", "--version", "9", "--catalog", str(tiny_run / "catalog.npz")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and "NOT_FOUND" in out.stderr

@@ -21,13 +21,13 @@ from serving.client import build_request
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN_PACKAGES = ("torch", "loadtests", "locust", "tritonclient.http")
 FORBIDDEN_MODULES = ("models.train", "models.experiment", "models.fm_pipeline", "models.pipeline", "models.vm",
-                     "models.fm", "exporters.onnx_export", "exporters.torchscript_export", "serving.demo")
+                     "models.fm", "exporters.onnx_export", "exporters.torchscript_export", "adrank.demo", "loadtests.bench_triton")
 
 
 @pytest.mark.slow
 def test_a_started_loopfm_server_imports_no_torch_training_or_loadtests(loopfm_run, tmp_path):
     ready, log = tmp_path / "port", tmp_path / "imports.log"
-    cmd = [sys.executable, "-X", "importtime", "-m", "serving.cli", "serve", "--port", "0", "--ready-file",
+    cmd = [sys.executable, "-X", "importtime", "-m", "adrank", "serve", "--port", "0", "--ready-file",
            str(ready), "--repository", str(loopfm_run["repo"]), "--model", "vm_loopfm",
            "--cache-dir", str(loopfm_run["cache"])]
     with open(log, "w") as fh:

@@ -96,7 +96,7 @@ def test_mtls_serves_a_client_with_a_valid_certificate(mtls_server, pki, request
 
 def test_adrank_score_cli_speaks_mtls(mtls_server, pki, tiny_run):
     out = subprocess.run(
-        [sys.executable, "-m", "serving.cli", "score", "--target", mtls_server.target, "--user", "1",
+        [sys.executable, "-m", "adrank", "score", "--target", mtls_server.target, "--user", "1",
          "--candidates", "5", "--catalog", str(tiny_run / "catalog.npz"), "--json", "--tls-ca", str(pki["ca"].cert),
          "--tls-cert", str(pki["client"].cert), "--tls-key", str(pki["client"].key)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -161,7 +161,7 @@ def test_tokens_never_reach_the_log(auth_server, request_):
 def _serve_fails(tiny_run: Path, *args: str, env: dict[str, str] | None = None) -> str:
     import os
 
-    out = subprocess.run([sys.executable, "-m", "serving.cli", "serve", "--port", "0", *_serve_args(tiny_run, *args)],
+    out = subprocess.run([sys.executable, "-m", "adrank", "serve", "--port", "0", *_serve_args(tiny_run, *args)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr

@@ -55,7 +55,7 @@ def test_score_through_grpc_service_with_triton_backend(triton_server, triton_re
 def test_bench_reports_ratios_to_raw_onnxruntime(triton_server, triton_repo, tmp_path):
     import json
 
-    from serving.triton.bench import main
+    from loadtests.bench_triton import main
 
     out = tmp_path / "bench.json"
     assert main(["--repository", str(triton_repo), "--model", MODEL, "--triton-url", triton_server.grpc_url,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serving.cli import main
+from adrank.cli import main
 
 
 def test_score_refuses_to_run_without_a_catalog(tmp_path, capsys):

@@ -8,7 +8,7 @@ from dataclasses import FrozenInstanceError, fields, replace
 
 import pytest
 
-from serving.cli import build_parser, main
+from adrank.cli import build_parser, main
 from serving.config import ConfigError, ServerConfig, field_doc, parse_env_value
 
 # Fields without an `adrank serve` flag, and why: the request-schema limits decide which requests are

@@ -10,7 +10,7 @@ Three figures on the *same* 200-candidate batch, measured back to back in one pr
 Without `--triton-url` the bundled tritonserver is started on the repository (python target) and
 stopped at the end. `--synthetic` exports a random-weight VM first, so the bench runs anywhere.
 
-    python -m serving.triton.bench --synthetic --json runs/bench/triton.json
+    python -m loadtests.bench_triton --synthetic --json runs/bench/triton.json
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 from serving.triton import launcher
 
                 launcher.stop(handle)
-    command = "python -m serving.triton.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m loadtests.bench_triton " + " ".join(sys.argv[1:] if argv is None else argv)
     print(markdown(results, command.strip()))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

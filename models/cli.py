@@ -1,0 +1,187 @@
+"""`adrank` verbs of the offline side: data, train fm|vm, das, embed, experiment, fm-ablation.
+
+Each verb parses its flags and calls one `models` function; torch is imported inside the verb, so the
+dispatcher (adrank/cli.py) starts light. `register` adds the verbs to the dispatcher's parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from models.paths import DEFAULT_RUN
+
+
+def _load_events(a: argparse.Namespace):
+    from models.data import load_dataset
+    from models.data.schema import EventLog
+
+    if getattr(a, "events_file", None):
+        return EventLog.load(a.events_file)
+    return load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+
+
+def _cmd_data(a: argparse.Namespace) -> int:
+    events = _load_events(a)
+    events.save(a.out)
+    print(f"{len(events):,} events from {events.source} → {a.out}; cardinality {dict(events.cardinality)}")
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    """`--nproc N` > 1 hands the same job to N torchrun workers (models.distributed); rank 0 prints."""
+    if a.what == "fm":
+        return _cmd_train_fm(a)
+    from models.pipeline import TrainJob, run_train_job, vm_summary
+
+    job = TrainJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs, data_path=a.data_path,
+                   events_file=a.events_file, out_dir=a.out, fm_checkpoint=a.fm_checkpoint, cache_dir=a.cache_dir,
+                   cache_url=a.cache_url, history=a.history, history_len=a.history_len,
+                   history_width=a.history_width, kd=a.kd, kd_strength=a.kd_strength, adapter=a.adapter, das=a.das)
+    if a.nproc != 1:
+        from models.distributed import launch
+
+        return launch("train_vm", job, a.nproc)
+    result, ckpt = run_train_job(job)
+    print(vm_summary(job, result, ckpt))
+    return 0
+
+
+def _cmd_train_fm(a: argparse.Namespace) -> int:
+    from models.pipeline import FMJob, run_fm_job
+
+    job = FMJob(dataset=a.dataset, n_events=a.events, seed=a.seed, epochs=a.epochs, data_path=a.data_path,
+                events_file=a.events_file, out_dir=a.out)
+    if a.nproc != 1:
+        from models.distributed import launch
+
+        return launch("train_fm", job, a.nproc)
+    print(run_fm_job(job))
+    return 0
+
+
+def _cmd_das(a: argparse.Namespace) -> int:
+    from models.fm_pipeline import log_predictions
+    from models.train import TrainConfig, prepare_vm_data
+
+    events = _load_events(a)
+    data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
+    path = log_predictions(a.fm_checkpoint, data, a.out)
+    print(f"DAS log: FM predictions for {len(events):,} examples → {path}")
+    return 0
+
+
+def _cmd_embed(a: argparse.Namespace) -> int:
+    """`--nproc N` > 1: N torchrun workers each embed their users' events; one publish at the end."""
+    from models.pipeline import EmbedJob, run_embed_job
+
+    job = EmbedJob(dataset=a.dataset, n_events=a.events, seed=a.seed, data_path=a.data_path,
+                   events_file=a.events_file, fm_checkpoint=a.fm_checkpoint, split=a.split,
+                   cache_dir=a.cache_dir or (None if a.cache_url else f"{DEFAULT_RUN}/cache"), cache_url=a.cache_url,
+                   codec=a.codec, since=a.since)
+    if a.nproc != 1:
+        from models.distributed import launch
+
+        return launch("embed", job, a.nproc)
+    print(run_embed_job(job))
+    return 0
+
+
+def _cmd_experiment(a: argparse.Namespace) -> int:
+    from models.experiment import run_experiment
+
+    command = (f"adrank experiment --dataset {a.dataset} --seeds {a.seeds} --out {a.out}"
+               + (" --quick" if a.quick else ""))
+    summary = run_experiment(a.dataset, a.seeds, a.out, quick=a.quick, command=command)
+    print(Path(a.out, "results.md").read_text())
+    failed = [k for k, ok in summary["checks"].items() if not ok]
+    print("all checks hold" if not failed else f"checks that do not hold: {failed}")
+    return 0
+
+
+def _cmd_fm_ablation(a: argparse.Namespace) -> int:
+    from models.fm_ablation import run_fm_ablation
+
+    command = (f"adrank fm-ablation --dataset {a.dataset} --seeds {a.seeds} --out {a.out}"
+               + (" --quick" if a.quick else ""))
+    run_fm_ablation(a.dataset, a.seeds, a.out, quick=a.quick, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """The offline verbs, on the dispatcher's subparsers."""
+    def data_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens", "taobao"))
+        sp.add_argument("--events", type=int, default=300_000, help="synthetic only: number of events")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--data-path", default=None, help="taobao only: folder or CSV in the BARS layout")
+
+    def events_flags(sp: argparse.ArgumentParser) -> None:
+        data_flags(sp)
+        sp.add_argument("--events-file", default=None, help="an .npz written by `adrank data` (instead of --dataset)")
+
+    def cache_flags(sp: argparse.ArgumentParser, default_dir: str | None) -> None:
+        group = sp.add_mutually_exclusive_group()
+        group.add_argument("--cache-dir", default=default_dir, help="embedded embedding cache directory")
+        group.add_argument("--cache-url", default=None, help="Redis embedding cache, redis://HOST:PORT/DB")
+
+    sp = sub.add_parser("data", help="generate or load events and save them as .npz")
+    data_flags(sp)
+    sp.add_argument("--out", default=f"{DEFAULT_RUN}/events.npz")
+    sp.set_defaults(func=_cmd_data)
+
+    sp = sub.add_parser("train", help="train a model: `train fm` (FM + codes + DAS log) or `train vm` (any variant)")
+    sp.add_argument("what", choices=("vm", "fm"))
+    events_flags(sp)
+    sp.add_argument("--epochs", type=int, default=2)
+    sp.add_argument("--out", default=DEFAULT_RUN)
+    sp.add_argument("--nproc", type=int, default=1,
+                    help="processes: above 1 trains DistributedDataParallel under torchrun (gloo on CPU, NCCL with "
+                    "CUDA), the global batch split between them; rank 0 evaluates and writes (docs/distributed.md)")
+    vm = sp.add_argument_group("vm variants (LoopFM history, KD from the FM's DAS log)")
+    vm.add_argument("--fm-checkpoint", default=None, help="fm.pt the VM learns from (needed by --history / --kd)")
+    cache_flags(vm, None)
+    vm.add_argument("--history", default="none", choices=("none", "sum", "attention"),
+                    help="LoopFM: pool the user's FM codes strictly before t (read from the cache)")
+    vm.add_argument("--history-len", type=int, default=32, help="L: codes per user the VM reads")
+    vm.add_argument("--history-width", type=int, default=None, help="code prefix width (default: the cache's)")
+    vm.add_argument("--kd", default="none", choices=("none", "single", "aux"),
+                    help="distil from the FM's logged predictions: single head or ExFM's auxiliary head")
+    vm.add_argument("--kd-strength", type=float, default=1.0, help="λ (single head) or β (aux head's trunk share)")
+    vm.add_argument("--adapter", action="store_true", help="ExFM student adapter on the FM's logit")
+    vm.add_argument("--das", default=None, help="DAS log (default: das.npz beside --fm-checkpoint)")
+    sp.set_defaults(func=_cmd_train)
+
+    sp = sub.add_parser("das", help="log the FM's prediction for every example of an event log (DAS)")
+    events_flags(sp)
+    sp.add_argument("--fm-checkpoint", default=f"{DEFAULT_RUN}/fm.pt")
+    sp.add_argument("--out", default=f"{DEFAULT_RUN}/das.npz")
+    sp.set_defaults(func=_cmd_das)
+
+    sp = sub.add_parser("embed", help="compute LoopFM codes for a data split and publish them to the cache")
+    events_flags(sp)
+    sp.add_argument("--fm-checkpoint", default=f"{DEFAULT_RUN}/fm.pt")
+    sp.add_argument("--split", default="all", choices=("train", "test", "all"))
+    cache_flags(sp, None)
+    sp.add_argument("--codec", default="int4", choices=("float32", "float16", "int8", "int4", "pq"))
+    sp.add_argument("--since", default=None,
+                    help="'auto': only events at or after the published snapshot's high-water mark; or a time in ms")
+    sp.add_argument("--nproc", type=int, default=1,
+                    help="processes under torchrun, users split between them by hash; one publish of the combined "
+                    "snapshot at the end, identical to one process's (docs/distributed.md)")
+    sp.set_defaults(func=_cmd_embed)
+
+    def study_flags(sp: argparse.ArgumentParser, out: str, quick_minutes: int) -> None:
+        sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
+        sp.add_argument("--seeds", type=int, default=3)
+        sp.add_argument("--out", default=out)
+        sp.add_argument("--quick", action="store_true", help=f"small profile (≈ {quick_minutes} min) for tests")
+
+    sp = sub.add_parser("experiment", help="train every VM variant over shared FM artefacts; results table")
+    study_flags(sp, "runs/experiment", 3)
+    sp.set_defaults(func=_cmd_experiment)
+
+    sp = sub.add_parser("fm-ablation", help="FM with and without CompSkip / sliding window: FLOPs, time, NE")
+    study_flags(sp, "runs/fm-ablation", 1)
+    sp.set_defaults(func=_cmd_fm_ablation)
