@@ -43,6 +43,17 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     return bench(a.rest)
 
 
+def _cmd_logs(a: argparse.Namespace) -> int:
+    """`logs join` is the label join (models.logjoin); more log verbs can join it here."""
+    if a.rest[:1] == ["join"]:
+        from models.logjoin import main as join
+
+        return join(a.rest[1:])
+    print("usage: adrank logs join --request-log DIR --labels F --click-window S --conversion-window S "
+          "--out events.npz", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     from exporters.cli import register as export_verbs
     from models.cli import register as offline_verbs
@@ -66,15 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, module, text in (("triton", "serving.triton.cli", "start|stop|status the bundled tritonserver"),
                                ("loadtest", "loadtests.runner", "locust load test against latency budgets"),
-                               ("bench", None, "benchmarks: cache | serve | all")):
+                               ("bench", _cmd_bench, "benchmarks: cache | serve | triton | all"),
+                               ("simulate", "loadtests.simulate", "simulated users of the synthetic world against "
+                                "a server; writes labels"),
+                               ("logs", _cmd_logs, "request-log tools: `logs join` (labels within attribution "
+                                "windows → EventLog)"),
+                               ("replay", "serving.replay", "re-score logged requests; share reproduced bit for bit"),
+                               ("monitor", "models.monitor", "calibration per model version and arm from a joined "
+                                "log")):
         sp = sub.add_parser(verb, help=text, add_help=False)
         sp.add_argument("rest", nargs=argparse.REMAINDER)
-        sp.set_defaults(func=_delegate(module) if module else _cmd_bench)
+        sp.set_defaults(func=_delegate(module) if isinstance(module, str) else module)
     return p
 
 
 # Verbs whose flags belong to another module's parser: handed over before argparse sees them.
-DELEGATED = {"triton": "serving.triton.cli", "loadtest": "loadtests.runner", "bench": None}
+DELEGATED = {"triton": "serving.triton.cli", "loadtest": "loadtests.runner", "bench": _cmd_bench,
+             "simulate": "loadtests.simulate", "logs": _cmd_logs, "replay": "serving.replay",
+             "monitor": "models.monitor"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = argparse.Namespace(rest=argv[1:])
         module = DELEGATED[argv[0]]
         try:
-            return int((_delegate(module) if module else _cmd_bench)(ns) or 0)
+            return int((_delegate(module) if isinstance(module, str) else module)(ns) or 0)
         except ModuleNotFoundError as exc:
             print(f"error: {exc}. Is the extra that provides it installed? (pip install -e '.[triton,load,dev]')",
                   file=sys.stderr)

@@ -117,9 +117,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--data-path", default=None, help="taobao only: folder or CSV in the BARS layout")
 
-    def events_flags(sp: argparse.ArgumentParser) -> None:
+    def events_flags(sp: argparse.ArgumentParser, *aliases: str) -> None:
         data_flags(sp)
-        sp.add_argument("--events-file", default=None, help="an .npz written by `adrank data` (instead of --dataset)")
+        sp.add_argument("--events-file", *aliases, dest="events_file", default=None,
+                        help="an .npz written by `adrank data` or `adrank logs join` (instead of --dataset)")
 
     def cache_flags(sp: argparse.ArgumentParser, default_dir: str | None) -> None:
         group = sp.add_mutually_exclusive_group()
@@ -133,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sp = sub.add_parser("train", help="train a model: `train fm` (FM + codes + DAS log) or `train vm` (any variant)")
     sp.add_argument("what", choices=("vm", "fm"))
-    events_flags(sp)
+    events_flags(sp, "--from-log")  # --from-log: the EventLog `adrank logs join` wrote
     sp.add_argument("--epochs", type=int, default=2)
     sp.add_argument("--out", default=DEFAULT_RUN)
     sp.add_argument("--nproc", type=int, default=1,

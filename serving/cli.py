@@ -100,6 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "max_concurrent_rpcs", "metrics_port"):
         sp.add_argument("--" + name.replace("_", "-"), type=int, help=flag_help(name))
     sp.add_argument("--drain-grace-s", type=float, help=flag_help("drain_grace_s"))
+    sp.add_argument("--request-log", metavar="DIR", help=flag_help("request_log"))
+    sp.add_argument("--request-log-sample", type=float, metavar="R", help=flag_help("request_log_sample"))
     sp.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None, help=flag_help("reflection"))
     security = sp.add_argument_group("security (docs/security.md)")
     for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):

@@ -94,6 +94,12 @@ class ServerConfig:
     max_abs_dense_feature: float = _field(1e6, "Largest |value| accepted in candidates.dense_features; more is "
                                           "INVALID_ARGUMENT. Keeps the model's activations finite (float32).",
                                           between=(0.0, 1e9))
+    request_log: str = _field("", "Folder the request log is written to: one Parquet row per scored request "
+                              "(docs/request-log.md), by a bounded writer that never delays a response. "
+                              "Unset: no request log.")
+    request_log_sample: float = _field(1.0, "Share of requests the request log keeps, chosen by a hash of the "
+                                       "request id (every replica and a later replay agree on which).",
+                                       between=(0.0, 1.0))
     tls_cert: str = _field("", "PEM certificate chain of the ranking port; with tls_key the port speaks TLS only. "
                            "Read once at start (rotate by restarting).")
     tls_key: str = _field("", "PEM private key of tls_cert (keep it readable by the server's user only).")

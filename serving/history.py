@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from embedding_cache import CacheError
 from models.history import FM_HISTORY, history_tensors
@@ -113,8 +114,13 @@ class HistoryProvider:
     """Opens cache readers lazily per fm_version. `backend`: "embedded" (location = directory),
     "redis" (location = redis:// URL) or "none" (no cache: LoopFM models are refused)."""
 
-    def __init__(self, backend: str = "none", location: str = "", *, refresh_s: float = 5.0) -> None:
+    def __init__(self, backend: str = "none", location: str = "", *, refresh_s: float = 5.0,
+                 registry: CollectorRegistry | None = None, snapshot_id: str | None = None) -> None:
+        """`registry`: where each reader exports its hit-rate, staleness and snapshot-age metrics (the
+        server passes its /metrics registry). `snapshot_id`: pin every reader to that snapshot instead
+        of following the newest one (replay re-reads the snapshot a logged request was served from)."""
         self.backend, self.location, self.refresh_s = backend, location, refresh_s
+        self.registry, self.snapshot_id = registry, snapshot_id
         self._readers: dict[str, object] = {}
         self._needs: dict[tuple[str, int, str], _Need] = {}
         self._lock = threading.Lock()
@@ -138,7 +144,8 @@ class HistoryProvider:
         with self._lock:
             if fm_version not in self._readers:
                 try:
-                    self._readers[fm_version] = open_reader(self.backend, self.location, fm_version)
+                    self._readers[fm_version] = open_reader(self.backend, self.location, fm_version,
+                                                             snapshot_id=self.snapshot_id, registry=self.registry)
                 except CacheError as exc:
                     raise open_error(exc, fm_version) from exc
             return self._readers[fm_version]

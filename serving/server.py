@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,9 @@ from serving.backends.base import InferenceBackend
 from serving.config import ServerConfig
 from serving.security import bind_port, server_interceptors
 from serving.service import AdRankingService
+
+if TYPE_CHECKING:
+    from serving.requestlog import RequestLogSink
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["AdRanking"].full_name
@@ -53,10 +57,18 @@ class RankingServer:
         self.backend = backend or make_backend(config)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         from serving.history import HistoryProvider
+        from serving.metrics import ServiceMetrics
 
-        self.service = AdRankingService(config, self.backend,
+        metrics = ServiceMetrics()  # the cache readers export their hit-rate and staleness into it too
+        self.service = AdRankingService(config, self.backend, metrics,
                                         history=HistoryProvider(config.cache_backend, config.cache_location,
-                                                                refresh_s=config.cache_refresh_s))
+                                                                refresh_s=config.cache_refresh_s,
+                                                                registry=metrics.registry))
+        self.request_log: RequestLogSink | None = None
+        if config.request_log:  # pyarrow is imported only by servers that log
+            from serving.requestlog.recorder import attach_request_log
+
+            self.request_log = attach_request_log(self.service, config)
         self._server: grpc.aio.Server | None = None
         self._refresher: asyncio.Task | None = None
         self.port: int | None = None
@@ -102,6 +114,8 @@ class RankingServer:
             self._refresher.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self.request_log is not None:  # after the last call: publishes every record of a served request
+            await asyncio.to_thread(self.request_log.close)
         await self.backend.close()
 
     async def wait(self) -> None:

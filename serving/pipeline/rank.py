@@ -33,4 +33,5 @@ class RankStage:
         ensure_finite(scores.p_ctr, scores.p_cvr, request.bid, model=f"{scores.handle.name}/{scores.handle.version}")
         order, ev = rank_order(request.bid, scores.p_ctr, scores.p_cvr, request.top_k)
         return Ranking(request, scores.handle, scores.backend, ad_id=request.ad_id[order], request_index=order,
-                       p_ctr=scores.p_ctr[order], p_cvr=scores.p_cvr[order], expected_value=ev[order])
+                       p_ctr=scores.p_ctr[order], p_cvr=scores.p_cvr[order], expected_value=ev[order],
+                       all_p_ctr=scores.p_ctr, all_p_cvr=scores.p_cvr, all_expected_value=ev)

@@ -17,12 +17,15 @@ second copy of validation, routing or ranking. Each value carries what later sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from serving.backends.base import ModelHandle
 from serving.history import HistoryInputs
+
+_EMPTY_F32 = np.zeros(0, np.float32)
+_EMPTY_F64 = np.zeros(0, np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +129,9 @@ class Ranking:
     p_ctr: np.ndarray  # float32 [K]
     p_cvr: np.ndarray  # float32 [K]
     expected_value: np.ndarray  # float64 [K]: bid × p_ctr × p_cvr
+    # Every candidate's scores in request order, not only the returned ones: a request log records what
+    # the model said about each candidate (a candidate outside top_k still had a score). Empty when the
+    # stage that built the ranking did not keep them.
+    all_p_ctr: np.ndarray = field(default_factory=lambda: _EMPTY_F32)  # float32 [N]
+    all_p_cvr: np.ndarray = field(default_factory=lambda: _EMPTY_F32)  # float32 [N]
+    all_expected_value: np.ndarray = field(default_factory=lambda: _EMPTY_F64)  # float64 [N]

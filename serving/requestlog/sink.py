@@ -180,6 +180,19 @@ class RequestLogSink:
         """Whether this request is in the sample: lets the caller skip building a record it would drop."""
         return sampled(request_id, self.config.sample_rate)
 
+    def offer_lazy(self, request_id: str, build: Callable[[], RequestRecord]) -> bool:
+        """`offer(build())` for a request in the sample; a request outside it is counted as sampled out
+        without building its record (building is most of what logging costs the request path)."""
+        if self.config.sample_rate >= 1.0 or sampled(request_id, self.config.sample_rate):
+            return self.offer(build())
+        with self._lock:
+            self._offered += 1
+            if self._closed:
+                self._after_close += 1
+            else:
+                self._sampled_out += 1
+        return False
+
     def offer(self, record: RequestRecord) -> bool:
         """Queues `record` for writing; False when it is sampled out or the queue is full. Never blocks
         beyond a short lock; never raises for a bad record (the writer thread checks and counts it)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from adrank.cli import main
+import pytest
+
+from adrank.cli import build_parser, main
 
 
 def test_score_refuses_to_run_without_a_catalog(tmp_path, capsys):
@@ -21,3 +23,22 @@ def test_train_vm_flag_conflicts_are_named(capsys):
 def test_bench_help_lists_every_benchmark(capsys):
     assert main(["bench", "--help"]) == 0
     assert "triton" in capsys.readouterr().out
+
+
+def test_train_vm_from_log_is_the_events_file_flag() -> None:
+    args = build_parser().parse_args(["train", "vm", "--from-log", "runs/sim/joined.npz"])
+    assert args.events_file == "runs/sim/joined.npz"
+
+
+@pytest.mark.parametrize("argv,module,rest", [
+    (["simulate", "--target", "h:1", "--rps", "5"], "loadtests.simulate", ["--target", "h:1", "--rps", "5"]),
+    (["logs", "join", "--labels", "l.parquet"], "models.logjoin", ["--labels", "l.parquet"]),
+    (["replay", "--request-log", "d"], "serving.replay", ["--request-log", "d"]),
+    (["monitor", "--joined", "e.npz"], "models.monitor", ["--joined", "e.npz"]),
+])
+def test_log_verbs_hand_their_flags_to_the_modules_main(argv, module, rest, monkeypatch) -> None:
+    import importlib
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), "main", lambda a: seen.append(a) or 0)
+    assert main(argv) == 0 and seen == [rest]

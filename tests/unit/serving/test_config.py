@@ -104,7 +104,7 @@ def test_every_field_is_read_from_its_environment_variable() -> None:
     samples = {int: "7", float: "7.5", bool: "no", str: "x"}
     custom = {"backend": "triton", "cache_backend": "redis", "cache_location": "redis://h:1/0",
               "triton_url": "triton:8001", "port": "7", "metrics_port": "9100", "max_message_bytes": "2048",
-              "insecure": "yes"}
+              "insecure": "yes", "request_log_sample": "0.25"}
     environ = {}
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int
@@ -202,3 +202,13 @@ def test_cli_reports_bad_values_by_flag_or_variable(served: list[ServerConfig], 
         monkeypatch.setenv(k, v)
     assert main(argv) == 2 and not served
     assert message in capsys.readouterr().err
+
+
+def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:
+    args = build_parser().parse_args(["serve", "--request-log", "runs/log", "--request-log-sample", "0.1"])
+    assert (args.request_log, args.request_log_sample) == ("runs/log", 0.1)
+    config = ServerConfig.from_env(environ={}, request_log=args.request_log, request_log_sample=args.request_log_sample)
+    assert (config.request_log, config.request_log_sample) == ("runs/log", 0.1)
+    assert ServerConfig().request_log == ""  # off unless asked for
+    with pytest.raises(ConfigError, match="request_log_sample: must be within 0.0..1.0"):
+        ServerConfig(request_log_sample=1.5)

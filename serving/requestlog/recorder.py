@@ -1,0 +1,120 @@
+"""Records every scored request into the request log: a wrapper around the pipeline's encode stage.
+
+Why encode: it is the last stage, so the context holds everything a record needs (request id, model
+version, arm, fm_version, the embedding snapshot the history came from, flags, every other stage's
+time), and the `Ranking` it encodes still carries every candidate's scores in request order, not only
+the returned top_k. The record is built from those arrays (no protobuf is read back) and handed to
+`RequestLogSink.offer`, which never blocks; a request outside the sample costs one hash and no record.
+
+Logging never fails a request: an error while building a record is counted
+(`adrank_requestlog_record_errors_total`) and logged once, and the response goes out as it would
+have without the log.
+
+Usage::
+
+    sink = RequestLogSink(SinkConfig(folder="runs/requestlog"), registry=metrics.registry)
+    service.pipeline = service.pipeline.wrap("encode", logging_encode(sink))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter
+
+from models.data.requestlog import RequestRecord
+from models.features import vocab_index
+from models.vocab import DEVICES, PLACEMENTS
+from protos.adrank.v1 import ranking_pb2
+from serving.pipeline.context import RequestContext
+from serving.pipeline.pipeline import Stage
+from serving.pipeline.values import Ranking
+from serving.requestlog.sink import RequestLogSink
+
+if TYPE_CHECKING:
+    from serving.config import ServerConfig
+    from serving.service import AdRankingService
+
+log = logging.getLogger(__name__)
+
+_FLAG_NAMES: dict[int, str] = {v.number: v.name for v in ranking_pb2.Flag.DESCRIPTOR.values}
+
+
+def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int = 0) -> RequestRecord:
+    """The log row of a request the pipeline scored: what the model saw (the validated request, the
+    context as the model's indices) and every candidate's scores in request order.
+
+    `encode_us` is the encode stage's own time, which the pipeline records only after the wrapped
+    stage returns; the other stages come from `ctx.timings`."""
+    r, handle = ranking.request, ranking.handle
+    stage_us = {name: int(s * 1e6) for name, s in ctx.timings.items()}
+    stage_us["encode"] = encode_us
+    return RequestRecord(
+        request_id=ctx.request_id, request_time_ms=r.request_time_ms, user_id=r.user_id,
+        placement=vocab_index(PLACEMENTS, r.placement), device=vocab_index(DEVICES, r.device), hour=r.hour,
+        user_segment=r.segment, recent_categories=r.recent_categories.astype(np.int32),
+        ad_id=r.ad_id, advertiser_id=r.advertiser_id, campaign_id=r.campaign_id,
+        category=r.category.astype(np.int32), bid=r.bid, dense_features=r.dense if r.dense.shape[1] else None,
+        model_name=handle.name, model_version=int(handle.version), rollout_arm=ctx.arm, backend=ranking.backend,
+        fm_version=handle.fm_version, snapshot_id=ctx.snapshot_id,
+        flags=[_FLAG_NAMES.get(f, str(f)) for f in ctx.flags], stage_us=stage_us,
+        p_ctr=ranking.all_p_ctr, p_cvr=ranking.all_p_cvr, expected_value=ranking.all_expected_value,
+        order=ranking.request_index.astype(np.int32),
+    )
+
+
+class RecorderMetrics:
+    """Failures to build a record (the sink counts everything after `offer`)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.record_errors = Counter("adrank_requestlog_record_errors", "Scored requests whose log record could "
+                                     "not be built (the response was sent; the record is lost)",
+                                     registry=registry)
+
+
+def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None = None
+                   ) -> Callable[[Stage[Any, Any]], Stage[Any, Any]]:
+    """A `Pipeline.wrap("encode", …)` wrapper that offers each scored request's record to `sink`
+    after the response is built. `registry`: where the record-error counter goes (None: nowhere)."""
+    metrics = RecorderMetrics(registry)
+    warned = False
+
+    def wrapper(encode: Stage[Ranking, ranking_pb2.ScoreResponse]) -> Stage[Ranking, ranking_pb2.ScoreResponse]:
+        async def stage(ranking: Ranking, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
+            nonlocal warned
+            start = time.perf_counter()
+            response = await encode(ranking, ctx)
+            encode_us = int((time.perf_counter() - start) * 1e6)
+            try:
+                sink.offer_lazy(ctx.request_id, lambda: record_from_ranking(ranking, ctx, encode_us=encode_us))
+            except Exception:  # noqa: BLE001 - the log must never fail a request that was scored
+                metrics.record_errors.inc()
+                if not warned:
+                    warned = True
+                    log.exception("request log: could not build the record of request %r (further failures "
+                                  "are only counted)", ctx.request_id)
+            return response
+
+        return stage
+
+    return wrapper
+
+
+def attach_request_log(service: AdRankingService, config: ServerConfig) -> RequestLogSink | None:
+    """When `config.request_log` names a folder: a sink writing there (its counters in the service's
+    metrics registry) and the service's pipeline wrapped to feed it; None when logging is off. The
+    caller owns the sink and closes it on stop, which publishes what is queued."""
+    if not config.request_log:
+        return None
+    from serving.requestlog.sink import SinkConfig
+
+    registry = service.metrics.registry
+    sink = RequestLogSink(SinkConfig(folder=config.request_log, sample_rate=config.request_log_sample),
+                          registry=registry)
+    service.pipeline = service.pipeline.wrap("encode", logging_encode(sink, registry=registry))
+    log.info("request log: %s (sample rate %g)", sink.folder, config.request_log_sample)
+    return sink
