@@ -136,6 +136,7 @@ class HistoryProvider:
         self.cache_timeout_s, self.fallback = cache_timeout_s, fallback
         self.breaker = breaker or CircuitBreaker()
         self._readers: dict[str, object] = {}
+        self._open_failed: dict[str, tuple[float, RankingError]] = {}  # fm_version -> (when, why)
         self._priors: dict[str, np.ndarray] = {}
         self._needs: dict[tuple[str, int, str], _Need] = {}
         self._lock = threading.Lock()
@@ -148,7 +149,7 @@ class HistoryProvider:
             need = self._needs[key] = _need(handle)
         return need
 
-    def reader(self, fm_version: str):  # -> embedding_cache.CacheReader
+    def reader(self, fm_version: str, *, retry: bool = False):  # -> embedding_cache.CacheReader
         r = self._readers.get(fm_version)
         if r is not None:
             return r
@@ -157,14 +158,23 @@ class HistoryProvider:
                                 "(start it with --cache-dir or --cache-url)")
         from embedding_cache import open_reader
 
+        failed = self._open_failed.get(fm_version)
+        # a failed open is retried only by the readiness check (`retry`, off the event loop, at most
+        # every refresh_s): requests of a version whose codes are absent, or whose cache is down or
+        # stalled, must not each pay a blocking round trip to find out again
+        if failed is not None and (not retry or time.monotonic() - failed[0] < self.refresh_s):
+            raise failed[1]
         with self._lock:
             if fm_version not in self._readers:
                 try:
                     reader = open_reader(self.backend, self.location, fm_version)
                     self._keep_prior(reader)
                 except CacheError as exc:
-                    raise open_error(exc, fm_version) from exc
+                    error = open_error(exc, fm_version)
+                    self._open_failed[fm_version] = (time.monotonic(), error)
+                    raise error from exc
                 self._readers[fm_version] = reader
+                self._open_failed.pop(fm_version, None)
             return self._readers[fm_version]
 
     def _keep_prior(self, reader) -> None:  # reader: embedding_cache.CacheReader
@@ -187,11 +197,12 @@ class HistoryProvider:
             except Exception as exc:  # noqa: BLE001 - keep serving the snapshot we have
                 log.warning("embedding cache %s: refresh refused: %s", fm_version, exc)
 
-    def check(self, handle: ModelHandle) -> None:
-        """Raises ModelNotReady when a LoopFM model's codes cannot be read as it was trained on them."""
+    def check(self, handle: ModelHandle, *, retry: bool = False) -> None:
+        """Raises ModelNotReady when a LoopFM model's codes cannot be read as it was trained on them
+        (`retry`: try again to open a reader that failed to open; readiness checks do, requests not)."""
         if not needs_history(handle):
             return
-        reader = self.reader(handle.fm_version)
+        reader = self.reader(handle.fm_version, retry=retry)
         need = self._need(handle)
         if reader.dim < need.width:
             raise ModelNotReady(f"embedding cache codes of {handle.fm_version} have width {reader.dim}; "
