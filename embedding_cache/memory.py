@@ -76,6 +76,10 @@ class CsrReader(CacheReader):
         return self._served.data.codec.name
 
     @property
+    def population_prior(self) -> np.ndarray:
+        return self._served.data.prior
+
+    @property
     def lookup_path(self) -> str:
         """Which lookup serves: "numba" (the fused kernel) or "numpy" (no numba, or ADRANK_CACHE_KERNEL=numpy)."""
         return "numpy" if self._served.kernel is None else "numba"

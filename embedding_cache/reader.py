@@ -100,6 +100,11 @@ class CacheReader(ABC):
         raise NotImplementedError
 
     @property
+    def population_prior(self) -> np.ndarray:
+        """The served snapshot's cold-start code: what a user without history gets (float32 [dim])."""
+        raise NotImplementedError
+
+    @property
     def coverage(self) -> dict:
         """What the served snapshot covers: source, event-time high-water mark, rows ({} if not recorded)."""
         return {}

@@ -103,6 +103,10 @@ class RedisReader(CacheReader):
     def codec_name(self) -> str:
         return self._view.codec.name
 
+    @property
+    def population_prior(self) -> np.ndarray:
+        return self._view.prior
+
     def refresh(self) -> bool:
         if self._pinned:
             return False

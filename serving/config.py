@@ -27,6 +27,7 @@ from embedding_cache.redis_client import URL_SCHEMES as REDIS_URL_SCHEMES
 ENV_PREFIX = "ADRANK_"
 BACKENDS: tuple[str, ...] = ("embedded", "triton")
 CACHE_BACKENDS: tuple[str, ...] = ("embedded", "redis", "none")
+CACHE_FALLBACKS: tuple[str, ...] = ("prior", "fail")
 REDIS_SCHEMES: tuple[str, ...] = REDIS_URL_SCHEMES  # one list of accepted URL schemes, the cache's own
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -85,9 +86,37 @@ class ServerConfig:
                                       between=(1, 1_000_000))
     metrics_port: int | None = _field(None, "Port of the Prometheus /metrics endpoint (on host); unset: no endpoint.",
                                       between=(1, 65535))
-    drain_grace_s: float = _field(5.0, "On SIGTERM/SIGINT, seconds in-flight calls get to finish after health "
-                                  "turns NOT_SERVING; keep below the orchestrator's termination grace period.",
+    max_in_flight: int = _field(64, "Score calls run at the same time (admission control at the pipeline seam; "
+                                "health and reflection are not counted). 0 turns admission control off.",
+                                between=(0, 100_000))
+    max_queued: int = _field(64, "Score calls that may wait for a slot when max_in_flight are running; one more is "
+                             "answered RESOURCE_EXHAUSTED at once.", between=(0, 100_000))
+    max_queue_wait_ms: int = _field(20, "Longest a queued Score call waits for a slot before RESOURCE_EXHAUSTED "
+                                    "(never past the call's own deadline); ms.", between=(0, 60_000))
+    retry_after_ms: int = _field(100, "Back-off suggested to refused callers, in the trailing metadata "
+                                 "`retry-after-ms` and `grpc-retry-pushback-ms`; ms.", between=(0, 600_000))
+    max_deadline_ms: int = _field(1000, "Cap on a call's deadline, and the deadline of a call that sets none: work "
+                                  "stops at the next stage boundary once it has passed (DEADLINE_EXCEEDED); ms.",
+                                  between=(1, 600_000))
+    cache_timeout_ms: int = _field(50, "Longest one embedding-cache lookup may take (less when the call's deadline "
+                                   "is nearer); a slower lookup counts as a cache failure; ms.", between=(1, 60_000))
+    cache_fallback: str = _field("prior", "When the embedding cache fails or its breaker is open: 'prior' scores "
+                                 "LoopFM requests with the population prior, flagged FLAG_HISTORY_CACHE_UNAVAILABLE; "
+                                 "'fail' answers UNAVAILABLE (and health turns NOT_SERVING while it is down).",
+                                 choices=CACHE_FALLBACKS)
+    cache_breaker_failures: int = _field(5, "Consecutive cache failures that open the cache's circuit breaker "
+                                         "(lookups are then skipped until a probe succeeds).", between=(1, 10_000))
+    cache_breaker_cooldown_s: float = _field(1.0, "Seconds an open cache breaker waits before letting one probe "
+                                             "lookup through (half-open); success closes it.", between=(0.01, 600))
+    readiness_interval_s: float = _field(1.0, "Seconds between readiness checks (a model version ready, hard "
+                                         "dependencies up or covered by a fallback) that set health.",
+                                         between=(0.05, 600))
+    drain_delay_s: float = _field(5.0, "On SIGTERM, seconds the server keeps serving after health turns "
+                                  "NOT_SERVING, so balancers watching health stop routing first (deploy/README.md).",
                                   between=(0, 600))
+    drain_timeout_s: float = _field(15.0, "After the drain delay, seconds calls in flight get to finish once the "
+                                    "server stops accepting; keep grace >= preStop + delay + timeout + 5 s.",
+                                    between=(0, 600))
     reflection: bool = _field(True, "Serve gRPC reflection, so grpcurl and similar tools can list the API.")
     max_bid: float = _field(1e6, "Largest candidate bid accepted; more is INVALID_ARGUMENT. Bounds expected_value "
                             "so no score overflows.", between=(0.0, 1e12))

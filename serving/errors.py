@@ -15,8 +15,10 @@ surfaces as INTERNAL, logged with its traceback by the servicer.
 | ModelNotReady       | FAILED_PRECONDITION | the version exists but cannot serve (FM codes absent, wrong |
 |                     |                     | codec or width, Triton version not at ready state)         |
 | ModelLoadError      | FAILED_PRECONDITION | a version on disk could not be loaded                      |
-| Overloaded          | RESOURCE_EXHAUSTED  | admission control refuses a request (not raised yet: the   |
-|                     |                     | seam is `serving.pipeline.admission.Admission`)            |
+| Overloaded          | RESOURCE_EXHAUSTED  | admission control refuses a request (too many in flight,   |
+|                     |                     | queue full or queued too long; carries a retry hint)       |
+| DeadlineExpired     | DEADLINE_EXCEEDED   | the call's deadline (capped by max_deadline_ms) passed at  |
+|                     |                     | a stage boundary; nothing after that boundary runs         |
 | BackendUnavailable  | UNAVAILABLE         | the cache or Triton cannot be reached; a snapshot vanished |
 | BackendTimeout      | DEADLINE_EXCEEDED   | the cache or Triton did not answer within its timeout      |
 | DataLoss            | DATA_LOSS           | a snapshot fails its checksums                             |
@@ -49,10 +51,26 @@ class ModelNotReady(RankingError):
 
 
 class Overloaded(RankingError):
-    """The server is at capacity; the caller should back off and retry. Raised only by an admission
-    policy plugged into the pipeline (`serving.pipeline.admission`); none is installed today."""
+    """The server is at capacity; the caller should back off for `retry_after_ms` and retry. Raised by
+    the admission policy (`serving.pipeline.admission.ConcurrencyLimit`) before any stage runs, so a
+    refused call cost the server nothing but the refusal."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class DeadlineExpired(RankingError):
+    """The call's deadline passed before the named stage could start; the request is dropped there
+    (never scored), because an answer after the deadline is one the caller no longer reads."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self, stage: str, late_ms: float) -> None:
+        super().__init__(f"deadline passed {late_ms:.1f} ms before stage {stage!r}; the request was not scored")
+        self.stage = stage
 
 
 class BackendUnavailable(RankingError):

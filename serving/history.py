@@ -8,6 +8,14 @@ store, one MGET on Redis); its result becomes model inputs through `models.histo
 function training uses, so online and offline tensors are built by the same code.
 
 No model reads candidate ad codes, so the lookup asks for none (an empty id array costs nothing).
+
+Degraded mode: a lookup that fails because the cache is unreachable or slow (its timeout is the
+smaller of `cache_timeout_s` and what is left of the request's deadline), or that a circuit breaker
+skips after repeated failures, is answered with the population prior of the model's fm_version — the
+same code a user without history gets — flagged FLAG_HISTORY_CACHE_UNAVAILABLE instead of
+FLAG_USER_HISTORY_MISSING, so the two stay apart in responses and metrics. The prior is read when a
+reader opens (the history of a cold user) and kept in memory per fm_version, so it is there while
+Redis is not. `fallback="fail"` answers UNAVAILABLE instead.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -26,11 +35,15 @@ from embedding_cache import CacheError
 from models.history import FM_HISTORY, history_tensors
 from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import ModelHandle
+from serving.breaker import CircuitBreaker
 from serving.errors import BackendTimeout, BackendUnavailable, DataLoss, InvalidRequest, ModelNotReady, RankingError
 
 log = logging.getLogger(__name__)
 
 _NO_ADS = np.zeros(0, np.int64)
+_COLD_T_MS = 1  # no code is older than 1 ms after the epoch: a lookup at t=1 returns the prior
+_DEGRADED = (ranking_pb2.FLAG_HISTORY_CACHE_UNAVAILABLE,)
+_NO_HISTORY = (ranking_pb2.FLAG_USER_HISTORY_MISSING,)
 
 
 def needs_history(handle: ModelHandle) -> bool:
@@ -112,18 +125,27 @@ def _need(handle: ModelHandle) -> _Need:
 
 class HistoryProvider:
     """Opens cache readers lazily per fm_version. `backend`: "embedded" (location = directory),
-    "redis" (location = redis:// URL) or "none" (no cache: LoopFM models are refused)."""
+    "redis" (location = redis:// URL) or "none" (no cache: LoopFM models are refused).
+
+    `cache_timeout_s` bounds one Redis lookup; `breaker` decides when lookups are skipped; `fallback`
+    is "prior" (score with the population prior, flagged) or "fail" (UNAVAILABLE)."""
 
     def __init__(self, backend: str = "none", location: str = "", *, refresh_s: float = 5.0,
+                 cache_timeout_s: float = 0.05, fallback: str = "prior", breaker: CircuitBreaker | None = None,
                  registry: CollectorRegistry | None = None, snapshot_id: str | None = None) -> None:
         """`registry`: where each reader exports its hit-rate, staleness and snapshot-age metrics (the
         server passes its /metrics registry). `snapshot_id`: pin every reader to that snapshot instead
         of following the newest one (replay re-reads the snapshot a logged request was served from)."""
         self.backend, self.location, self.refresh_s = backend, location, refresh_s
         self.registry, self.snapshot_id = registry, snapshot_id
+        self.cache_timeout_s, self.fallback = cache_timeout_s, fallback
+        self.breaker = breaker or CircuitBreaker()
         self._readers: dict[str, object] = {}
+        self._open_failed: dict[str, tuple[float, RankingError]] = {}  # fm_version -> (when, why)
+        self._priors: dict[str, np.ndarray] = {}
         self._needs: dict[tuple[str, int, str], _Need] = {}
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None  # Redis lookups: apart from the loop's default pool
 
     def _need(self, handle: ModelHandle) -> _Need:
         key = (handle.name, handle.version, handle.fm_version)
@@ -132,7 +154,7 @@ class HistoryProvider:
             need = self._needs[key] = _need(handle)
         return need
 
-    def reader(self, fm_version: str):  # -> embedding_cache.CacheReader
+    def reader(self, fm_version: str, *, retry: bool = False):  # -> embedding_cache.CacheReader
         r = self._readers.get(fm_version)
         if r is not None:
             return r
@@ -141,14 +163,33 @@ class HistoryProvider:
                                 "(start it with --cache-dir or --cache-url)")
         from embedding_cache import open_reader
 
+        failed = self._open_failed.get(fm_version)
+        # a failed open is retried only by the readiness check (`retry`, off the event loop, at most
+        # every refresh_s): requests of a version whose codes are absent, or whose cache is down or
+        # stalled, must not each pay a blocking round trip to find out again
+        if failed is not None and (not retry or time.monotonic() - failed[0] < self.refresh_s):
+            raise failed[1]
         with self._lock:
             if fm_version not in self._readers:
                 try:
-                    self._readers[fm_version] = open_reader(self.backend, self.location, fm_version,
-                                                             snapshot_id=self.snapshot_id, registry=self.registry)
+                    reader = open_reader(self.backend, self.location, fm_version,
+                                         snapshot_id=self.snapshot_id, registry=self.registry)
+                    self._keep_prior(reader)
                 except CacheError as exc:
-                    raise open_error(exc, fm_version) from exc
+                    error = open_error(exc, fm_version)
+                    self._open_failed[fm_version] = (time.monotonic(), error)
+                    raise error from exc
+                self._readers[fm_version] = reader
+                self._open_failed.pop(fm_version, None)
             return self._readers[fm_version]
+
+    def _keep_prior(self, reader) -> None:  # reader: embedding_cache.CacheReader
+        """Remembers the snapshot's population prior: the one entry a user without history gets."""
+        self._priors[reader.fm_version] = np.array(reader.population_prior, np.float32)
+
+    def prior(self, fm_version: str) -> np.ndarray | None:
+        """The last population prior seen for `fm_version` (None before its reader opened)."""
+        return self._priors.get(fm_version)
 
     def refresh(self) -> None:
         """Lets every open reader switch to its newest published snapshot (a reference swap; a corrupt
@@ -156,15 +197,17 @@ class HistoryProvider:
         for fm_version, reader in list(self._readers.items()):
             try:
                 if reader.refresh():
+                    self._keep_prior(reader)
                     log.info("embedding cache %s: now serving snapshot %s", fm_version, reader.snapshot_id)
             except Exception as exc:  # noqa: BLE001 - keep serving the snapshot we have
                 log.warning("embedding cache %s: refresh refused: %s", fm_version, exc)
 
-    def check(self, handle: ModelHandle) -> None:
-        """Raises ModelNotReady when a LoopFM model's codes cannot be read as it was trained on them."""
+    def check(self, handle: ModelHandle, *, retry: bool = False) -> None:
+        """Raises ModelNotReady when a LoopFM model's codes cannot be read as it was trained on them
+        (`retry`: try again to open a reader that failed to open; readiness checks do, requests not)."""
         if not needs_history(handle):
             return
-        reader = self.reader(handle.fm_version)
+        reader = self.reader(handle.fm_version, retry=retry)
         need = self._need(handle)
         if reader.dim < need.width:
             raise ModelNotReady(f"embedding cache codes of {handle.fm_version} have width {reader.dim}; "
@@ -173,22 +216,62 @@ class HistoryProvider:
             raise ModelNotReady(f"embedding cache stores {handle.fm_version} as {reader.codec_name}; "
                                 f"{handle.name}/{handle.version} was trained on {need.codec} codes")
 
-    async def inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int) -> HistoryInputs:
+    @property
+    def cache_down_without_fallback(self) -> bool:
+        """True while the breaker is not closed and the server is told to fail rather than degrade."""
+        return self.backend != "none" and self.fallback == "fail" and not self.breaker.is_closed
+
+    async def _lookup(self, reader, user_id: int, t_ms: int, length: int, timeout_s: float | None):
+        if self.backend != "redis":  # memory-mapped, compiled kernel: microseconds, cheaper inline
+            return reader.lookup(user_id, t_ms, length, _NO_ADS)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="adrank-cache")
+        budget = self.cache_timeout_s if timeout_s is None else max(min(self.cache_timeout_s, timeout_s), 0.001)
+        loop = asyncio.get_running_loop()
+        try:  # network I/O: off the event loop, and never longer than the budget
+            return await asyncio.wait_for(loop.run_in_executor(self._executor, reader.lookup, user_id, t_ms,
+                                                               length, _NO_ADS), budget)
+        except TimeoutError:
+            raise BackendTimeout(f"embedding cache lookup took over {budget * 1e3:.0f} ms") from None
+
+    async def inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int, *,
+                     timeout_s: float | None = None) -> HistoryInputs:
+        """The request's history tensors; `timeout_s` is what is left of the request's deadline."""
         need = self._need(handle)
         reader = self.reader(handle.fm_version)
         t0 = time.perf_counter()
+        breaker = self.breaker
+        if not breaker.allow():
+            return self._degraded(handle, need, n_candidates, t0, BackendUnavailable(
+                "embedding cache circuit breaker is open"))
         try:
-            if self.backend == "redis":  # network I/O: keep it off the event loop
-                hb, _, _ = await asyncio.to_thread(reader.lookup, user_id, t_ms, need.length, _NO_ADS)
-            else:  # memory-mapped, compiled kernel: microseconds, cheaper inline than a thread hop
-                hb, _, _ = reader.lookup(user_id, t_ms, need.length, _NO_ADS)
-        except CacheError as exc:
-            raise lookup_error(exc) from exc
+            try:
+                hb, _, _ = await self._lookup(reader, user_id, t_ms, need.length, timeout_s)
+            except CacheError as exc:
+                raise lookup_error(exc) from exc
+        except BackendUnavailable as exc:  # unreachable, slow, or snapshot gone: the cache's fault
+            breaker.failure()
+            if not breaker.is_closed:
+                log.warning("embedding cache breaker open after %d failures: %s", breaker.consecutive_failures, exc)
+            return self._degraded(handle, need, n_candidates, t0, exc)
+        breaker.success()
         cache_us = int((time.perf_counter() - t0) * 1e6)
         if hb.fm_version != handle.fm_version:  # defence in depth: never mix FM versions
             raise ModelNotReady(f"cache returned {hb.fm_version} codes for a model trained with {handle.fm_version}")
         if hb.codes.shape[2] < need.width:
             raise ModelNotReady(f"cache codes have width {hb.codes.shape[2]}, model needs {need.width}")
-        flags = (ranking_pb2.FLAG_USER_HISTORY_MISSING,) if bool(hb.fallback[0]) else ()
+        flags = _NO_HISTORY if bool(hb.fallback[0]) else ()
         tensors = history_tensors(hb.codes, hb.lengths, need.length, need.width, np.zeros(n_candidates, np.int64))
         return HistoryInputs(tensors, flags, cache_us, hb.snapshot_id)
+
+    def _degraded(self, handle: ModelHandle, need: _Need, n_candidates: int, t0: float,
+                  cause: BackendUnavailable) -> HistoryInputs:
+        """The population prior as the user's one history entry, flagged; or `cause` when told to fail."""
+        prior = self._priors.get(handle.fm_version)
+        if self.fallback != "prior" or prior is None:
+            raise cause
+        codes = np.zeros((1, need.length, prior.shape[0]), np.float32)
+        codes[0, 0] = prior
+        tensors = history_tensors(codes, np.ones(1, np.int64), need.length, need.width,
+                                  np.zeros(n_candidates, np.int64))
+        return HistoryInputs(tensors, _DEGRADED, int((time.perf_counter() - t0) * 1e6), "")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
 # a stage takes from a few microseconds (route) to most of the request (infer): finer at the bottom
@@ -16,11 +16,21 @@ class ServiceMetrics:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter("adrank_score_requests", "Score calls by outcome", ["model", "version", "code"],
                                 registry=self.registry)
-        self.latency = Histogram("adrank_score_latency_seconds", "Server-side Score latency", ["model"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        # every label value below is from a closed set: a loaded model name or "unknown", a gRPC status
+        # name, a stage name, a breaker state; never a string taken as is from a request
+        self.latency = Histogram("adrank_score_latency_seconds", "Server-side Score latency, every outcome",
+                                 ["model", "code"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.candidates = Counter("adrank_scored_candidates", "Candidates scored", ["model"], registry=self.registry)
         self.stage_latency = Histogram("adrank_stage_latency_seconds", "Time per request pipeline stage "
                                        "(decode, validate, route, history, features, infer, rank, encode)",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
         self.degraded = Counter("adrank_degraded_requests", "Requests scored without user FM history", ["reason"],
                                 registry=self.registry)
+        self.deadline_expired = Counter("adrank_deadline_expired", "Requests dropped at a stage boundary because "
+                                        "their deadline had passed (never scored)", ["stage"], registry=self.registry)
+        self.rejected = Counter("adrank_admission_rejected", "Score calls refused by admission control",
+                                registry=self.registry)
+        self.in_flight = Gauge("adrank_score_in_flight", "Score calls admitted and not yet finished",
+                               registry=self.registry)
+        self.cache_breaker = Gauge("adrank_cache_breaker_open", "1 while the embedding cache's circuit breaker is "
+                                   "open or half-open (LoopFM requests scored with the prior)", registry=self.registry)

@@ -25,8 +25,12 @@ class ServerProcess:
     """
 
     def __init__(self, serve_args: list[str], *, startup_timeout_s: float = 60.0, log_path: str | None = None,
-                 tls: ClientTls | None = None) -> None:
+                 tls: ClientTls | None = None, env: dict[str, str] | None = None,
+                 require_serving: bool = True, launcher: list[str] | None = None) -> None:
         self.serve_args = serve_args
+        self.env = env or {}  # extra ADRANK_* variables for the child
+        self.launcher = launcher  # another program running serve_forever: called with the ready file
+        self.require_serving = require_serving  # False: a server that is up but (rightly) not ready
         self.tls = tls  # how this process's own health checks connect, when serve_args turn TLS on
         self.startup_timeout_s = startup_timeout_s
         self._tmp = tempfile.TemporaryDirectory(prefix="adrank-serve-")
@@ -42,9 +46,12 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         cmd = [sys.executable, "-m", "adrank", "serve", "--port", "0", "--ready-file", str(self.ready_file),
                *self.serve_args]
+        if self.launcher is not None:
+            cmd = [*self.launcher, str(self.ready_file)]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # no balancer watches a child's health: skip the drain delay unless the caller sets one
+        env = {"ADRANK_DRAIN_DELAY_S": "0", **os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout_s
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
@@ -54,7 +61,7 @@ class ServerProcess:
                 raise TimeoutError(f"server not ready in {self.startup_timeout_s} s:\n{self.log_text()[-3000:]}")
             time.sleep(0.05)
         self.port = int(self.ready_file.read_text())
-        if self.health() != health_pb2.HealthCheckResponse.SERVING:
+        if self.require_serving and self.health() != health_pb2.HealthCheckResponse.SERVING:
             raise RuntimeError("server wrote its port but health is not SERVING")
         return self
 

@@ -1,7 +1,16 @@
 """Builds and runs the grpc.aio ranking server with health checking and reflection.
 
-Health reports NOT_SERVING until the backend has loaded a model, SERVING after, and NOT_SERVING
-again while draining on SIGTERM/SIGINT so load balancers stop routing before in-flight calls end.
+Health means ready. The names "" and `SERVICE_NAME` report SERVING only while a readiness check,
+run every `readiness_interval_s`, finds a model version ready (its FM history readable) and no hard
+dependency down without a fallback (Triton unreachable; the cache down with `cache_fallback=fail`);
+NOT_SERVING before the first model loads, while that is not so, and from the first moment of a drain.
+`LIVENESS_NAME` says only that the process answers (SERVING from start to exit), so a liveness probe
+does not restart a pod that is draining or waiting out a dependency's outage.
+
+Drain (SIGTERM), matching deploy/README.md: health turns NOT_SERVING at once; the server keeps serving
+for `drain_delay_s` so balancers watching health stop routing; then it stops accepting (new calls get
+UNAVAILABLE before any work starts) and gives calls in flight `drain_timeout_s` to finish. SIGINT
+(an operator's Ctrl-C) skips the delay.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["AdRanking"].full_name
+LIVENESS_NAME = "adrank.liveness"
+"""Health name that is SERVING while the process answers, whatever its readiness (for liveness probes)."""
+READY_NAMES = ("", SERVICE_NAME)
 
 
 def make_backend(config: ServerConfig) -> InferenceBackend:
@@ -56,14 +68,17 @@ class RankingServer:
         self.config = config
         self.backend = backend or make_backend(config)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        from serving.breaker import CircuitBreaker
         from serving.history import HistoryProvider
         from serving.metrics import ServiceMetrics
 
         metrics = ServiceMetrics()  # the cache readers export their hit-rate and staleness into it too
-        self.service = AdRankingService(config, self.backend, metrics,
-                                        history=HistoryProvider(config.cache_backend, config.cache_location,
-                                                                refresh_s=config.cache_refresh_s,
-                                                                registry=metrics.registry))
+        breaker = CircuitBreaker(config.cache_breaker_failures, config.cache_breaker_cooldown_s)
+        history = HistoryProvider(config.cache_backend, config.cache_location, refresh_s=config.cache_refresh_s,
+                                  cache_timeout_s=config.cache_timeout_ms / 1e3, fallback=config.cache_fallback,
+                                  breaker=breaker, registry=metrics.registry)
+        self.service = AdRankingService(config, self.backend, metrics, history=history)
+        self.service.metrics.cache_breaker.set_function(lambda: 0.0 if breaker.is_closed else 1.0)
         self.request_log: RequestLogSink | None = None
         if config.request_log:  # pyarrow is imported only by servers that log
             from serving.requestlog.recorder import attach_request_log
@@ -71,6 +86,10 @@ class RankingServer:
             self.request_log = attach_request_log(self.service, config)
         self._server: grpc.aio.Server | None = None
         self._refresher: asyncio.Task | None = None
+        self._readiness: asyncio.Task | None = None
+        self.draining = False
+        self.ready_status: int = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.not_ready_reason = "starting"
         self.port: int | None = None
 
     async def _refresh_cache(self) -> None:
@@ -79,11 +98,49 @@ class RankingServer:
             await asyncio.sleep(history.refresh_s)
             await asyncio.to_thread(history.refresh)
 
-    async def _set_health(self, status: int) -> None:
-        for name in ("", SERVICE_NAME):
+    async def _set_health(self, status: int, names: tuple[str, ...] = READY_NAMES) -> None:
+        for name in names:
             result = self.health.set(name, status)
             if asyncio.iscoroutine(result):
                 await result
+
+    async def check_ready(self) -> str:
+        """"" when the server can score, else why not (a readiness check; may touch the cache)."""
+        history = self.service.history
+        if not await self.backend.ready():
+            return f"{self.backend.name} backend is not ready (unreachable) and no fallback is configured"
+        if history.cache_down_without_fallback:
+            return "embedding cache is down and cache_fallback is 'fail'"
+        states = await asyncio.to_thread(self.service.readiness)  # opening a cache reader is I/O
+        if not any(state == "ready" for state in states.values()):
+            return f"no model version is ready: {states or 'none loaded'}"
+        return ""
+
+    async def _update_health(self) -> None:
+        """Sets the ready names from one readiness check (never back to SERVING once draining)."""
+        try:
+            reason = await self.check_ready()
+        except Exception as exc:  # noqa: BLE001 - a failing check means not ready, never a dead loop
+            reason = f"readiness check failed: {exc}"
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if not reason and not self.draining else health_pb2.HealthCheckResponse.NOT_SERVING
+        if reason != self.not_ready_reason:
+            (log.info if not reason else log.warning)("readiness: %s", reason or "ready")
+        self.not_ready_reason = reason
+        if not self.draining and status != self.ready_status:
+            self.ready_status = status
+            await self._set_health(status)
+
+    async def _check_readiness_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.readiness_interval_s)
+            await self._update_health()
+
+    async def begin_drain(self) -> None:
+        """Health NOT_SERVING at once (calls keep being served): the first step of a drain."""
+        self.draining = True
+        self.ready_status = health_pb2.HealthCheckResponse.NOT_SERVING
+        await self._set_health(self.ready_status)
 
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", self.config.max_message_bytes),
@@ -95,6 +152,7 @@ class RankingServer:
         if self.config.reflection:
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING, (LIVENESS_NAME,))
         self.port = bind_port(server, self.config)  # TLS / mutual TLS when configured
         await server.start()
         self._server = server
@@ -103,19 +161,23 @@ class RankingServer:
             if state != "ready":
                 log.warning("model %s loaded but not ready: %s", key, state)
         self._refresher = asyncio.create_task(self._refresh_cache())
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        await self._update_health()
+        self._readiness = asyncio.create_task(self._check_readiness_forever())
         log.info("serving %s on %s:%d via %s backend: %s", SERVICE_NAME, self.config.host, self.port,
                  self.backend.name, self.backend.models())
         return self.port
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._refresher is not None:
-            self._refresher.cancel()
+        """Stops accepting calls (new ones get UNAVAILABLE) and gives those in flight `grace_s`."""
+        await self.begin_drain()
+        for task in (self._refresher, self._readiness):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
         if self.request_log is not None:  # after the last call: publishes every record of a served request
             await asyncio.to_thread(self.request_log.close)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING, (LIVENESS_NAME,))
         await self.backend.close()
 
     async def wait(self) -> None:
@@ -123,10 +185,12 @@ class RankingServer:
             await self._server.wait_for_termination()
 
 
-async def serve_forever(config: ServerConfig, *, ready_file: str | None = None) -> None:
-    """Runs until SIGTERM / SIGINT, then drains for `config.drain_grace_s`. Writes the bound port to
-    `ready_file` once SERVING; exports metrics on `config.metrics_port` when set."""
-    server = RankingServer(config)
+async def serve_forever(config: ServerConfig, *, ready_file: str | None = None,
+                        backend: InferenceBackend | None = None) -> None:
+    """Runs until SIGTERM / SIGINT, then drains (module docstring). Writes the bound port to
+    `ready_file` once started; exports metrics on `config.metrics_port` when set. `backend` replaces
+    the one `config` names (tests run a slowed model through the real process this way)."""
+    server = RankingServer(config, backend)
     port = await server.start()
     if config.metrics_port is not None:
         start_http_server(config.metrics_port, addr=config.host, registry=server.service.metrics.registry)
@@ -137,9 +201,15 @@ async def serve_forever(config: ServerConfig, *, ready_file: str | None = None) 
         tmp.write_text(str(port))
         tmp.replace(ready_file)
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda s=sig: (received.append(s), stop.set()))
     await stop.wait()
-    log.info("draining for up to %.1f s", config.drain_grace_s)
-    await server.stop(config.drain_grace_s)
+    await server.begin_drain()
+    delay = config.drain_delay_s if received[0] == signal.SIGTERM else 0.0
+    log.info("%s: health NOT_SERVING; serving %.1f s more, then %.1f s for calls in flight",
+             received[0].name, delay, config.drain_timeout_s)
+    await asyncio.sleep(delay)
+    await server.stop(config.drain_timeout_s)
+    log.info("drained; exiting")

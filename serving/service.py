@@ -3,12 +3,14 @@
 Score receives the request's raw bytes (decoding is the pipeline's first stage), runs
 `serving.pipeline.Pipeline.run`, and returns the response or aborts the call with the status
 `serving.errors.grpc_status` gives the error — the one place errors become status codes. It also
-counts outcomes (by status code), the latency of successful calls and degraded responses. It holds no
+counts every outcome by status code with its latency (refusals, expiries and cancellations
+included) and degraded responses, and installs the admission policy the config asks for. It holds no
 scoring logic, so another transport can reuse the same pipeline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -17,13 +19,22 @@ import grpc
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.backends.base import InferenceBackend
 from serving.config import ServerConfig
-from serving.errors import RankingError, grpc_status
+from serving.errors import Overloaded, RankingError, grpc_status
 from serving.history import HistoryProvider
 from serving.metrics import ServiceMetrics
 from serving.pipeline import Pipeline, RequestContext
+from serving.pipeline.admission import ConcurrencyLimit
 from serving.pipeline.route import readiness
 
 log = logging.getLogger(__name__)
+
+
+def admission_for(config: ServerConfig) -> ConcurrencyLimit | None:
+    """The admission policy `config` asks for; None when max_in_flight is 0 (no limit)."""
+    if config.max_in_flight == 0:
+        return None
+    return ConcurrencyLimit(config.max_in_flight, config.max_queued, config.max_queue_wait_ms / 1e3,
+                            config.retry_after_ms)
 
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["AdRanking"].full_name
 
@@ -42,7 +53,11 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         self.backend = backend
         self.metrics = metrics or ServiceMetrics()
         self.history = history or HistoryProvider()
-        self.pipeline = pipeline or Pipeline.build(config, backend, self.history, metrics=self.metrics)
+        self.admission = admission_for(config)
+        if self.admission is not None:
+            self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
+        self.pipeline = pipeline or Pipeline.build(config, backend, self.history, metrics=self.metrics,
+                                                   admission=self.admission)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers Score with no request deserializer: the pipeline's decode stage parses the bytes,
@@ -56,24 +71,46 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         """Per loaded version: "ready" or why not (logged at start-up)."""
         return readiness(self.backend, self.history)
 
+    def _model_label(self, ctx: RequestContext) -> str:
+        """The metrics label of the model: a loaded model's name or "unknown", never the request's
+        string as is (distinct names would each create a time series: memory grown by callers)."""
+        name = ctx.model or self.config.default_model
+        return name if name in self.backend.models() else "unknown"
+
+    def _record(self, ctx: RequestContext, code: str) -> None:
+        """Counts the outcome and its latency, whatever it was (refusals and expiries included)."""
+        model = self._model_label(ctx)
+        version = str(ctx.version) if ctx.version is not None and model != "unknown" else "?"
+        self.metrics.requests.labels(model, version, code).inc()
+        self.metrics.latency.labels(model, code).observe(time.perf_counter() - ctx.started)
+
     async def Score(self, request: bytes | ranking_pb2.ScoreRequest,  # noqa: N802 - the gRPC method's name
                     context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreResponse:
-        ctx = RequestContext.begin(context.time_remaining())
+        ctx = RequestContext.begin(context.time_remaining(), max_s=self.config.max_deadline_ms / 1e3)
         try:
             response = await self.pipeline.run(request, ctx)
+        except asyncio.CancelledError:  # the caller went away or its deadline passed mid-stage
+            expired = ctx.deadline is not None and time.perf_counter() >= ctx.deadline
+            self._record(ctx, "DEADLINE_EXCEEDED" if expired else "CANCELLED")
+            raise
         except Exception as exc:  # every failure leaves through the one mapping below
             code, message = grpc_status(exc)
             if not isinstance(exc, RankingError):
                 log.exception("Score failed for request_id=%r", ctx.request_id)
             elif code is grpc.StatusCode.INTERNAL:
                 log.error("Score failed for request_id=%r: %s", ctx.request_id, message)
-            self.metrics.requests.labels(ctx.model or self.config.default_model, "?", code.name).inc()
+            if isinstance(exc, Overloaded):
+                self.metrics.rejected.inc()
+                hint = str(exc.retry_after_ms)
+                context.set_trailing_metadata((("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint)))
+            self._record(ctx, code.name)
             await context.abort(code, message)
             raise AssertionError("unreachable") from exc  # context.abort raises
-        model = ctx.model or self.config.default_model
-        self.metrics.requests.labels(model, str(ctx.version), "OK").inc()
-        self.metrics.latency.labels(model).observe(time.perf_counter() - ctx.started)
+        self._record(ctx, "OK")
+        model = self._model_label(ctx)
         self.metrics.candidates.labels(model).inc(len(response.candidates))
         if ranking_pb2.FLAG_USER_HISTORY_MISSING in ctx.flags:
             self.metrics.degraded.labels("user_history_missing").inc()
+        if ranking_pb2.FLAG_HISTORY_CACHE_UNAVAILABLE in ctx.flags:
+            self.metrics.degraded.labels("history_cache_unavailable").inc()
         return response

@@ -65,6 +65,11 @@ class InferenceBackend(abc.ABC):
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         """Runs the model once on the assembled batch."""
 
+    async def ready(self) -> bool:
+        """Whether the backend can infer now (a remote server answers); in-process backends always can.
+        Health turns NOT_SERVING while it cannot and no fallback is configured."""
+        return True
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connects / loads; called once before serving."""
 

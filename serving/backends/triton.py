@@ -6,7 +6,8 @@ version is offered only when both agree: a verified manifest and a READY version
 intersection is refreshed on start, every `refresh_s`, and right after Triton answers NOT_FOUND
 (a version was unloaded under us), so the next request resolves against the new truth.
 
-Every request is one Triton call, always naming the resolved version: the version reported in
+Every request is one Triton call, with a timeout no longer than what is left of the request's
+deadline (`serving.budget`), always naming the resolved version: the version reported in
 `served_by` is the version that computed the scores, even while a newer one is being loaded.
 
 Usage::
@@ -28,6 +29,7 @@ import numpy as np
 from exporters.manifest import ModelManifest
 from models.features import FeatureSpec
 from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
+from serving.budget import capped_timeout
 from serving.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -178,7 +180,7 @@ class TritonBackend(InferenceBackend):
         tensors, outputs = self._request(handle, inputs)
         try:
             result = await self._triton().infer(handle.name, tensors, model_version=str(handle.version),
-                                                outputs=outputs, client_timeout=self.timeout_s)
+                                                outputs=outputs, client_timeout=capped_timeout(self.timeout_s))
         except Exception as exc:
             error = map_triton_error(exc, f"{handle.name}/{handle.version}")
             if isinstance(error, ModelNotFound | ModelNotReady):
@@ -188,6 +190,13 @@ class TritonBackend(InferenceBackend):
                 task.add_done_callback(self._background.discard)
             raise error from exc
         return InferenceResult(result.as_numpy("p_ctr").reshape(-1), result.as_numpy("p_cvr").reshape(-1))
+
+    async def ready(self) -> bool:
+        """Triton answers its readiness RPC within the backend's timeout."""
+        try:
+            return bool(await self._triton().is_server_ready(client_timeout=min(self.timeout_s, 1.0)))
+        except Exception:  # noqa: BLE001 - any failure to answer means not ready
+            return False
 
     async def _refresh_quietly(self) -> None:
         try:

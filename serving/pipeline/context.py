@@ -50,11 +50,17 @@ class RequestContext:
     """Seconds per stage name, filled by the pipeline as each stage returns (failed stages absent)."""
 
     @classmethod
-    def begin(cls, time_remaining_s: float | None = None, *, now: float | None = None) -> RequestContext:
+    def begin(cls, time_remaining_s: float | None = None, *, max_s: float | None = None,
+              now: float | None = None) -> RequestContext:
         """A context starting now; `time_remaining_s` is what the transport says is left of the
-        caller's deadline (grpc's `context.time_remaining()`), None for no deadline."""
+        caller's deadline (grpc's `context.time_remaining()`), None for no deadline. `max_s`, the
+        server's cap, bounds it and is the deadline of a caller that set none: a server never works
+        longer on one request than it is configured to."""
         started = time.perf_counter() if now is None else now
-        return cls(started=started, deadline=None if time_remaining_s is None else started + time_remaining_s)
+        budget = time_remaining_s
+        if max_s is not None:
+            budget = max_s if budget is None else min(budget, max_s)
+        return cls(started=started, deadline=None if budget is None else started + budget)
 
     def remaining_s(self, now: float | None = None) -> float | None:
         """Seconds left before the deadline (negative once it passed); None without a deadline."""

@@ -25,7 +25,8 @@ class HistoryStage:
         request, handle = route.request, route.handle
         if not needs_history(handle):
             return WithHistory(request, handle, None)
-        hist = await self.provider.inputs(handle, request.user_id, request.request_time_ms, len(request.ad_id))
+        hist = await self.provider.inputs(handle, request.user_id, request.request_time_ms, len(request.ad_id),
+                                          timeout_s=ctx.remaining_s())
         ctx.flags.extend(hist.flags)
         ctx.cache_us, ctx.snapshot_id = hist.cache_us, hist.snapshot_id
         return WithHistory(request, handle, hist)

@@ -30,7 +30,9 @@ from typing import Any, Protocol, TypeVar
 
 from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import InferenceBackend
+from serving.budget import DEADLINE
 from serving.config import ServerConfig
+from serving.errors import DeadlineExpired
 from serving.history import HistoryProvider
 from serving.metrics import ServiceMetrics
 from serving.pipeline.admission import Admission
@@ -114,16 +116,23 @@ class Pipeline:
         return self.replace(**{name: wrapper(getattr(self.stages, name))})
 
     async def run(self, payload: ScorePayload, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
-        """Scores one request: every stage in order, each timed into `ctx.timings` and the histogram."""
+        """Scores one request: every stage in order, each timed into `ctx.timings` and the histogram.
+
+        Before each stage the deadline is checked: once it has passed the request stops there with
+        DeadlineExpired (counted per stage in `adrank_deadline_expired`), so late work is never done."""
         admission = self.admission
         if admission is not None:
             await admission.admit(ctx)  # raises Overloaded (RESOURCE_EXHAUSTED) when the server is full
-        clock, timings = time.perf_counter, ctx.timings
+        clock, timings, deadline = time.perf_counter, ctx.timings, ctx.deadline
+        DEADLINE.set(deadline)  # for backend calls below the stage signatures (serving.budget)
         value: Any = payload
         try:
             for name, stage, observe in self._chain:
-                # a stage boundary: where a passed deadline (ctx.remaining_s() < 0) would stop the request
                 start = clock()
+                if deadline is not None and start >= deadline:  # a stage boundary past the deadline
+                    if self.metrics is not None:
+                        self.metrics.deadline_expired.labels(name).inc()
+                    raise DeadlineExpired(name, (start - deadline) * 1e3)
                 value = await stage(value, ctx)
                 timings[name] = elapsed = clock() - start
                 if observe is not None:

@@ -10,7 +10,7 @@ its dense width.
 from __future__ import annotations
 
 from serving.backends.base import InferenceBackend, ModelHandle
-from serving.errors import InvalidRequest, ModelNotReady, RankingError
+from serving.errors import BackendUnavailable, InvalidRequest, ModelNotReady, RankingError
 from serving.history import HistoryProvider
 from serving.pipeline.context import ARM_LIVE, RequestContext
 from serving.pipeline.values import ParsedRequest, Route
@@ -24,6 +24,7 @@ def resolve(backend: InferenceBackend, history: HistoryProvider, name: str, vers
         history.check(handle)
         return handle
     reasons = []
+    unavailable: BackendUnavailable | None = None
     for v in reversed(backend.models().get(name, [])):
         handle = backend.resolve(name, v)
         try:
@@ -31,18 +32,24 @@ def resolve(backend: InferenceBackend, history: HistoryProvider, name: str, vers
             return handle
         except ModelNotReady as exc:
             reasons.append(f"v{v}: {exc}")
+        except BackendUnavailable as exc:  # its codes cannot be checked now: an older version may still serve
+            unavailable = unavailable or exc
+            reasons.append(f"v{v}: {exc}")
+    if unavailable is not None:
+        raise unavailable
     if reasons:
         raise ModelNotReady(f"model.name: no version of {name!r} is ready; " + "; ".join(reasons))
     return backend.resolve(name, None)  # raises ModelNotFound naming what exists
 
 
 def readiness(backend: InferenceBackend, history: HistoryProvider) -> dict[str, str]:
-    """Per loaded version ("name/version"): "ready" or why not (logged at start-up)."""
+    """Per loaded version ("name/version"): "ready" or why not (logged at start-up; the server's
+    periodic readiness check runs it off the event loop, and only it retries readers that failed to open)."""
     out = {}
     for name, versions in backend.models().items():
         for v in versions:
             try:
-                history.check(backend.resolve(name, v))
+                history.check(backend.resolve(name, v), retry=True)
                 out[f"{name}/{v}"] = "ready"
             except RankingError as exc:
                 out[f"{name}/{v}"] = str(exc)

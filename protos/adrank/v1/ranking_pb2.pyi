@@ -12,9 +12,11 @@ class Flag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLAG_UNSPECIFIED: _ClassVar[Flag]
     FLAG_USER_HISTORY_MISSING: _ClassVar[Flag]
     FLAG_REQUEST_TIME_DEFAULTED: _ClassVar[Flag]
+    FLAG_HISTORY_CACHE_UNAVAILABLE: _ClassVar[Flag]
 FLAG_UNSPECIFIED: Flag
 FLAG_USER_HISTORY_MISSING: Flag
 FLAG_REQUEST_TIME_DEFAULTED: Flag
+FLAG_HISTORY_CACHE_UNAVAILABLE: Flag
 
 class Context(_message.Message):
     __slots__ = ("placement", "device", "hour_of_day")

@@ -320,8 +320,9 @@ def test_termination_timings_leave_room_for_the_drain(overlay):
     drain_delay, drain_timeout = int(env["ADRANK_DRAIN_DELAY_S"]), int(env["ADRANK_DRAIN_TIMEOUT_S"])
     shutdown = pre_stop + drain_delay + drain_timeout
     assert pod["terminationGracePeriodSeconds"] >= shutdown + SIGKILL_MARGIN_S
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["grpc"] == {"port": 50051}, probe
+    assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": "adrank.liveness"}  # serving.server.LIVENESS_NAME
     live = c["livenessProbe"]
     assert live["timeoutSeconds"] >= 5, "an overloaded server answers health late; that is no reason to restart"
     assert live["periodSeconds"] * live["failureThreshold"] > shutdown, "a draining pod is NOT_SERVING, not dead"

@@ -66,7 +66,7 @@ def test_values_just_outside_each_range_are_refused_naming_the_limit(name: str) 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(port=True), "port: expected int, got bool"),
     (dict(port="50051"), "port: expected int, got str"),
-    (dict(drain_grace_s=math.nan), "drain_grace_s: must be within"),
+    (dict(drain_timeout_s=math.nan), "drain_timeout_s: must be within"),
     (dict(reflection=1), "reflection: expected bool"),
     (dict(host=""), "host: must not be empty"),
     (dict(cache_backend="embedded"), "cache_location: required when cache_backend is 'embedded'"),
@@ -82,12 +82,12 @@ def test_bad_types_and_combinations_are_refused(kwargs: dict, match: str) -> Non
 def test_replace_validates_too() -> None:
     with pytest.raises(ConfigError, match="max_candidates"):
         replace(ServerConfig(), max_candidates=0)
-    assert ServerConfig(drain_grace_s=2).drain_grace_s == 2  # an int where a float is expected is fine
+    assert ServerConfig(drain_timeout_s=2).drain_timeout_s == 2  # an int where a float is expected is fine
 
 
 @pytest.mark.parametrize("var,raw,expected", [
     ("ADRANK_PORT", " 50052 ", 50052),                            # int
-    ("ADRANK_DRAIN_GRACE_S", "2.5", 2.5),                         # float
+    ("ADRANK_DRAIN_TIMEOUT_S", "2.5", 2.5),                         # float
     ("ADRANK_REFLECTION", "off", False),                          # bool
     ("ADRANK_REFLECTION", "TRUE", True),
     ("ADRANK_HOST", "::1", "::1"),                                # str
@@ -104,7 +104,7 @@ def test_every_field_is_read_from_its_environment_variable() -> None:
     samples = {int: "7", float: "7.5", bool: "no", str: "x"}
     custom = {"backend": "triton", "cache_backend": "redis", "cache_location": "redis://h:1/0",
               "triton_url": "triton:8001", "port": "7", "metrics_port": "9100", "max_message_bytes": "2048",
-              "insecure": "yes", "request_log_sample": "0.25"}
+              "insecure": "yes", "request_log_sample": "0.25", "cache_fallback": "fail"}
     environ = {}
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int
