@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -17,13 +18,14 @@ from pathlib import Path
 from prometheus_client.registry import CollectorRegistry
 
 from embedding_cache.config import LookupLimits, RetentionConfig
-from embedding_cache.errors import CacheError, FmVersionMismatchError, SnapshotNotFoundError
+from embedding_cache.errors import CacheError, CorruptSnapshotError, FmVersionMismatchError, SnapshotNotFoundError
 from embedding_cache.memory import CsrReader
 from embedding_cache.snapshot_data import SnapshotData
 from embedding_cache.snapshot_files import Verify, _fsync_dir, open_snapshot_dir, write_snapshot_dir
 from embedding_cache.writer import SnapshotWriter, format_snapshot_id
 
 CURRENT = "CURRENT"
+log = logging.getLogger(__name__)
 _SNAPSHOT_RE = re.compile(r"^s(\d{6,})$")
 
 
@@ -57,6 +59,25 @@ def open_snapshot(root: str | os.PathLike, fm_version: str, snapshot_id: str | N
 def list_snapshots(root: str | os.PathLike, fm_version: str) -> list[str]:
     sdir = version_dir(root, fm_version) / "snapshots"
     return sorted(p.name for p in sdir.iterdir() if _SNAPSHOT_RE.match(p.name)) if sdir.is_dir() else []
+
+
+def open_current_or_newest_valid(root: str | os.PathLike, fm_version: str, verify: Verify = "full") -> SnapshotData:
+    """The snapshot CURRENT names; when that one fails verification (a damaged publish, a disk fault), the
+    newest older snapshot that passes, logged as a warning, so a restarted server serves slightly older codes
+    instead of failing every request. Raises the original error when no snapshot passes."""
+    try:
+        return open_snapshot(root, fm_version, None, verify)
+    except CorruptSnapshotError as exc:
+        current = read_current(root, fm_version)
+        for older in reversed([s for s in list_snapshots(root, fm_version) if s < current]):
+            try:
+                data = open_snapshot(root, fm_version, older, verify)
+            except CorruptSnapshotError:
+                continue
+            log.warning("embedding cache %s: CURRENT snapshot %s is corrupt (%s); serving %s, the newest valid one",
+                        fm_version, current, exc, older)
+            return data
+        raise
 
 
 class EmbeddedWriter(SnapshotWriter):
@@ -124,7 +145,9 @@ class EmbeddedReader(CsrReader):
         self.root = Path(root_dir)
         self._verify: Verify = verify
         self._pinned = snapshot_id is not None
-        super().__init__(open_snapshot(self.root, fm_version, snapshot_id, verify), limits or LookupLimits(), registry)
+        data = open_snapshot(self.root, fm_version, snapshot_id, verify) if self._pinned else \
+            open_current_or_newest_valid(self.root, fm_version, verify)
+        super().__init__(data, limits or LookupLimits(), registry)
 
     def refresh(self) -> bool:
         """Follow CURRENT; a corrupt or missing new snapshot raises and the old one keeps serving."""

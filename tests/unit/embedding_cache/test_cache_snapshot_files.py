@@ -56,8 +56,8 @@ def test_damaged_snapshot_refused_and_previous_keeps_serving(tmp_path: Path, dam
     hb = reader.user_history(np.arange(10), T0 + 100, 4)
     assert (hb.lengths == 1).all()
     np.testing.assert_allclose(hb.codes[:, 0], 0.1, atol=1e-2)
-    with pytest.raises(CorruptSnapshotError):
-        open_reader("embedded", tmp_path, "fm-v1")
+    # a reader opened now (a restarted server) skips the damaged CURRENT for the newest valid snapshot
+    assert open_reader("embedded", tmp_path, "fm-v1").snapshot_id == "s000001"
 
 
 def test_full_verification_catches_large_file_damage(tmp_path: Path) -> None:
@@ -135,3 +135,21 @@ def test_block_list_that_does_not_cover_the_file_is_refused(tmp_path: Path) -> N
     (sdir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CorruptSnapshotError, match="block checksums for"):
         open_snapshot(tmp_path, "fm-v1")
+
+
+def test_a_reader_opening_on_a_corrupt_current_serves_the_newest_valid_snapshot(tmp_path: Path, caplog) -> None:
+    retention = RetentionConfig(keep_snapshots=3)
+    first, second, third = (_publish(tmp_path, k, retention=retention) for k in (1, 2, 3))
+    codes = tmp_path / "fm-v1" / "snapshots" / third / "codes.bin"
+    codes.write_bytes(bytes(b ^ 0xFF for b in codes.read_bytes()))  # CURRENT's snapshot damaged on disk
+    with caplog.at_level("WARNING"):
+        reader = open_reader("embedded", tmp_path, "fm-v1")
+    assert reader.snapshot_id == second
+    assert f"CURRENT snapshot {third} is corrupt" in caplog.text and f"serving {second}" in caplog.text
+    with pytest.raises(CorruptSnapshotError):  # a pinned snapshot is never substituted
+        open_reader("embedded", tmp_path, "fm-v1", snapshot_id=third)
+    for sid in (first, second):
+        bad = tmp_path / "fm-v1" / "snapshots" / sid / "codes.bin"
+        bad.write_bytes(bytes(b ^ 0xFF for b in bad.read_bytes()))
+    with pytest.raises(CorruptSnapshotError, match=third):  # nothing valid left: the original error
+        open_reader("embedded", tmp_path, "fm-v1")
