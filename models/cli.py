@@ -13,12 +13,10 @@ from models.paths import DEFAULT_RUN
 
 
 def _load_events(a: argparse.Namespace):
-    from models.data import load_dataset
-    from models.data.schema import EventLog
+    from models.pipeline import EventSource
 
-    if getattr(a, "events_file", None):
-        return EventLog.load(a.events_file)
-    return load_dataset(a.dataset, n_events=a.events, seed=a.seed, path=a.data_path)
+    return EventSource(dataset=a.dataset, n_events=a.events, seed=a.seed, data_path=a.data_path,
+                       events_file=getattr(a, "events_file", None)).load()
 
 
 def _cmd_data(a: argparse.Namespace) -> int:

@@ -37,15 +37,27 @@ class JobError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainJob:
-    """One `adrank train vm` run. Defaults train the baseline VM on synthetic events."""
+class EventSource:
+    """Where a job's events come from: a dataset (synthetic of `n_events`, movielens, taobao at `data_path`)
+    generated or read with `seed`, or an .npz written by `adrank data` / `adrank logs join`."""
 
     dataset: str = "synthetic"
     n_events: int = 300_000
     seed: int = 0
-    epochs: int = 2
     data_path: str | None = None
-    events_file: str | None = None  # an .npz written by `adrank data` (overrides dataset / n_events)
+    events_file: str | None = None  # overrides dataset / n_events
+
+    def load(self) -> EventLog:
+        if self.events_file:
+            return EventLog.load(self.events_file)
+        return load_dataset(self.dataset, n_events=self.n_events, seed=self.seed, path=self.data_path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJob(EventSource):
+    """One `adrank train vm` run. Defaults train the baseline VM on synthetic events."""
+
+    epochs: int = 2
     out_dir: str = "runs/demo"
     fm_checkpoint: str | None = None  # fm.pt: the FM whose codes (history) or predictions (KD) the VM uses
     cache_dir: str | None = None
@@ -84,15 +96,10 @@ class TrainJob:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FMJob:
+class FMJob(EventSource):
     """One `adrank train fm` run: the FM + its code autoencoder, then fm.pt and the DAS log in `out_dir`."""
 
-    dataset: str = "synthetic"
-    n_events: int = 300_000
-    seed: int = 0
     epochs: int = 2
-    data_path: str | None = None
-    events_file: str | None = None
     out_dir: str = "runs/demo"
 
 
@@ -100,14 +107,9 @@ EMBED_SPLITS = ("train", "test", "all")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmbedJob:
+class EmbedJob(EventSource):
     """One `adrank embed` run: codes of a split's events published as one snapshot of the FM's version."""
 
-    dataset: str = "synthetic"
-    n_events: int = 300_000
-    seed: int = 0
-    data_path: str | None = None
-    events_file: str | None = None
     fm_checkpoint: str = "runs/demo/fm.pt"
     split: str = "all"
     cache_dir: str | None = None
@@ -126,16 +128,10 @@ class EmbedJob:
         return self.since if self.since in (None, "auto") else int(self.since)
 
 
-def load_events(job: TrainJob | FMJob | EmbedJob) -> EventLog:
-    if job.events_file:
-        return EventLog.load(job.events_file)
-    return load_dataset(job.dataset, n_events=job.n_events, seed=job.seed, path=job.data_path)
-
-
 def run_train_job(job: TrainJob, *, progress: bool = True, world: World = World()) -> tuple[TrainResult, Path | None]:
     """Trains the job's VM variant; rank 0 writes vm.pt, the catalog and metrics.json (other ranks
     return no path)."""
-    events = load_events(job)
+    events = job.load()
     tc = TrainConfig.for_dataset(events.source, epochs=job.epochs, seed=job.seed)
     data = prepare_vm_data(events, tc)
     vm_config, history, distill_record = VMConfig(), None, None
@@ -173,7 +169,7 @@ def run_fm_job(job: FMJob, *, progress: bool = True, world: World = World()) -> 
     from models.das import DAS_FILE, write_das
     from models.fm_pipeline import FMTrainConfig, save_fm, train_fm
 
-    events = load_events(job)
+    events = job.load()
     data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
     config = FMTrainConfig(epochs=job.epochs, seed=job.seed)
     fm = train_fm(data, config, progress=progress, world=world)
@@ -200,7 +196,7 @@ def run_embed_job(job: EmbedJob, *, progress: bool = True, world: World = World(
         cache = CacheLocation.from_flags(job.cache_dir, job.cache_url)
     except ValueError as exc:
         raise JobError(str(exc)) from exc
-    events = load_events(job)
+    events = job.load()
     data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
     rows = {"train": data.train_idx, "test": data.test_idx, "all": np.arange(len(events))}[job.split]
     res = embed_split(job.fm_checkpoint, data, rows, cache, codec=job.codec, since=job.since_value,

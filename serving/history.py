@@ -41,7 +41,6 @@ from serving.errors import BackendTimeout, BackendUnavailable, DataLoss, Invalid
 log = logging.getLogger(__name__)
 
 _NO_ADS = np.zeros(0, np.int64)
-_COLD_T_MS = 1  # no code is older than 1 ms after the epoch: a lookup at t=1 returns the prior
 _DEGRADED = (ranking_pb2.FLAG_HISTORY_CACHE_UNAVAILABLE,)
 _NO_HISTORY = (ranking_pb2.FLAG_USER_HISTORY_MISSING,)
 

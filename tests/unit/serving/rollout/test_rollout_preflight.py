@@ -30,18 +30,17 @@ HOUR_MS = 3_600_000
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A LoopFM VM (6 codes of width 4, int8) exported as vm/1 (NE 0.800) and vm/2 (NE 0.801)."""
-    import torch
-
     from exporters.onnx_export import export_onnx
+    from models.checkpoint import load_payload, save_atomic
 
     base = tmp_path_factory.mktemp("preflight")
     repo = base / "repo"
     for version, ne in ((1, 0.800), (2, 0.801)):
         ckpt = triton_fixtures.tiny_checkpoint(base / f"v{version}.pt", seed=version, history=True)
-        payload = torch.load(ckpt, weights_only=False)
+        payload = load_payload(ckpt)
         payload.update(fm_version=FM, metrics={"test": {"ctr_ne": ne}},
                        history={"fm_version": FM, "length": 6, "width": 4, "codec": "int8", "pooling": "sum"})
-        torch.save(payload, ckpt)
+        save_atomic(payload, ckpt)
         export_onnx(ckpt, repo, "vm", version, parity_examples=500, torchscript=False)
     return read_manifest(repo / "vm" / "1"), read_manifest(repo / "vm" / "2")
 
