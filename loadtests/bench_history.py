@@ -6,6 +6,12 @@ compiled one-request kernel on the embedded store; no candidate ad codes, since 
 in-memory arrays with precomputed row numbers: the raw bytes (the floor any store pays to touch the data),
 and the bytes decoded to float32 (the least work that yields what the model consumes).
 
+On the compiled path it also times each layer under the served stage, so the gap to the gather is
+accounted for: the reader's `lookup` (argument checks, kernel, cold-start fill, metrics, HistoryBatch),
+the kernel's `lookup` (its output arrays plus the compiled call), the compiled call alone on preallocated
+outputs, and a compiled function that does nothing, called with the same arguments (the dispatch floor:
+what numba pays to unbox one snapshot's arrays before any work starts).
+
     python -m loadtests.bench_history --users 200000 --history 32 --codec int4
 """
 
@@ -101,20 +107,59 @@ def measure(*, users: int = 200_000, history: int = 32, dim: int = 32, codec: st
             r = rows[i]
             return decode(codes[r], scales[r] if len(scales) else scales)
 
-        samples: dict[str, list[np.ndarray]] = {"served": [], "gather": [], "gather_decode": []}
+        sync = {"gather": gather, "gather_decode": gather_decode, **_layers(reader, uids, t_req, history)}
+        samples: dict[str, list[np.ndarray]] = {"served": [], **{k: [] for k in sync}}
         asyncio.run(_timed_async(served, min(300, requests)))  # warm code paths and pages
-        for i in range(min(300, requests)):
-            gather(i), gather_decode(i)
+        for fn in sync.values():
+            for i in range(min(300, requests)):
+                fn(i)
         for _ in range(rounds):
             samples["served"].append(asyncio.run(_timed_async(served, requests)))
-            samples["gather"].append(_timed(gather, requests))
-            samples["gather_decode"].append(_timed(gather_decode, requests))
+            for key, fn in sync.items():
+                samples[key].append(_timed(fn, requests))
         stats = {k: latency_stats(np.concatenate(v)) for k, v in samples.items()}
         path = getattr(reader, "lookup_path", "numpy")
+    gather_p50 = stats["gather"]["p50_us"]
     return {"users": users, "history": history, "dim": dim, "codec": codec, "requests": requests, "rounds": rounds,
             "lookup_path": path, **stats,
-            "ratio_p50_vs_gather": stats["served"]["p50_us"] / stats["gather"]["p50_us"],
-            "ratio_p50_vs_gather_decode": stats["served"]["p50_us"] / stats["gather_decode"]["p50_us"]}
+            "ratio_p50_vs_gather": stats["served"]["p50_us"] / gather_p50,
+            "ratio_p50_vs_gather_decode": stats["served"]["p50_us"] / stats["gather_decode"]["p50_us"],
+            "layers_ratio_p50_vs_gather": {k: stats[k]["p50_us"] / gather_p50 for k in LAYERS if k in stats}}
+
+
+LAYERS = ("reader_lookup", "kernel_lookup", "kernel_call", "dispatch_floor")
+
+
+def _layers(reader, uids: np.ndarray, t_req: int, history: int) -> dict:
+    """Timed callables for each layer under the served stage (compiled path only; {} on the numpy path)."""
+    kernel = getattr(getattr(reader, "_served", None), "kernel", None)
+    if kernel is None:
+        return {}
+    import numba
+
+    ads = np.zeros(0, np.int64)
+    width, dtype = kernel._width, kernel._out_dtype
+    out = (np.zeros((1, history, width), dtype), np.zeros((1, history), np.int64), np.empty((0, width), dtype),
+           np.empty(0, np.bool_), np.empty(4, np.int64))
+
+    @numba.njit
+    def nothing(snapshot, user_id, t, ad_ids, hist, stamps, ad_rows, hit, meta):  # noqa: ARG001 - same signature
+        return 0
+
+    def reader_lookup(i: int):
+        return reader.lookup(int(uids[i]), t_req, history, ads)
+
+    def kernel_lookup(i: int):
+        return kernel.lookup(int(uids[i]), t_req, history, ads)
+
+    def kernel_call(i: int):
+        return kernel._run(kernel._snapshot, int(uids[i]), t_req, ads, *out)
+
+    def dispatch_floor(i: int):
+        return nothing(kernel._snapshot, int(uids[i]), t_req, ads, *out)
+
+    return {"reader_lookup": reader_lookup, "kernel_lookup": kernel_lookup, "kernel_call": kernel_call,
+            "dispatch_floor": dispatch_floor}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['ratio_p50_vs_gather']:.2f}×")
     print(f"numpy gather + decode:           p50 {r['gather_decode']['p50_us']:.1f} µs → ratio "
           f"{r['ratio_p50_vs_gather_decode']:.2f}×")
+    for key, ratio in r["layers_ratio_p50_vs_gather"].items():
+        print(f"  layer {key:<15} p50 {r[key]['p50_us']:.1f} µs → ratio {ratio:.2f}×")
     if a.json:
         Path(a.json).write_text(json.dumps(r, indent=2))
     return 0
