@@ -1,0 +1,128 @@
+"""`adrank up` / `adrank down` end to end: real redis-server (and a real 3-node Redis Cluster), real replicas, real
+haproxy, locust in its own process through the balancer, and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from stack.procs import alive
+from stack.state import StackState
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(not (shutil.which("redis-server") and shutil.which("redis-cli")
+                                     and shutil.which("haproxy")),
+                                reason="needs redis-server, redis-cli and haproxy (apt-get install redis-server "
+                                       "haproxy; .ci/run installs them)")
+
+
+def _adrank(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "adrank", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _ok_count(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(v) for v in re.findall(r'^adrank_score_requests_total\{code="OK"[^}]*\} (\S+)$', text, re.M))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _assert_down(run_dir: Path, state: StackState) -> None:
+    proc = _adrank("down", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"({len(state.processes)} processes were running)" in proc.stdout
+    left = [p.name for p in state.processes if alive(p)]
+    assert left == [], f"still running after adrank down: {left}"
+    assert not any(_listening(p.port) for p in state.processes)
+    assert not (run_dir / "stack.json").exists() and not (run_dir / "redis.password").exists()
+    again = _adrank("down", "--run-dir", str(run_dir))  # idempotent
+    assert again.returncode == 0 and "no stack recorded" in again.stdout
+
+
+def _up(run_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, StackState | None]:
+    proc = _adrank("up", "--run-dir", str(run_dir), "--port", "0", *args)
+    path = run_dir / "stack.json"
+    return proc, StackState.from_json(path.read_text()) if path.exists() else None
+
+
+def test_two_replicas_behind_haproxy_share_a_locust_run_and_down_leaves_nothing(tiny_run: Path,
+                                                                                tmp_path: Path) -> None:
+    run_dir = tmp_path / "stack"
+    proc, state = _up(run_dir, "--replicas", "2", "--repository", str(tiny_run / "model_repository"))
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert state is not None and state.complete
+        assert [p.role for p in state.processes] == ["redis", "replica", "replica", "balancer"]
+        assert all(alive(p) for p in state.processes)
+        password = (run_dir / "redis.password").read_text().strip()
+        assert stat.S_IMODE(os.stat(run_dir / "redis.password").st_mode) == 0o600
+        # the secret is in no output, no log, no state file and no command line
+        assert password not in proc.stdout + proc.stderr + (run_dir / "stack.json").read_text()
+        assert not [f for f in (run_dir / "logs").iterdir() if password in f.read_text(errors="replace")]
+        assert not [p.name for p in state.processes if password.encode() in Path(f"/proc/{p.pid}/cmdline").read_bytes()]
+
+        refused = _adrank("up", "--run-dir", str(run_dir), "--port", "0")
+        assert refused.returncode == 2 and "already up" in refused.stderr, refused.stdout + refused.stderr
+
+        budget = tmp_path / "loose.toml"
+        budget.write_text("[budget]\np99_ms = 5000\nmax_error_rate = 0.0\nmin_rps = 1\n")
+        replicas = state.of_role("replica")
+        before = [_ok_count(r.metrics_port) for r in replicas]
+        load = _adrank("loadtest", "--", "--target", state.target, "--users", "4", "--spawn-rate", "4",
+                       "--duration", "6", "--warmup", "0", "--budget", str(budget), "--catalog",
+                       str(tiny_run / "catalog.npz"), "--out", str(tmp_path / "lt"), "--candidates", "fixed:50",
+                       timeout=90)
+        assert load.returncode == 0, load.stdout[-3000:] + load.stderr[-3000:]
+        summary = json.loads((tmp_path / "lt" / "summary.json").read_text())["summary"]
+        counts = [_ok_count(r.metrics_port) - b for r, b in zip(replicas, before, strict=True)]
+        print(f"locust {summary['requests']} requests; OK per replica {counts}")
+        assert summary["failures"] == 0 and summary["requests"] > 0
+        assert sum(counts) >= summary["requests"]  # every counted call reached a replica and was OK
+        assert min(counts) >= 0.3 * sum(counts), counts  # round robin: both replicas carry the load
+    finally:
+        if state is not None:
+            _assert_down(run_dir, state)
+
+
+def test_cluster_stack_serves_history_copied_from_the_embedded_cache(loopfm_run: dict, tmp_path: Path) -> None:
+    """--redis cluster: the embedded cache is copied into a 3-primary cluster and a LoopFM model reads a user's
+    history from it through the balancer (no FLAG_USER_HISTORY_MISSING); a cold user still gets the flag."""
+    run_dir = tmp_path / "stack"
+    repo, cache = Path(loopfm_run["repo"]), Path(loopfm_run["cache"])
+    proc, state = _up(run_dir, "--replicas", "1", "--redis", "cluster", "--repository", str(repo),
+                      "--cache-dir", str(cache), "--model", "vm_loopfm")
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert state is not None and len(state.of_role("redis")) == 3
+        assert "copied" in proc.stdout and "fm-test01" in proc.stdout
+        catalog = Path(loopfm_run["dir"]) / "catalog.npz"
+        import numpy as np
+
+        with np.load(catalog) as npz:
+            users, t_ms = npz["user_id"], int(npz["max_ts_ms"][0]) + 1
+        flags = {}
+        for user in (int(users[0]), int(users.max()) + 1_000_000):
+            score = _adrank("score", "--target", state.target, "--user", str(user), "--catalog", str(catalog),
+                            "--model", "vm_loopfm", "--version", "1", "--time-ms", str(t_ms), "--json", timeout=60)
+            assert score.returncode == 0, score.stdout + score.stderr
+            flags[user] = json.loads(score.stdout).get("flags", [])
+        warm, cold = flags.values()
+        assert "FLAG_USER_HISTORY_MISSING" not in warm and "FLAG_USER_HISTORY_MISSING" in cold, flags
+    finally:
+        if state is not None:
+            _assert_down(run_dir, state)
