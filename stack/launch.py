@@ -8,6 +8,8 @@ Order down: the balancer first (no new calls reach the replicas), then the repli
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -148,13 +150,17 @@ def _start_all(config: StackConfig, run_dir: Path, state: StackState, say) -> No
         from serving.triton import launcher
 
         tdir = run_dir / "triton"
-        rc = triton_cli.main(["start", "--repository", str(config.repository.resolve()), "--state-dir", str(tdir),
-                              "--log-file", str(logs / "tritonserver.log"),
-                              "--timeout", str(max(10.0, deadline - time.monotonic()))])
+        state.triton_state_dir = str(tdir)  # recorded first: a crash before its pid is written still stops it
+        write_state(run_dir, state)
+        with contextlib.redirect_stdout(io.StringIO()) as out:  # its "next: adrank serve …" hint is not ours
+            rc = triton_cli.main(["start", "--repository", str(config.repository.resolve()), "--state-dir",
+                                  str(tdir), "--log-file", str(logs / "tritonserver.log"),
+                                  "--timeout", str(max(10.0, deadline - time.monotonic()))])
         handle = launcher.status(tdir)
         if rc != 0 or handle is None:
-            raise StackError(f"--triton: tritonserver did not start; log {logs / 'tritonserver.log'}")
-        state.triton_state_dir = str(tdir)
+            raise StackError(f"--triton: tritonserver did not start; log {logs / 'tritonserver.log'}:\n"
+                             f"{out.getvalue()[-1000:]}")
+        say(f"tritonserver on {handle.grpc_url} with models {list(handle.models)}")
         ticks = procs.start_ticks(handle.pid)
         _record(run_dir, state, ProcessRecord(role="triton", name="tritonserver", pid=handle.pid,
                                               start_ticks=ticks if ticks is not None else -1, log=handle.log_file,
@@ -197,7 +203,10 @@ def down(run_dir: Path, timeout_s: float = 15.0, say=print) -> int:  # noqa: ANN
         if role == "triton" and state.triton_state_dir:
             from serving.triton import launcher
 
-            launcher.stop(state.triton_state_dir, timeout_s=timeout_s)  # SIGINT, its shm files, its record
+            # SIGINT (Triton's own drain), its shm files and record; the group SIGKILL below catches stragglers
+            stopped += int(launcher.stop(state.triton_state_dir, timeout_s=timeout_s))
+            procs.stop(records, timeout_s)
+            continue
         stopped += len(procs.stop(records, timeout_s))
     left = live_processes(state)
     if left:

@@ -3,6 +3,7 @@ haproxy, locust in its own process through the balancer, and no process left beh
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -126,3 +127,38 @@ def test_cluster_stack_serves_history_copied_from_the_embedded_cache(loopfm_run:
     finally:
         if state is not None:
             _assert_down(run_dir, state)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live pids whose process group is `pgid` (Triton's python stubs share the server's group)."""
+    out = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            out.append(int(stat_file.parent.name))
+    return out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pytriton") is None, reason="nvidia-pytriton (the 'triton' extra) missing")
+def test_triton_stack_scores_on_triton_and_down_stops_its_stubs(tiny_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "stack"
+    proc, state = _up(run_dir, "--replicas", "1", "--redis", "none", "--triton", "--model", "vm",
+                      "--repository", str(tiny_run / "model_repository"))
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert state is not None and [p.role for p in state.processes] == ["triton", "replica", "balancer"]
+        triton = state.of_role("triton")[0]
+        stubs = _group_members(triton.pid)
+        assert len(stubs) >= 2  # the server and at least one python backend stub
+        score = _adrank("score", "--target", state.target, "--user", "1", "--catalog", str(tiny_run / "catalog.npz"),
+                        "--model", "vm", timeout=60)
+        assert score.returncode == 0 and "(triton," in score.stdout, score.stdout + score.stderr
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5).read().decode()
+        assert re.search(r'^nv_inference_request_success\{model="vm",version="1"\} [1-9]', metrics, re.M), metrics
+    finally:
+        if state is not None:
+            _assert_down(run_dir, state)
+    assert [pid for pid in stubs if pid in _group_members(triton.pid)] == []
