@@ -162,3 +162,23 @@ def test_triton_stack_scores_on_triton_and_down_stops_its_stubs(tiny_run: Path, 
         if state is not None:
             _assert_down(run_dir, state)
     assert [pid for pid in stubs if pid in _group_members(triton.pid)] == []
+
+
+def test_redis_memory_bench_orders_codecs_and_counts_the_whole_value(tmp_path: Path) -> None:
+    """`python -m stack.bench redis-memory` (docs/scaling.md) on a real redis-server and a real 3-primary cluster:
+    smaller codecs cost less, and no codec costs less than its packed value (L × (code + ts + event id))."""
+    out = tmp_path / "mem.json"
+    proc = subprocess.run([sys.executable, "-m", "stack.bench", "redis-memory", "--users", "300", "--codecs",
+                           "float32,float16,int8,int4", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    code_bytes = {"float32": 128, "float16": 64, "int8": 36, "int4": 16}  # dim 32 (+ int8's scale); pq trains faiss
+    for topology in ("single", "cluster"):
+        got = {r["codec"]: r["bytes_per_user"] for r in rows if r["topology"] == topology}
+        assert list(got) == list(code_bytes)
+        assert got["float32"] > got["float16"] > got["int8"] > got["int4"], got
+        for codec, b in code_bytes.items():
+            assert got[codec] >= 64 * (b + 16), (topology, codec, got[codec])
+    shares = [r["node_share"] for r in rows if r["topology"] == "cluster"]
+    assert all(len(s) == 3 and min(s) > 0.2 for s in shares), shares
