@@ -182,3 +182,32 @@ def test_redis_memory_bench_orders_codecs_and_counts_the_whole_value(tmp_path: P
             assert got[codec] >= 64 * (b + 16), (topology, codec, got[codec])
     shares = [r["node_share"] for r in rows if r["topology"] == "cluster"]
     assert all(len(s) == 3 and min(s) > 0.2 for s in shares), shares
+
+
+def _live_with(text: str) -> list[str]:
+    """Command lines of live processes mentioning `text` (a test's tmp path)."""
+    out = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            out.append(cmdline)
+    return out
+
+
+def test_a_failed_up_names_the_part_and_stops_what_it_started(tmp_path: Path) -> None:
+    """Replicas on a repository without a loadable model exit: `adrank up` fails naming the replica and its log,
+    after stopping the Redis it had already started; no state is left, so the next `up` is not refused."""
+    empty = tmp_path / "repo"
+    empty.mkdir()
+    run_dir = tmp_path / "stack"
+    proc, _ = _up(run_dir, "--replicas", "2", "--repository", str(empty))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert re.search(r"error: replica-\d \(pid \d+\) exited during start-up; log .*replica-\d\.log", proc.stderr)
+    assert "no loadable model" in proc.stderr
+    assert "redis (single)" in proc.stdout  # Redis had been started before the replicas failed
+    assert not (run_dir / "stack.json").exists() and not (run_dir / "redis.password").exists()
+    assert _live_with(str(tmp_path)) == []
