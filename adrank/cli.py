@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from exporters.cli import register as export_verbs
     from models.cli import register as offline_verbs
     from serving.cli import register as serving_verbs
+    from stack.cli import register as stack_verbs
 
     p = argparse.ArgumentParser(prog="adrank", description="Ads ranking on historical FM embeddings.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline_verbs(sub)
     export_verbs(sub)
     serving_verbs(sub)
+    stack_verbs(sub)
 
     sp = sub.add_parser("demo", help="the LoopFM loop end to end: FM → embed → VM and LoopFM VM → export → serve "
                                      "→ score")
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-_PROJECT_PACKAGES = frozenset({"adrank", "models", "embedding_cache", "exporters", "serving", "loadtests"})
+_PROJECT_PACKAGES = frozenset({"adrank", "models", "embedding_cache", "exporters", "serving", "loadtests", "stack"})
 
 
 def _is_user_error(exc: Exception) -> bool:

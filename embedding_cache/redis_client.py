@@ -78,6 +78,15 @@ READER = ClientSettings(socket_timeout_s=0.5, connect_timeout_s=0.25, retries=0)
 WRITER = ClientSettings(socket_timeout_s=30.0, connect_timeout_s=2.0, retries=3)
 
 
+def redact(url: str) -> str:
+    """`url` with its password replaced by `***`, for messages and logs (a URL may carry `user:password@`)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hosts = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}"
+
+
 def is_cluster_url(url: str) -> bool:
     return url.startswith(f"{CLUSTER_SCHEME}://")
 
@@ -93,15 +102,17 @@ def _cluster_nodes(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
     for item in filter(None, netloc.split(",")):
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            raise InvalidLookupError(f"cluster URL {url!r}: node {item!r} is not host:port")
+            raise InvalidLookupError(f"cluster URL {redact(url)!r}: node {item!r} is not host:port")
         nodes.append(ClusterNode(host.strip("[]"), int(port)))
     if not nodes:
-        raise InvalidLookupError(f"cluster URL {url!r} names no node; use {CLUSTER_SCHEME}://host:port[,host:port]/")
+        raise InvalidLookupError(f"cluster URL {redact(url)!r} names no node; "
+                                 f"use {CLUSTER_SCHEME}://host:port[,host:port]/")
     if parts.path not in ("", "/", "/0"):
-        raise InvalidLookupError(f"cluster URL {url!r}: a cluster has only db 0, got path {parts.path!r}")
+        raise InvalidLookupError(f"cluster URL {redact(url)!r}: a cluster has only db 0, got path {parts.path!r}")
     for key, value in parse_qsl(parts.query):
         if key not in _CLUSTER_QUERY:
-            raise InvalidLookupError(f"cluster URL {url!r}: unknown option {key!r}; known: {list(_CLUSTER_QUERY)}")
+            raise InvalidLookupError(f"cluster URL {redact(url)!r}: unknown option {key!r}; "
+                                     f"known: {list(_CLUSTER_QUERY)}")
         kwargs[key] = float(value)
     return nodes, kwargs
 
@@ -128,11 +139,11 @@ def available(url: str) -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
-        raise CacheUnavailableError(f"redis at {url} unavailable: {type(exc).__name__}: {exc}") from exc
+        raise CacheUnavailableError(f"redis at {redact(url)} unavailable: {type(exc).__name__}: {exc}") from exc
     except redis.exceptions.RedisClusterException as exc:
         if not str(exc).startswith(_TOPOLOGY_MESSAGES):
             raise
-        raise CacheUnavailableError(f"redis cluster at {url} unavailable: {exc}") from exc
+        raise CacheUnavailableError(f"redis cluster at {redact(url)} unavailable: {exc}") from exc
 
 
 def mget_checked(client: Client, groups: list[tuple[str, list[str]]]) -> list[list[bytes | None]] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("serving", "models", "exporters", "embedding_cache", "loadtests", "protos")
+PACKAGES = ("serving", "models", "exporters", "embedding_cache", "loadtests", "protos", "stack")
 
 
 def _module_name(path: Path) -> str:
