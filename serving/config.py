@@ -29,6 +29,7 @@ BACKENDS: tuple[str, ...] = ("embedded", "triton")
 CACHE_BACKENDS: tuple[str, ...] = ("embedded", "redis", "none")
 CACHE_FALLBACKS: tuple[str, ...] = ("prior", "fail")
 TRITON_FALLBACKS: tuple[str, ...] = ("fallback", "fail")
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
 REDIS_SCHEMES: tuple[str, ...] = REDIS_URL_SCHEMES  # one list of accepted URL schemes, the cache's own
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -148,6 +149,14 @@ class ServerConfig:
     auth_tokens: str = _field("", "Token file: one `<sha256-hex of token> <scope,scope> <name>` line per token "
                               "(docs/security.md). When set, AdRanking needs a token with scope 'score', "
                               "administration 'admin'; health and reflection need none. Unset: no token check.")
+    log_format: str = _field("text", "Server log lines: 'text' (human) or 'json' (one JSON object per line with "
+                             "fields, for log shippers; serving/jsonlog.py).", choices=LOG_FORMATS)
+    access_log_sample: float = _field(0.01, "Share of OK Score calls written to the access log (logger "
+                                      "adrank.access: request_id, model, version, code, latency_ms); failures are "
+                                      "always written, rate-limited.", between=(0.0, 1.0))
+    access_log_failures_per_s: int = _field(10, "Most access-log lines per failure status code per second; the "
+                                            "next line says how many were left out (a flood of bad input cannot "
+                                            "flood the log).", between=(0, 100_000))
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

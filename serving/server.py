@@ -203,6 +203,9 @@ async def serve_forever(config: ServerConfig, *, ready_file: str | None = None,
     """Runs until SIGTERM / SIGINT, then drains (module docstring). Writes the bound port to
     `ready_file` once started; exports metrics on `config.metrics_port` when set. `backend` replaces
     the one `config` names (tests run a slowed model through the real process this way)."""
+    from serving.jsonlog import configure
+
+    configure(config.log_format)
     server = RankingServer(config, backend)
     port = await server.start()
     if config.metrics_port is not None:
