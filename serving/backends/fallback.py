@@ -53,12 +53,16 @@ class FallbackBackend(InferenceBackend):
     def __init__(self, primary: InferenceBackend, fallback: InferenceBackend, breaker: CircuitBreaker) -> None:
         self.primary, self.fallback, self.breaker = primary, fallback, breaker
         self.name = primary.name
+        self.has_fallback = True
+        """False when the fallback failed to load at start: every call then goes to the primary."""
         self.fallback_calls = 0
         """Requests answered by the fallback (for tests and metrics)."""
 
     @property
     def _handles(self) -> dict[tuple[str, int], ModelHandle]:  # type: ignore[override]
         primary = self.primary._handles
+        if not self.has_fallback:
+            return primary
         if not primary:
             return self.fallback._handles
         # the primary's versions the fallback can also compute: a request never resolves to a version
@@ -71,9 +75,18 @@ class FallbackBackend(InferenceBackend):
         return {**getattr(self.fallback, "load_errors", {}), **getattr(self.primary, "load_errors", {})}
 
     async def start(self) -> None:
-        """The fallback must load (it is the guarantee); the primary may be down at start: the breaker
-        then starts open and a probe finds the primary once it answers."""
-        await self.fallback.start()
+        """The primary may be down at start: the breaker then starts open and a probe finds the primary
+        once it answers. A fallback that cannot load (no ONNX files beside the manifests) is logged and
+        left out: the server then behaves as with `triton_fallback = fail`, and needs the primary."""
+        try:
+            await self.fallback.start()
+        except RankingError as exc:
+            log.error("%s fallback backend not available, Triton outages will fail requests "
+                      "(as triton_fallback = fail): %s", self.fallback.name, exc)
+            self.has_fallback = False
+            await self.primary.start()
+            self._primary_started = True
+            return
         try:
             await self.primary.start()
         except RankingError as exc:
@@ -90,8 +103,9 @@ class FallbackBackend(InferenceBackend):
         await self.fallback.close()
 
     async def ready(self) -> bool:
-        """Ready while either side can infer: the fallback is in process, so this is its readiness."""
-        return await self.fallback.ready()
+        """Ready while either side can infer: the fallback is in process, so this is its readiness
+        (the primary's when there is no fallback)."""
+        return await (self.fallback.ready() if self.has_fallback else self.primary.ready())
 
     async def primary_ready(self) -> bool:
         return await self.primary.ready()
@@ -104,6 +118,8 @@ class FallbackBackend(InferenceBackend):
             log.info("%s backend reachable: its model table is loaded", self.primary.name)
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        if not self.has_fallback:
+            return await self.primary.infer(handle, inputs)
         if self.breaker.allow():
             was_closed = self.breaker.is_closed
             try:

@@ -98,6 +98,17 @@ def test_primary_down_at_start_serves_the_fallback_and_joins_on_a_probe() -> Non
 def test_versions_resolve_to_those_both_sides_serve() -> None:
     backend, _, _, _ = _backend(primary_versions=(1, 2, 3))
     assert backend.models() == {"m": [1, 2]}
-    backend.fallback.start_error = ModelLoadError("no loadable model")
-    with pytest.raises(ModelLoadError):  # the fallback is the guarantee: it must load
-        asyncio.run(backend.start())
+
+
+def test_a_fallback_that_cannot_load_leaves_the_primary_alone_as_with_fail() -> None:
+    backend, primary, fallback, _ = _backend(primary_versions=(1, 2, 3))
+    fallback.start_error = ModelLoadError("no loadable model in /models")
+    asyncio.run(backend.start())
+    assert not backend.has_fallback and backend.models() == {"m": [1, 2, 3]}
+    primary.error = BackendUnavailable("Triton at h:1: connection refused")
+    with pytest.raises(BackendUnavailable):
+        asyncio.run(backend.infer(backend.resolve("m", 3), {}))
+    assert fallback.calls == 0
+    primary.start_error = BackendUnavailable("Triton at h:1: connection refused")
+    with pytest.raises(BackendUnavailable):  # and then the primary is needed at start
+        asyncio.run(FallbackBackend(primary, fallback, CircuitBreaker(2, 1.0)).start())
