@@ -74,7 +74,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """serve, score and auth, on the dispatcher's subparsers."""
-    from serving.config import BACKENDS, CACHE_FALLBACKS, flag_help
+    from serving.config import BACKENDS, CACHE_FALLBACKS, LOG_FORMATS, TRITON_FALLBACKS, flag_help
     from serving.security.cli import add_auth_parser, client_security_flags
 
     # Each flag's dest is its ServerConfig field and its default None ("not given"): the environment
@@ -90,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--repository", "--model-repository", dest="model_repository", help=flag_help("model_repository"))
     sp.add_argument("--model", "--default-model", dest="default_model", help=flag_help("default_model"))
     sp.add_argument("--triton-url", help=flag_help("triton_url"))
+    sp.add_argument("--triton-fallback", choices=TRITON_FALLBACKS, help=flag_help("triton_fallback"))
     cache = sp.add_mutually_exclusive_group()
     cache.add_argument("--cache-dir", help="embedded embedding cache directory (LoopFM models read FM history): "
                        "cache_backend=embedded, cache_location=DIR [env ADRANK_CACHE_BACKEND, ADRANK_CACHE_LOCATION]")
@@ -98,11 +99,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--cache-refresh-s", type=float, help=flag_help("cache_refresh_s"))
     for name in ("max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
                  "max_concurrent_rpcs", "metrics_port", "max_in_flight", "max_queued", "max_queue_wait_ms",
-                 "retry_after_ms", "max_deadline_ms", "cache_timeout_ms", "cache_breaker_failures"):
+                 "retry_after_ms", "max_deadline_ms", "cache_timeout_ms", "cache_breaker_failures",
+                 "triton_breaker_failures", "access_log_failures_per_s"):
         sp.add_argument("--" + name.replace("_", "-"), type=int, help=flag_help(name))
-    for name in ("drain_delay_s", "drain_timeout_s", "cache_breaker_cooldown_s", "readiness_interval_s"):
+    for name in ("drain_delay_s", "drain_timeout_s", "cache_breaker_cooldown_s", "readiness_interval_s",
+                 "triton_breaker_cooldown_s"):
         sp.add_argument("--" + name.replace("_", "-"), type=float, help=flag_help(name))
     sp.add_argument("--cache-fallback", choices=CACHE_FALLBACKS, help=flag_help("cache_fallback"))
+    sp.add_argument("--log-format", choices=LOG_FORMATS, help=flag_help("log_format"))
+    sp.add_argument("--access-log-sample", type=float, metavar="R", help=flag_help("access_log_sample"))
     sp.add_argument("--request-log", metavar="DIR", help=flag_help("request_log"))
     sp.add_argument("--request-log-sample", type=float, metavar="R", help=flag_help("request_log_sample"))
     sp.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None, help=flag_help("reflection"))

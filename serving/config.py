@@ -28,6 +28,8 @@ ENV_PREFIX = "ADRANK_"
 BACKENDS: tuple[str, ...] = ("embedded", "triton")
 CACHE_BACKENDS: tuple[str, ...] = ("embedded", "redis", "none")
 CACHE_FALLBACKS: tuple[str, ...] = ("prior", "fail")
+TRITON_FALLBACKS: tuple[str, ...] = ("fallback", "fail")
+LOG_FORMATS: tuple[str, ...] = ("text", "json")
 REDIS_SCHEMES: tuple[str, ...] = REDIS_URL_SCHEMES  # one list of accepted URL schemes, the cache's own
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -62,6 +64,14 @@ class ServerConfig:
                           "(a Triton server at triton_url).", choices=BACKENDS)
     triton_url: str = _field("127.0.0.1:8001", "HOST:PORT of Triton's gRPC endpoint (no scheme); read only when "
                              "backend is 'triton'.", non_empty=True)
+    triton_fallback: str = _field("fallback", "When Triton is down or slow (backend 'triton'): 'fallback' serves the "
+                                  "same model version with the embedded backend behind a circuit breaker "
+                                  "(served_by.backend 'embedded', health SERVING); 'fail' answers UNAVAILABLE "
+                                  "and health turns NOT_SERVING.", choices=TRITON_FALLBACKS)
+    triton_breaker_failures: int = _field(3, "Consecutive Triton failures that open its circuit breaker (calls then "
+                                          "go to the embedded backend until a probe succeeds).", between=(1, 10_000))
+    triton_breaker_cooldown_s: float = _field(1.0, "Seconds an open Triton breaker waits before one probe call "
+                                              "(half-open); success closes it.", between=(0.01, 600))
     cache_backend: str = _field("none", "Where LoopFM models read FM history: 'embedded' (a snapshot directory), "
                                 "'redis', or 'none' (LoopFM models are refused at load).", choices=CACHE_BACKENDS)
     cache_location: str = _field("", "The embedding cache: a directory (embedded) or a redis://HOST:PORT/DB URL "
@@ -139,6 +149,14 @@ class ServerConfig:
     auth_tokens: str = _field("", "Token file: one `<sha256-hex of token> <scope,scope> <name>` line per token "
                               "(docs/security.md). When set, AdRanking needs a token with scope 'score', "
                               "administration 'admin'; health and reflection need none. Unset: no token check.")
+    log_format: str = _field("text", "Server log lines: 'text' (human) or 'json' (one JSON object per line with "
+                             "fields, for log shippers; serving/jsonlog.py).", choices=LOG_FORMATS)
+    access_log_sample: float = _field(0.01, "Share of OK Score calls written to the access log (logger "
+                                      "adrank.access: request_id, model, version, code, latency_ms); failures are "
+                                      "always written, rate-limited.", between=(0.0, 1.0))
+    access_log_failures_per_s: int = _field(10, "Most access-log lines per failure status code per second; the "
+                                            "next line says how many were left out (a flood of bad input cannot "
+                                            "flood the log).", between=(0, 100_000))
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

@@ -34,3 +34,5 @@ class ServiceMetrics:
                                registry=self.registry)
         self.cache_breaker = Gauge("adrank_cache_breaker_open", "1 while the embedding cache's circuit breaker is "
                                    "open or half-open (LoopFM requests scored with the prior)", registry=self.registry)
+        self.triton_breaker = Gauge("adrank_triton_breaker_open", "1 while Triton's circuit breaker is open or "
+                                    "half-open (requests served by the embedded fallback)", registry=self.registry)

@@ -2,7 +2,8 @@
 
 Health means ready. The names "" and `SERVICE_NAME` report SERVING only while a readiness check,
 run every `readiness_interval_s`, finds a model version ready (its FM history readable) and no hard
-dependency down without a fallback (Triton unreachable; the cache down with `cache_fallback=fail`);
+dependency down without a fallback (Triton unreachable with `triton_fallback=fail`; the cache down with
+`cache_fallback=fail`);
 NOT_SERVING before the first model loads, while that is not so, and from the first moment of a drain.
 `LIVENESS_NAME` says only that the process answers (SERVING from start to exit), so a liveness probe
 does not restart a pod that is draining or waiting out a dependency's outage.
@@ -49,7 +50,16 @@ def make_backend(config: ServerConfig) -> InferenceBackend:
     if config.backend == "triton":
         from serving.backends.triton import TritonBackend
 
-        return TritonBackend(config.triton_url, config.model_repository)
+        triton = TritonBackend(config.triton_url, config.model_repository)
+        if config.triton_fallback == "fail":
+            return triton
+        from serving.backends.embedded import EmbeddedBackend
+        from serving.backends.fallback import FallbackBackend
+        from serving.breaker import CircuitBreaker
+
+        embedded = EmbeddedBackend(config.model_repository, intra_op_threads=config.intra_op_threads)
+        return FallbackBackend(triton, embedded,
+                               CircuitBreaker(config.triton_breaker_failures, config.triton_breaker_cooldown_s))
     raise ValueError(f"backend must be 'embedded' or 'triton', got {config.backend!r}")
 
 
@@ -79,6 +89,9 @@ class RankingServer:
                                   breaker=breaker, registry=metrics.registry)
         self.service = AdRankingService(config, self.backend, metrics, history=history)
         self.service.metrics.cache_breaker.set_function(lambda: 0.0 if breaker.is_closed else 1.0)
+        triton_breaker = getattr(self.backend, "breaker", None)  # a FallbackBackend's (triton_fallback)
+        if triton_breaker is not None:
+            self.service.metrics.triton_breaker.set_function(lambda: 0.0 if triton_breaker.is_closed else 1.0)
         self.request_log: RequestLogSink | None = None
         if config.request_log:  # pyarrow is imported only by servers that log
             from serving.requestlog.recorder import attach_request_log
@@ -190,6 +203,9 @@ async def serve_forever(config: ServerConfig, *, ready_file: str | None = None,
     """Runs until SIGTERM / SIGINT, then drains (module docstring). Writes the bound port to
     `ready_file` once started; exports metrics on `config.metrics_port` when set. `backend` replaces
     the one `config` names (tests run a slowed model through the real process this way)."""
+    from serving.jsonlog import configure
+
+    configure(config.log_format)
     server = RankingServer(config, backend)
     port = await server.start()
     if config.metrics_port is not None:

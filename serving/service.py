@@ -17,6 +17,7 @@ import time
 import grpc
 
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
+from serving.access_log import AccessLog
 from serving.backends.base import InferenceBackend
 from serving.config import ServerConfig
 from serving.errors import Overloaded, RankingError, grpc_status
@@ -53,6 +54,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         self.backend = backend
         self.metrics = metrics or ServiceMetrics()
         self.history = history or HistoryProvider()
+        self.access_log = AccessLog(config.access_log_sample, config.access_log_failures_per_s)
         self.admission = admission_for(config)
         if self.admission is not None:
             self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
@@ -77,12 +79,20 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         name = ctx.model or self.config.default_model
         return name if name in self.backend.models() else "unknown"
 
-    def _record(self, ctx: RequestContext, code: str) -> None:
-        """Counts the outcome and its latency, whatever it was (refusals and expiries included)."""
+    def _record(self, ctx: RequestContext, code: str, *, detail: str = "",
+                response: ranking_pb2.ScoreResponse | None = None) -> None:
+        """Counts the outcome and its latency, whatever it was (refusals and expiries included), and
+        hands it to the access log (sampled when OK, rate-limited per code otherwise)."""
         model = self._model_label(ctx)
         version = str(ctx.version) if ctx.version is not None and model != "unknown" else "?"
+        latency = time.perf_counter() - ctx.started
         self.metrics.requests.labels(model, version, code).inc()
-        self.metrics.latency.labels(model, code).observe(time.perf_counter() - ctx.started)
+        self.metrics.latency.labels(model, code).observe(latency)
+        self.access_log.record(request_id=ctx.request_id, model=model,
+                               version=ctx.version if version != "?" else None, code=code, latency_s=latency,
+                               backend=response.served_by.backend if response is not None else "",
+                               flags=ctx.flags, candidates=len(response.candidates) if response is not None else None,
+                               detail=detail)
 
     async def Score(self, request: bytes | ranking_pb2.ScoreRequest,  # noqa: N802 - the gRPC method's name
                     context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreResponse:
@@ -103,10 +113,10 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
                 self.metrics.rejected.inc()
                 hint = str(exc.retry_after_ms)
                 context.set_trailing_metadata((("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint)))
-            self._record(ctx, code.name)
+            self._record(ctx, code.name, detail=message)
             await context.abort(code, message)
             raise AssertionError("unreachable") from exc  # context.abort raises
-        self._record(ctx, "OK")
+        self._record(ctx, "OK", response=response)
         model = self._model_label(ctx)
         self.metrics.candidates.labels(model).inc(len(response.candidates))
         if ranking_pb2.FLAG_USER_HISTORY_MISSING in ctx.flags:

@@ -32,6 +32,7 @@ class ModelHandle:
 class InferenceResult:
     p_ctr: np.ndarray  # float32 [B]
     p_cvr: np.ndarray  # float32 [B]
+    backend: str = ""  # who computed it, when a backend delegates (serving.backends.fallback); "" = the backend called
 
 
 class InferenceBackend(abc.ABC):

@@ -22,4 +22,4 @@ class InferStage:
 
     async def __call__(self, value: ModelInputs, ctx: RequestContext) -> Scores:
         result = await self.backend.infer(value.handle, value.tensors)
-        return Scores(value.request, value.handle, self.backend.name, result.p_ctr, result.p_cvr)
+        return Scores(value.request, value.handle, result.backend or self.backend.name, result.p_ctr, result.p_cvr)
