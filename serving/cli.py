@@ -19,8 +19,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     import asyncio
     from dataclasses import fields
 
-    from serving.config import ConfigError, ServerConfig
-    from serving.server import serve_forever
+    from serving.config import ConfigError, ServerConfig, resolved_workers
 
     flags = {f.name: getattr(a, f.name) for f in fields(ServerConfig) if hasattr(a, f.name)}
     if a.cache_url or a.cache_dir:
@@ -34,6 +33,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         where = exc.field if exc.field.startswith("ADRANK_") else flag
         print(f"error: {where}: {exc.reason}", file=sys.stderr)
         return 2
+    workers = resolved_workers(config)
+    if workers > 1:  # N processes on one port (serving/workers.py)
+        from serving.workers import serve_workers
+
+        return serve_workers(config, workers, ready_file=a.ready_file)
+    from serving.server import serve_forever
+
     asyncio.run(serve_forever(config, ready_file=a.ready_file))
     return 0
 
@@ -96,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--cache-url", help="Redis embedding cache, redis://HOST:PORT/DB: cache_backend=redis, "
                        "cache_location=URL")
     sp.add_argument("--cache-refresh-s", type=float, help=flag_help("cache_refresh_s"))
-    for name in ("max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
+    for name in ("workers", "max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
                  "max_concurrent_rpcs", "metrics_port", "max_in_flight", "max_queued", "max_queue_wait_ms",
                  "retry_after_ms", "max_deadline_ms", "cache_timeout_ms", "cache_breaker_failures"):
         sp.add_argument("--" + name.replace("_", "-"), type=int, help=flag_help(name))

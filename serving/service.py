@@ -88,6 +88,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         model = self._model_label(ctx)
         version = str(ctx.version) if ctx.version is not None and model != "unknown" else "?"
         self.metrics.requests.labels(model, version, code).inc()
+        self.metrics.worker_requests.inc()
         self.metrics.latency.labels(model, code).observe(time.perf_counter() - ctx.started)
 
     async def ScoreColumns(self, request: ColumnsPayload | ranking_pb2.ScoreColumnsRequest,  # noqa: N802
