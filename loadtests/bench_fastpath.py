@@ -300,10 +300,75 @@ def capacity(run_dir: Path, payloads: dict, workers: int, duration_s: float, con
     return out
 
 
+# ---------------------------------------------------------------- where a server's CPU goes (py-spy)
+
+def _frame_name(frame: str) -> str:
+    """`func (path:line)` with the path cut to the project or the package: samples of one line add up."""
+    name, _, where = frame.partition(" (")
+    where = re.sub(r"^.*?/(site-packages|lib/python3\.\d+)/", "", where.rstrip(")"))
+    where = re.sub(rf"^{re.escape(str(ROOT))}/", "", where)
+    return f"{name} ({where.rsplit(':', 1)[0]})"
+
+
+def cpu_profile(run_dir: Path, payloads: dict, tmp: Path, seconds: int = 8, connections: int = 8) -> dict:
+    """py-spy samples of a 1-worker server kept busy by h2load with ScoreColumns: the share of the
+    server's samples per function, self and inclusive. Frames py-spy cannot see (grpc's Cython core,
+    run from the event loop's Handle._run) show as that frame's self time."""
+    from serving.process import ServerProcess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if shutil.which("h2load") is None or not Path(spy).exists():
+        return {"unavailable": "needs h2load and py-spy (pip install -e '.[dev]')"}
+    body = payloads["columns"]
+    frame = tmp / "profile.grpc"
+    frame.write_bytes(b"\0" + struct.pack(">I", len(body)) + body)
+    raw = tmp / "profile.raw"
+    with ServerProcess(_server_args(run_dir, 1)) as srv:
+        h2 = subprocess.Popen(["h2load", "-D", str(seconds + 3), "-c", str(connections), "-m", "1", "-t", "1",
+                               "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(frame),
+                               f"http://{srv.target}/adrank.v1.AdRanking/ScoreColumns"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)
+        cmd = [spy, "record", "-p", str(srv.proc.pid), "-d", str(seconds), "-r", "250", "--format", "raw",
+               "-o", str(raw), "--nonblocking"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        h2.wait(seconds + 30)
+    if proc.returncode != 0 or not raw.exists():
+        return {"unavailable": f"py-spy failed: {proc.stderr[-300:]}"}
+    total, self_time, inclusive = 0, {}, {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        names = [_frame_name(f) for f in stack.split(";")]
+        total += n
+        self_time[names[-1]] = self_time.get(names[-1], 0) + n
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + n
+    top = sorted(self_time.items(), key=lambda kv: -kv[1])[:15]
+    stages = {k: v for k, v in inclusive.items() if k.split(" (")[0].endswith((
+        "Stage.__call__", "EmbeddedBackend.infer", "Pipeline.run", "AdRankingService.Score", "features_for_request",
+        "Session.run"))}
+    return {"samples": total, "seconds": seconds, "connections": connections, "command": shlex.join(cmd),
+            "self": [(k, v / total) for k, v in top],
+            "inclusive": sorted(((k, v / total) for k, v in stages.items()), key=lambda kv: -kv[1])}
+
+
+def profile_markdown(p: dict) -> list[str]:
+    if "unavailable" in p:
+        return ["", f"CPU profile: not available ({p['unavailable']})."]
+    lines = ["", f"Where a busy server's CPU goes (py-spy, {p['samples']:,} samples over {p['seconds']} s of a "
+             f"1-worker server under h2load ScoreColumns, {p['connections']} connections):", "",
+             "| function (inclusive: it and what it calls) | share of samples |", "|---|---|"]
+    lines += [f"| {name} | {share:.1%} |" for name, share in p["inclusive"]]
+    lines += ["", "| function (self: samples in it alone) | share of samples |", "|---|---|"]
+    lines += [f"| {name} | {share:.1%} |" for name, share in p["self"]]
+    return lines
+
+
 # ---------------------------------------------------------------- report
 
 def measure(run_dir: Path, *, quick: bool, workers: int, triton: bool, duration_s: float, connections: int,
-            streams: int) -> dict:
+            streams: int, profile: bool = True) -> dict:
     from protos.adrank.v1 import ranking_pb2
     from serving.client import to_columns
 
@@ -341,6 +406,9 @@ def measure(run_dir: Path, *, quick: bool, workers: int, triton: bool, duration_
         print("  capacity with h2load …", flush=True)
         out["capacity"] = capacity(run_dir, payloads, workers, duration_s, connections, streams, tmp,
                                    len(request.candidates))
+        if profile:
+            print("  CPU profile of a busy server (py-spy) …", flush=True)
+            out["profile"] = cpu_profile(run_dir, payloads, tmp, seconds=4 if quick else 8)
     out["load_end"] = _load()
     return out
 
@@ -440,6 +508,8 @@ def markdown(r: dict, command: str) -> str:
         first = next((c for c in cap.values() if isinstance(c, dict)), None)
         if first:
             lines += ["", f"h2load command (per run): `{first['command']}`"]
+    if r.get("profile"):
+        lines += profile_markdown(r["profile"])
     return "\n".join(lines) + "\n"
 
 
@@ -469,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=None, help="seconds per h2load run (default 10, quick 4)")
     p.add_argument("--connections", type=int, default=16, help="h2load -c")
     p.add_argument("--streams", type=int, default=1, help="h2load -m (streams in flight per connection)")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy CPU profile")
     p.add_argument("--json", default=None)
     p.add_argument("--doc", default="", help="rewrite this bench's block of a markdown file (docs/benchmarks.md)")
     a = p.parse_args(argv)
@@ -477,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = bench_serve.ensure_run(Path(a.run), Path(tmp))
         r = measure(run_dir, quick=a.quick, workers=a.workers, triton=a.triton,
                     duration_s=a.duration or (4.0 if a.quick else 10.0), connections=a.connections,
-                    streams=a.streams)
+                    streams=a.streams, profile=a.profile)
     r["date"], r["wall_s"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.perf_counter() - t0
     command = "adrank bench fastpath " + " ".join(argv if argv is not None else sys.argv[1:])
     text = markdown(r, command)
