@@ -68,7 +68,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
                 self.Score, request_deserializer=None,
                 response_serializer=ranking_pb2.ScoreResponse.SerializeToString),
             "ScoreColumns": grpc.unary_unary_rpc_method_handler(
-                self.ScoreColumns, request_deserializer=ColumnsPayload,
+                self.ScoreColumns, request_deserializer=None,
                 response_serializer=ranking_pb2.ScoreColumnsResponse.SerializeToString)}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
@@ -94,7 +94,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
     async def ScoreColumns(self, request: ColumnsPayload | ranking_pb2.ScoreColumnsRequest,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreColumnsResponse:
         """Score with candidates as columns: the same pipeline, its decode and encode reading and
-        writing columns (the request arrives as ColumnsPayload, the bytes marked as columnar)."""
+        writing columns (the raw bytes are marked as ColumnsPayload for decode)."""
         if isinstance(request, bytes) and not isinstance(request, ColumnsPayload):
             request = ColumnsPayload(request)
         return await self.Score(request, context)
