@@ -47,7 +47,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 def _cmd_score(a: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from serving.client import build_request, render_table, score
+    from serving.client import build_request, render_table, rows_from_columns, score, score_columns, to_columns
 
     if not a.catalog or not Path(a.catalog).is_file():
         print(f"error: --catalog {a.catalog}: no catalog file there. Requests are built from the ads and users of a "
@@ -65,7 +65,10 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
     tls, token = client_security(a)
     try:
-        resp = score(a.target, req, timeout_s=a.timeout, tls=tls, token=token)
+        if a.columns:  # the same candidates through ScoreColumns
+            resp = score_columns(a.target, to_columns(req), timeout_s=a.timeout, tls=tls, token=token)
+        else:
+            resp = score(a.target, req, timeout_s=a.timeout, tls=tls, token=token)
     except grpc.RpcError as exc:  # print the status code and message, exit non-zero
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -74,7 +77,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
         print(MessageToJson(resp, preserving_proto_field_name=True, indent=1))
         return 0
-    Console().print(render_table(resp, req, limit=a.show))
+    Console().print(render_table(rows_from_columns(resp) if a.columns else resp, req, limit=a.show))
     return 0
 
 
@@ -130,6 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--show", type=int, default=20, help="rows to print")
     sp.add_argument("--json", action="store_true", help="print the whole response as JSON instead of a table")
+    sp.add_argument("--columns", action="store_true", help="send the candidates as columns (ScoreColumns)")
     sp.add_argument("--timeout", type=float, default=5.0)
     client_security_flags(sp)
     sp.set_defaults(func=_cmd_score)

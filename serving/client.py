@@ -24,8 +24,8 @@ from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
 from serving.columns import CANDIDATE_COLUMNS, fill_column, ranked_arrays
 from serving.security.tls import ClientTls, open_channel
 
-__all__ = ["RequestMix", "build_request", "columns_request", "ranked_arrays", "render_table", "score",
-           "score_columns", "to_columns"]
+__all__ = ["RequestMix", "build_request", "columns_request", "ranked_arrays", "render_table", "rows_from_columns",
+           "score", "score_columns", "to_columns"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +166,19 @@ def score_columns(target: str, request: ranking_pb2.ScoreColumnsRequest, timeout
     metadata = [("authorization", f"Bearer {token}")] if token else None
     with open_channel(target, tls) as channel:
         return ranking_pb2_grpc.AdRankingStub(channel).ScoreColumns(request, timeout=timeout_s, metadata=metadata)
+
+
+def rows_from_columns(response: ranking_pb2.ScoreColumnsResponse) -> ranking_pb2.ScoreResponse:
+    """The ScoreResponse carrying the same ranking as a ScoreColumns response (for display and for
+    code written against rows)."""
+    out = ranking_pb2.ScoreResponse(request_id=response.request_id, served_by=response.served_by, flags=response.flags,
+                                    timing=response.timing, request_time_ms=response.request_time_ms)
+    cols = ranked_arrays(response)
+    for r, row in enumerate(zip(*(cols[k].tolist() for k in ("ad_id", "request_index", "p_ctr", "p_cvr",
+                                                               "expected_value")), strict=True), start=1):
+        a, i, c, v, e = row
+        out.candidates.add(ad_id=a, request_index=i, p_ctr=c, p_cvr=v, expected_value=e, rank=r)
+    return out
 
 
 def score(target: str, request: ranking_pb2.ScoreRequest, timeout_s: float = 5.0, *, tls: ClientTls | None = None,

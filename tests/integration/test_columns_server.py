@@ -12,7 +12,7 @@ import pytest
 
 from models.catalog import load_catalog
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
-from serving.client import build_request, ranked_arrays, to_columns
+from serving.client import build_request, ranked_arrays, rows_from_columns, to_columns
 from serving.process import ServerProcess
 
 
@@ -57,6 +57,23 @@ def test_rows_and_columns_score_the_same_candidates_identically(stub, catalog, t
     assert np.all(np.diff(got["expected_value"]) <= 0) and np.all(np.isfinite(got["expected_value"]))
     assert cols.served_by == rows.served_by and list(cols.flags) == list(rows.flags)
     assert cols.request_time_ms == rows.request_time_ms and cols.timing.total_us > 0
+    as_rows = rows_from_columns(cols)
+    assert list(as_rows.candidates) == list(rows.candidates)  # every field, rank included
+
+
+def test_score_cli_sends_columns(server, tiny_run, catalog):
+    import json
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "adrank", "score", "--target", server.target, "--user",
+            str(int(catalog["user_id"][5])), "--catalog", str(tiny_run / "catalog.npz"), "--candidates", "30", "--json"]
+    rows, cols = (json.loads(subprocess.run(argv + extra, capture_output=True, text=True, timeout=60,
+                                            check=True).stdout) for extra in ([], ["--columns"]))
+    assert len(rows["candidates"]) == 30  # one message per candidate
+    assert cols["candidates"]["ad_id"]["length"] == 30 and cols["candidates"]["p_ctr"]["dtype"] == "DTYPE_FLOAT32"
+    table = subprocess.run(argv[:-1] + ["--columns"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "30 ads ranked by vm v1" in table
 
 
 def _code_and_details(stub, req) -> tuple[grpc.StatusCode, str]:
