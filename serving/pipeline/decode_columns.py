@@ -29,6 +29,7 @@ _bad_input = ThrottledLog(logging.getLogger(__name__), interval_s=10.0)
 _NO_INTS = np.zeros(0, np.int64)
 _NO_FLOATS = np.zeros(0, np.float64)
 
+
 class ColumnsPayload(bytes):
     """The raw body of a ScoreColumns call: bytes, marked so the decode stage reads it as columns."""
 
