@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 RECBOLE := recbole==1.2.1
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint protos clean bench loadtest
+.PHONY: demo test install lint protos clean bench bench-fastpath loadtest
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -31,6 +31,10 @@ test: $(STAMP)
 # All performance figures in docs/benchmarks.md (ratios against baselines measured in the same run).
 bench: $(STAMP)
 	$(VENV)/bin/adrank bench all --json runs/bench/bench.json --doc docs/benchmarks.md
+
+# Columns, workers, transport floor and h2load capacity (docs/benchmarks.md, "Fast path"); ≈ 3 min on 2 CPUs.
+bench-fastpath: $(STAMP)
+	$(VENV)/bin/adrank bench fastpath --json runs/bench/fastpath.json --doc docs/benchmarks.md
 
 # A 30 s locust run against a server started by `make demo`-style artefacts in runs/demo.
 loadtest: $(STAMP)

@@ -316,9 +316,10 @@ def _print(rows: list[Row]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adrank bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("all", "serve", "cache", "triton"),
+    p.add_argument("what", choices=("all", "serve", "cache", "triton", "fastpath"),
                    help="all | serve | cache (embedding cache + the served history stage) | triton (the Triton row's "
-                        "own benchmark, `adrank bench triton --help`)")
+                        "own benchmark, `adrank bench triton --help`) | fastpath (columns, workers, floors and "
+                        "h2load capacity, `adrank bench fastpath --help`)")
     p.add_argument("--json", default=None, help="write all figures here")
     p.add_argument("--quick", action="store_true", help="fewer iterations and a smaller cache (≈ 1 min)")
     p.add_argument("--run", default="runs/demo", help="folder with model_repository/ and catalog.npz; "
@@ -335,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests.bench_triton import main as triton_bench
 
         return triton_bench(argv[1:])
+    if argv[:1] == ["fastpath"]:  # its own flags: columns, workers and floors (loadtests/bench_fastpath.py)
+        from loadtests.bench_fastpath import main as fastpath_bench
+
+        return fastpath_bench(argv[1:])
     try:
         a = _parser().parse_args(argv)
     except SystemExit as exc:

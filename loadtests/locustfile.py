@@ -38,6 +38,7 @@ from models.catalog import load_catalog  # noqa: E402
 from protos.adrank.v1 import ranking_pb2  # noqa: E402
 
 SCORE_METHOD = "/adrank.v1.AdRanking/Score"
+SCORE_COLUMNS_METHOD = "/adrank.v1.AdRanking/ScoreColumns"
 _POOL: RequestPool | None = None
 _CALLS: dict[str, list] = {"t_s": [], "client_ms": [], "server_ms": [], "candidates": [], "ok": []}
 _T0 = [time.time()]
@@ -51,6 +52,8 @@ def _options(parser) -> None:
     parser.add_argument("--zipf", type=float, env_var="ADRANK_LT_ZIPF", default=1.1)
     parser.add_argument("--user-rate", type=float, env_var="ADRANK_LT_USER_RATE", default=0.0)
     parser.add_argument("--latency-out", type=str, env_var="ADRANK_LT_LATENCY_OUT", default="")
+    parser.add_argument("--wire", type=str, env_var="ADRANK_LT_WIRE", default="rows", choices=["rows", "columns"],
+                        help="rows: Score; columns: ScoreColumns with the same candidates")
     parser.add_argument("--rpc-timeout", type=float, env_var="ADRANK_LT_RPC_TIMEOUT", default=5.0)
 
 
@@ -61,7 +64,7 @@ def _build_pool(environment, **_kw) -> None:
     if not opts.catalog:
         raise SystemExit("locustfile: --catalog is required")
     _POOL = RequestPool.build(load_catalog(opts.catalog), CandidateSpec.parse(opts.candidates),
-                              size=opts.pool_size, zipf_exponent=opts.zipf)
+                              size=opts.pool_size, zipf_exponent=opts.zipf, columns=opts.wire == "columns")
     _T0[0] = time.time()
 
 
@@ -85,8 +88,11 @@ class ScoreUser(User):
         opts = self.environment.parsed_options
         host = (self.host or "").removeprefix("grpc://").removeprefix("http://")
         self._channel = grpc.insecure_channel(host)
-        self._score = self._channel.unary_unary(SCORE_METHOD, request_serializer=None,
-                                                response_deserializer=ranking_pb2.ScoreResponse.FromString)
+        self._columns = opts.wire == "columns"
+        method, response = ((SCORE_COLUMNS_METHOD, ranking_pb2.ScoreColumnsResponse) if self._columns
+                            else (SCORE_METHOD, ranking_pb2.ScoreResponse))
+        self._score = self._channel.unary_unary(method, request_serializer=None,
+                                                response_deserializer=response.FromString)
         self._timeout = opts.rpc_timeout
         self._wait = constant_throughput(opts.user_rate) if opts.user_rate > 0 else None
 
@@ -104,7 +110,8 @@ class ScoreUser(User):
         exc, server_ms, scored = None, float("nan"), 0
         try:
             resp = self._score(payload, timeout=self._timeout)
-            server_ms, scored = resp.timing.total_us / 1e3, len(resp.candidates)
+            server_ms = resp.timing.total_us / 1e3
+            scored = resp.candidates.ad_id.length if self._columns else len(resp.candidates)
         except grpc.RpcError as err:  # one failure row per status code, not per debug string
             exc = RpcFailure(f"{err.code().name}: {err.details()}")
         ms = (time.perf_counter() - t0) * 1e3

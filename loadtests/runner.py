@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/loadtest", help="folder for CSV, HTML, PNG and JSON")
     p.add_argument("--candidates", default="fixed:200",
                    help="fixed:N | uniform:MIN:MAX | lognormal:MEDIAN:SIGMA:MIN:MAX")
+    p.add_argument("--wire", choices=("rows", "columns"), default="rows",
+                   help="rows: Score; columns: ScoreColumns with the same candidates")
     p.add_argument("--rate", type=float, default=0.0, help="total requests/s (open-ish loop); 0 = as fast as users go")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds at the start left out of the figures")
     p.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of user popularity")
@@ -85,7 +87,7 @@ def run_locust(a: argparse.Namespace, out: Path, *, users: int, duration_s: floa
            "--csv", str(prefix), "--csv-full-history", "--html", str(out / f"report{tag}.html"), "--only-summary",
            "--loglevel", "WARNING", "--exit-code-on-error", "0", "--stop-timeout", "2",
            "--catalog", str(a.catalog), "--candidates", str(a.candidates), "--zipf", str(a.zipf),
-           "--latency-out", str(calls_path)]
+           "--latency-out", str(calls_path), "--wire", getattr(a, "wire", "rows")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("ADRANK_LT_STEPS", None)
     if steps:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.client import RequestMix, build_request
+from serving.client import RequestMix, build_request, to_columns
 
 # Placements and devices with their traffic shares (models.vocab), bids jittered ±20% as auctions do.
 LOAD_MIX = RequestMix(weighted=True, bid_jitter=0.2)
@@ -94,14 +94,17 @@ class RequestPool:
 
     @classmethod
     def build(cls, catalog: Mapping[str, np.ndarray], candidates: CandidateSpec, *, size: int = 1000, seed: int = 0,
-              zipf_exponent: float = 1.1, request_time_ms: int | None = None) -> RequestPool:
+              zipf_exponent: float = 1.1, request_time_ms: int | None = None,
+              columns: bool = False) -> RequestPool:
+        """`columns`: the payloads are ScoreColumnsRequests of the same candidates (for ScoreColumns)."""
         rng = np.random.default_rng(seed)
         t = int(catalog["max_ts_ms"][0]) + 1 if request_time_ms is None else request_time_ms
         users = zipf_users(np.asarray(catalog["user_id"]), size, rng, zipf_exponent)
         counts = candidates.sample(rng, size)
         reqs = [build_request(int(u), int(n), catalog, rng=rng, mix=LOAD_MIX, request_time_ms=t)
                 for u, n in zip(users, counts, strict=True)]
-        return cls([r.SerializeToString() for r in reqs], [len(r.candidates) for r in reqs], users)
+        wire = [to_columns(r) if columns else r for r in reqs]
+        return cls([r.SerializeToString() for r in wire], [len(r.candidates) for r in reqs], users)
 
     def next(self) -> tuple[bytes, int]:
         i = self._i % len(self.payloads)

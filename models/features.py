@@ -56,6 +56,11 @@ class FeatureSpec:
         return len(self.field_sizes)
 
     @cached_property
+    def sizes(self) -> np.ndarray:
+        """field_sizes as an int64 array (the OOV slot of field j is index sizes[j] within the field)."""
+        return np.asarray(self.field_sizes, dtype=np.int64)
+
+    @cached_property
     def offsets(self) -> np.ndarray:
         """Start of each field in the shared table; each field has size + 1 slots (the last is OOV)."""
         return np.cumsum([0, *[s + 1 for s in self.field_sizes]])[:-1].astype(np.int64)
@@ -90,11 +95,6 @@ class FeatureSpec:
         return cls(tuple(int(s) for s in d["field_sizes"]), int(d["recent_k"]), int(d["dense_width"]))
 
 
-def _index(ids: np.ndarray, size: int, offset: int) -> np.ndarray:
-    ids = ids.astype(np.int64, copy=False)
-    return np.where((ids >= 0) & (ids < size), ids, size) + offset
-
-
 def assemble(
     spec: FeatureSpec,
     columns: Mapping[str, np.ndarray],
@@ -102,13 +102,16 @@ def assemble(
     bid: np.ndarray,
     extra_dense: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Builds model inputs from per-row columns (every SPARSE_FIELDS key, length B), the recent
+    """Builds model inputs from per-row columns (every SPARSE_FIELDS key, length B, or one value for
+    every row); an id outside 0..size-1 of its field maps to the field's OOV slot. Also the recent
     categories [B, K'] (-1 = none; newest first), bids [B] and optional extra dense features [B, E]."""
     b = len(bid)
-    offsets = spec.offsets
-    sparse = np.empty((b, spec.n_fields), dtype=np.int64)
-    for j, (name, size) in enumerate(zip(SPARSE_FIELDS, spec.field_sizes, strict=True)):
-        sparse[:, j] = _index(np.asarray(columns[name]), size, int(offsets[j]))
+    raw = np.empty((b, spec.n_fields), dtype=np.int64)
+    for j, name in enumerate(SPARSE_FIELDS):
+        raw[:, j] = columns[name]  # a column, or one value broadcast over the rows
+    # _index over every field at once: one pass over B × fields instead of one per field
+    sizes = spec.sizes
+    sparse = np.where((raw >= 0) & (raw < sizes), raw, sizes) + spec.offsets
     n_cat = spec.n_categories
     rc = np.full((b, spec.recent_k), -1, dtype=np.int64)
     k = min(spec.recent_k, recent_categories.shape[1]) if recent_categories.ndim == 2 else 0
@@ -167,10 +170,9 @@ def features_for_request(spec: FeatureSpec, *, ad_id: np.ndarray, advertiser_id:
                          extra_dense: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Model inputs for one request: user and context features broadcast over its N candidates."""
     n = len(ad_id)
-    columns = {
+    columns = {  # the request-wide values stay scalars: assemble broadcasts them over the candidates
         "ad_id": ad_id, "advertiser_id": advertiser_id, "campaign_id": campaign_id, "category": category,
-        "placement": np.full(n, placement, np.int64), "device": np.full(n, device, np.int64),
-        "hour": np.full(n, hour, np.int64), "user_segment": np.full(n, user_segment, np.int64),
+        "placement": placement, "device": device, "hour": hour, "user_segment": user_segment,
     }
     recent = np.broadcast_to(np.asarray(recent_categories, np.int64)[None, :], (n, len(recent_categories)))
     return assemble(spec, columns, recent, np.asarray(bid, np.float32), extra_dense)

@@ -19,8 +19,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     import asyncio
     from dataclasses import fields
 
-    from serving.config import ConfigError, ServerConfig
-    from serving.server import serve_forever
+    from serving.config import ConfigError, ServerConfig, resolved_workers
 
     flags = {f.name: getattr(a, f.name) for f in fields(ServerConfig) if hasattr(a, f.name)}
     if a.cache_url or a.cache_dir:
@@ -34,6 +33,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         where = exc.field if exc.field.startswith("ADRANK_") else flag
         print(f"error: {where}: {exc.reason}", file=sys.stderr)
         return 2
+    workers = resolved_workers(config)
+    if workers > 1:  # N processes on one port (serving/workers.py)
+        from serving.workers import serve_workers
+
+        return serve_workers(config, workers, ready_file=a.ready_file)
+    from serving.server import serve_forever
+
     asyncio.run(serve_forever(config, ready_file=a.ready_file))
     return 0
 
@@ -41,7 +47,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 def _cmd_score(a: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from serving.client import build_request, render_table, score
+    from serving.client import build_request, render_table, rows_from_columns, score, score_columns, to_columns
 
     if not a.catalog or not Path(a.catalog).is_file():
         print(f"error: --catalog {a.catalog}: no catalog file there. Requests are built from the ads and users of a "
@@ -59,7 +65,10 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
     tls, token = client_security(a)
     try:
-        resp = score(a.target, req, timeout_s=a.timeout, tls=tls, token=token)
+        if a.columns:  # the same candidates through ScoreColumns
+            resp = score_columns(a.target, to_columns(req), timeout_s=a.timeout, tls=tls, token=token)
+        else:
+            resp = score(a.target, req, timeout_s=a.timeout, tls=tls, token=token)
     except grpc.RpcError as exc:  # print the status code and message, exit non-zero
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -68,7 +77,7 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
         print(MessageToJson(resp, preserving_proto_field_name=True, indent=1))
         return 0
-    Console().print(render_table(resp, req, limit=a.show))
+    Console().print(render_table(rows_from_columns(resp) if a.columns else resp, req, limit=a.show))
     return 0
 
 
@@ -97,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--cache-url", help="Redis embedding cache, redis://HOST:PORT/DB: cache_backend=redis, "
                        "cache_location=URL")
     sp.add_argument("--cache-refresh-s", type=float, help=flag_help("cache_refresh_s"))
-    for name in ("max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
+    for name in ("workers", "max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
                  "max_concurrent_rpcs", "metrics_port", "max_in_flight", "max_queued", "max_queue_wait_ms",
                  "retry_after_ms", "max_deadline_ms", "cache_timeout_ms", "cache_breaker_failures",
                  "triton_breaker_failures", "access_log_failures_per_s"):
@@ -129,6 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--show", type=int, default=20, help="rows to print")
     sp.add_argument("--json", action="store_true", help="print the whole response as JSON instead of a table")
+    sp.add_argument("--columns", action="store_true", help="send the candidates as columns (ScoreColumns)")
     sp.add_argument("--timeout", type=float, default=5.0)
     client_security_flags(sp)
     sp.set_defaults(func=_cmd_score)

@@ -8,6 +8,8 @@ Usage::
 
     req = build_request(user_id=7, n_candidates=200, catalog=load_catalog("runs/demo/catalog.npz"), seed=1)
     resp = score("127.0.0.1:50051", req)
+    cols = score_columns("127.0.0.1:50051", to_columns(req))   # the same candidates as columns
+    ranked = ranked_arrays(cols)                                 # numpy views: ad_id, p_ctr, ..., best first
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import numpy as np
 
 from models.vocab import DEVICE_TRAFFIC, PLACEMENT_TRAFFIC
 from protos.adrank.v1 import ranking_pb2, ranking_pb2_grpc
+from serving.columns import CANDIDATE_COLUMNS, fill_column, ranked_arrays
 from serving.security.tls import ClientTls, open_channel
+
+__all__ = ["RequestMix", "build_request", "columns_request", "ranked_arrays", "render_table", "rows_from_columns",
+           "score", "score_columns", "to_columns"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +118,67 @@ def build_request(user_id: int, n_candidates: int, catalog: Mapping[str, np.ndar
     if version is not None:
         req.model.version = version
     return req
+
+
+def columns_request(ad_id: np.ndarray, advertiser_id: np.ndarray, campaign_id: np.ndarray, category: np.ndarray,
+                    bid: np.ndarray, *, dense_features: np.ndarray | None = None,
+                    **fields: object) -> ranking_pb2.ScoreColumnsRequest:
+    """A ScoreColumnsRequest from candidate arrays (one value per candidate; `dense_features` an
+    [N, E] matrix or None); `fields` are the request's other fields (user_id, context, user, …), as
+    for ScoreRequest."""
+    req = ranking_pb2.ScoreColumnsRequest(**fields)
+    cols = req.candidates
+    for (name, dtype), values in zip(CANDIDATE_COLUMNS, (ad_id, advertiser_id, campaign_id, category, bid),
+                                     strict=True):
+        fill_column(getattr(cols, name), values, dtype)
+    if dense_features is not None and dense_features.size:
+        cols.dense_width = dense_features.shape[1]
+        fill_column(cols.dense_features, dense_features, ranking_pb2.DTYPE_FLOAT32)
+    return req
+
+
+def to_columns(req: ranking_pb2.ScoreRequest) -> ranking_pb2.ScoreColumnsRequest:
+    """The same request with its candidates as columns (dense features zero-padded to the widest row,
+    as the server pads rows)."""
+    cands = req.candidates
+    arrays = [np.array([getattr(c, name) for c in cands]) for name, _ in CANDIDATE_COLUMNS]
+    width = max((len(c.dense_features) for c in cands), default=0)
+    dense = None
+    if width:
+        dense = np.zeros((len(cands), width), np.float32)
+        for i, c in enumerate(cands):
+            dense[i, :len(c.dense_features)] = c.dense_features
+    out = columns_request(*arrays, dense_features=dense)
+    for name in ("request_id", "user_id", "request_time_ms", "context", "user", "model", "top_k"):
+        if name in ("context", "user", "model"):
+            getattr(out, name).CopyFrom(getattr(req, name))
+        elif name in ("request_time_ms", "top_k"):
+            if req.HasField(name):
+                setattr(out, name, getattr(req, name))
+        else:
+            setattr(out, name, getattr(req, name))
+    return out
+
+
+def score_columns(target: str, request: ranking_pb2.ScoreColumnsRequest, timeout_s: float = 5.0, *,
+                  tls: ClientTls | None = None, token: str | None = None) -> ranking_pb2.ScoreColumnsResponse:
+    """One ScoreColumns call (`ranked_arrays` reads the response as numpy)."""
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    with open_channel(target, tls) as channel:
+        return ranking_pb2_grpc.AdRankingStub(channel).ScoreColumns(request, timeout=timeout_s, metadata=metadata)
+
+
+def rows_from_columns(response: ranking_pb2.ScoreColumnsResponse) -> ranking_pb2.ScoreResponse:
+    """The ScoreResponse carrying the same ranking as a ScoreColumns response (for display and for
+    code written against rows)."""
+    out = ranking_pb2.ScoreResponse(request_id=response.request_id, served_by=response.served_by, flags=response.flags,
+                                    timing=response.timing, request_time_ms=response.request_time_ms)
+    cols = ranked_arrays(response)
+    for r, row in enumerate(zip(*(cols[k].tolist() for k in ("ad_id", "request_index", "p_ctr", "p_cvr",
+                                                               "expected_value")), strict=True), start=1):
+        a, i, c, v, e = row
+        out.candidates.add(ad_id=a, request_index=i, p_ctr=c, p_cvr=v, expected_value=e, rank=r)
+    return out
 
 
 def score(target: str, request: ranking_pb2.ScoreRequest, timeout_s: float = 5.0, *, tls: ClientTls | None = None,

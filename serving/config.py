@@ -91,6 +91,9 @@ class ServerConfig:
     intra_op_threads: int = _field(1, "onnxruntime threads per inference (embedded backend); 0 lets onnxruntime "
                                    "use every core. Keep 1 when concurrent calls already fill the cores.",
                                    between=(0, 256))
+    workers: int = _field(0, "Serving processes on the one port (SO_REUSEPORT), each with its own event loop and "
+                          "onnxruntime session; metrics on metrics_port add them up. 0: one per core.",
+                          between=(0, 256))
     max_concurrent_rpcs: int = _field(256, "Calls served at the same time; beyond it gRPC answers "
                                       "RESOURCE_EXHAUSTED immediately instead of queueing without bound.",
                                       between=(1, 1_000_000))
@@ -209,6 +212,24 @@ class ServerConfig:
                 var = sourced[exc.field]
                 raise ConfigError(var, exc.reason) from None
             raise
+
+
+def usable_cores(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup v2 CPU quota when one is set
+    (a container limited to 2 CPUs on a 64-core node gets 2, not 64)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open(cpu_max).read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or not in the expected form: affinity alone
+        pass
+    return cores
+
+
+def resolved_workers(config: ServerConfig) -> int:
+    """How many serving processes `config` asks for: `workers`, or one per usable core (`usable_cores`)."""
+    return config.workers or usable_cores()
 
 
 def is_loopback(host: str) -> bool:

@@ -12,7 +12,7 @@ STAGE_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0
 class ServiceMetrics:
     """One instance per server; a registry of its own so tests can run several servers in a process."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, worker: str = "0") -> None:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter("adrank_score_requests", "Score calls by outcome", ["model", "version", "code"],
                                 registry=self.registry)
@@ -30,9 +30,17 @@ class ServiceMetrics:
                                         "their deadline had passed (never scored)", ["stage"], registry=self.registry)
         self.rejected = Counter("adrank_admission_rejected", "Score calls refused by admission control",
                                 registry=self.registry)
+        # multiprocess modes apply only under `adrank serve --workers N` (PROMETHEUS_MULTIPROC_DIR set):
+        # the parent's /metrics then adds the live workers' gauges up (or takes their max)
         self.in_flight = Gauge("adrank_score_in_flight", "Score calls admitted and not yet finished",
-                               registry=self.registry)
+                               registry=self.registry, multiprocess_mode="livesum")
         self.cache_breaker = Gauge("adrank_cache_breaker_open", "1 while the embedding cache's circuit breaker is "
-                                   "open or half-open (LoopFM requests scored with the prior)", registry=self.registry)
+                                   "open or half-open (LoopFM requests scored with the prior)", registry=self.registry,
+                                   multiprocess_mode="livemax")
         self.triton_breaker = Gauge("adrank_triton_breaker_open", "1 while Triton's circuit breaker is open or "
-                                    "half-open (requests served by the embedded fallback)", registry=self.registry)
+                                    "half-open (requests served by the embedded fallback)", registry=self.registry,
+                                    multiprocess_mode="livemax")
+        # label values: worker indices 0..workers-1, a closed set
+        self.worker_requests = Counter("adrank_worker_score_requests", "Score calls answered (every outcome) by "
+                                       "each serving process of `adrank serve --workers N`", ["worker"],
+                                       registry=self.registry).labels(worker)

@@ -49,8 +49,9 @@ class ServerProcess:
         if self.launcher is not None:
             cmd = [*self.launcher, str(self.ready_file)]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        # no balancer watches a child's health: skip the drain delay unless the caller sets one
-        env = {"ADRANK_DRAIN_DELAY_S": "0", **os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # no balancer watches a child's health: skip the drain delay unless the caller sets one; one
+        # worker process unless the caller asks for more (--workers), whatever the machine's cores
+        env = {"ADRANK_DRAIN_DELAY_S": "0", "ADRANK_WORKERS": "1", **os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout_s
         while not self.ready_file.exists():

@@ -74,15 +74,18 @@ class RankingServer:
         await server.stop()
     """
 
-    def __init__(self, config: ServerConfig, backend: InferenceBackend | None = None) -> None:
+    def __init__(self, config: ServerConfig, backend: InferenceBackend | None = None, *,
+                 worker: int | None = None) -> None:
         self.config = config
+        self.worker = worker  # index among `adrank serve --workers N` processes (serving.workers); None: alone
         self.backend = backend or make_backend(config)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         from serving.breaker import CircuitBreaker
         from serving.history import HistoryProvider
         from serving.metrics import ServiceMetrics
 
-        metrics = ServiceMetrics()  # the cache readers export their hit-rate and staleness into it too
+        # the cache readers export their hit-rate and staleness into it too
+        metrics = ServiceMetrics(worker=str(worker or 0))
         breaker = CircuitBreaker(config.cache_breaker_failures, config.cache_breaker_cooldown_s)
         history = HistoryProvider(config.cache_backend, config.cache_location, refresh_s=config.cache_refresh_s,
                                   cache_timeout_s=config.cache_timeout_ms / 1e3, fallback=config.cache_fallback,
@@ -100,6 +103,7 @@ class RankingServer:
         self._server: grpc.aio.Server | None = None
         self._refresher: asyncio.Task | None = None
         self._readiness: asyncio.Task | None = None
+        self._gauges: asyncio.Task | None = None
         self.draining = False
         self.ready_status: int = health_pb2.HealthCheckResponse.NOT_SERVING
         self.not_ready_reason = "starting"
@@ -149,6 +153,17 @@ class RankingServer:
             await asyncio.sleep(self.config.readiness_interval_s)
             await self._update_health()
 
+    async def _sample_gauges_forever(self) -> None:
+        """Under --workers the parent aggregates what workers write to the multiprocess directory, which
+        callback gauges never do: their values are written there twice a second instead."""
+        metrics, admission = self.service.metrics, self.service.admission
+        breaker = self.service.history.breaker
+        while True:
+            if admission is not None:
+                metrics.in_flight.set(admission.in_flight)
+            metrics.cache_breaker.set(0.0 if breaker.is_closed else 1.0)
+            await asyncio.sleep(0.5)
+
     async def begin_drain(self) -> None:
         """Health NOT_SERVING at once (calls keep being served): the first step of a drain."""
         self.draining = True
@@ -158,6 +173,8 @@ class RankingServer:
     async def start(self) -> int:
         opts = [("grpc.max_receive_message_length", self.config.max_message_bytes),
                 ("grpc.max_send_message_length", self.config.max_message_bytes)]
+        if self.worker is not None:  # every worker listens on the same port; the kernel spreads connections
+            opts.append(("grpc.so_reuseport", 1))
         server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
                                  interceptors=server_interceptors(self.config))
         self.service.add_to_server(server)
@@ -176,14 +193,16 @@ class RankingServer:
         self._refresher = asyncio.create_task(self._refresh_cache())
         await self._update_health()
         self._readiness = asyncio.create_task(self._check_readiness_forever())
-        log.info("serving %s on %s:%d via %s backend: %s", SERVICE_NAME, self.config.host, self.port,
-                 self.backend.name, self.backend.models())
+        if self.worker is not None:
+            self._gauges = asyncio.create_task(self._sample_gauges_forever())
+        log.info("serving %s on %s:%d via %s backend%s: %s", SERVICE_NAME, self.config.host, self.port,
+                 self.backend.name, "" if self.worker is None else f" (worker {self.worker})", self.backend.models())
         return self.port
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stops accepting calls (new ones get UNAVAILABLE) and gives those in flight `grace_s`."""
         await self.begin_drain()
-        for task in (self._refresher, self._readiness):
+        for task in (self._refresher, self._readiness, self._gauges):
             if task is not None:
                 task.cancel()
         if self._server is not None:
@@ -199,16 +218,17 @@ class RankingServer:
 
 
 async def serve_forever(config: ServerConfig, *, ready_file: str | None = None,
-                        backend: InferenceBackend | None = None) -> None:
+                        backend: InferenceBackend | None = None, worker: int | None = None) -> None:
     """Runs until SIGTERM / SIGINT, then drains (module docstring). Writes the bound port to
     `ready_file` once started; exports metrics on `config.metrics_port` when set. `backend` replaces
-    the one `config` names (tests run a slowed model through the real process this way)."""
+    the one `config` names (tests run a slowed model through the real process this way). `worker`:
+    this process is one of `adrank serve --workers N` (serving.workers), whose parent serves the metrics."""
     from serving.jsonlog import configure
 
     configure(config.log_format)
-    server = RankingServer(config, backend)
+    server = RankingServer(config, backend, worker=worker)
     port = await server.start()
-    if config.metrics_port is not None:
+    if config.metrics_port is not None and worker is None:
         start_http_server(config.metrics_port, addr=config.host, registry=server.service.metrics.registry)
     if ready_file:
         from pathlib import Path

@@ -25,6 +25,7 @@ from serving.history import HistoryProvider
 from serving.metrics import ServiceMetrics
 from serving.pipeline import Pipeline, RequestContext
 from serving.pipeline.admission import ConcurrencyLimit
+from serving.pipeline.decode_columns import ColumnsPayload
 from serving.pipeline.route import readiness
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,15 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
                                                    admission=self.admission)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers Score with no request deserializer: the pipeline's decode stage parses the bytes,
-        so a malformed body is INVALID_ARGUMENT and its parse time is a stage of its own."""
-        handlers = {"Score": grpc.unary_unary_rpc_method_handler(
-            self.Score, request_deserializer=None, response_serializer=ranking_pb2.ScoreResponse.SerializeToString)}
+        """Registers Score and ScoreColumns with no request deserializer: the pipeline's decode stage
+        parses the bytes, so a malformed body is INVALID_ARGUMENT and its parse time is a stage of its own."""
+        handlers = {
+            "Score": grpc.unary_unary_rpc_method_handler(
+                self.Score, request_deserializer=None,
+                response_serializer=ranking_pb2.ScoreResponse.SerializeToString),
+            "ScoreColumns": grpc.unary_unary_rpc_method_handler(
+                self.ScoreColumns, request_deserializer=None,
+                response_serializer=ranking_pb2.ScoreColumnsResponse.SerializeToString)}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
@@ -80,19 +86,29 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         return name if name in self.backend.models() else "unknown"
 
     def _record(self, ctx: RequestContext, code: str, *, detail: str = "",
-                response: ranking_pb2.ScoreResponse | None = None) -> None:
+                response: ranking_pb2.ScoreResponse | ranking_pb2.ScoreColumnsResponse | None = None,
+                scored: int | None = None) -> None:
         """Counts the outcome and its latency, whatever it was (refusals and expiries included), and
         hands it to the access log (sampled when OK, rate-limited per code otherwise)."""
         model = self._model_label(ctx)
         version = str(ctx.version) if ctx.version is not None and model != "unknown" else "?"
         latency = time.perf_counter() - ctx.started
         self.metrics.requests.labels(model, version, code).inc()
+        self.metrics.worker_requests.inc()
         self.metrics.latency.labels(model, code).observe(latency)
         self.access_log.record(request_id=ctx.request_id, model=model,
                                version=ctx.version if version != "?" else None, code=code, latency_s=latency,
                                backend=response.served_by.backend if response is not None else "",
-                               flags=ctx.flags, candidates=len(response.candidates) if response is not None else None,
+                               flags=ctx.flags, candidates=scored,
                                detail=detail)
+
+    async def ScoreColumns(self, request: ColumnsPayload | ranking_pb2.ScoreColumnsRequest,  # noqa: N802
+                           context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreColumnsResponse:
+        """Score with candidates as columns: the same pipeline, its decode and encode reading and
+        writing columns (the raw bytes are marked as ColumnsPayload for decode)."""
+        if isinstance(request, bytes) and not isinstance(request, ColumnsPayload):
+            request = ColumnsPayload(request)
+        return await self.Score(request, context)
 
     async def Score(self, request: bytes | ranking_pb2.ScoreRequest,  # noqa: N802 - the gRPC method's name
                     context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreResponse:
@@ -116,9 +132,10 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
             self._record(ctx, code.name, detail=message)
             await context.abort(code, message)
             raise AssertionError("unreachable") from exc  # context.abort raises
-        self._record(ctx, "OK", response=response)
+        scored = (response.candidates.ad_id.length if ctx.wire == "columns" else len(response.candidates))
+        self._record(ctx, "OK", response=response, scored=scored)
         model = self._model_label(ctx)
-        self.metrics.candidates.labels(model).inc(len(response.candidates))
+        self.metrics.candidates.labels(model).inc(scored)
         if ranking_pb2.FLAG_USER_HISTORY_MISSING in ctx.flags:
             self.metrics.degraded.labels("user_history_missing").inc()
         if ranking_pb2.FLAG_HISTORY_CACHE_UNAVAILABLE in ctx.flags:

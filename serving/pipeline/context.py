@@ -30,6 +30,9 @@ class RequestContext:
     """time.perf_counter() when the request arrived; timing.total_us counts from here."""
     deadline: float | None = None
     """time.perf_counter() instant by which the caller wants an answer; None when it set no deadline."""
+    wire: str = "rows"
+    """The wire format the caller spoke: "rows" (Score) or "columns" (ScoreColumns); set by decode,
+    read by encode, which answers in the same format."""
     request_id: str = ""
     """The caller's id once decoded; validate generates one when the caller sent none."""
     model: str = ""

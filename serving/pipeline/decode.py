@@ -3,7 +3,9 @@
 The only stage besides encode that touches protobuf. The servicer registers Score with raw bytes, so
 parsing happens here: an undecodable body is INVALID_ARGUMENT with a short message instead of an
 error from inside the framework, and its cost shows up as this stage's time. In-process callers
-(benches, tests, another transport) may hand a message instead; it is used as is.
+(benches, tests, another transport) may hand a message instead; it is used as is. A ScoreColumns
+body (`ColumnsPayload`, or a ScoreColumnsRequest) is read by `decode_columns` into the same
+DecodedRequest, and the context records `wire = "columns"` so encode answers in columns.
 
 One pass over the candidate messages builds the id and bid columns (attribute access is the cost);
 the dense matrix is built only when a row carries dense features.
@@ -19,10 +21,11 @@ from protos.adrank.v1 import ranking_pb2
 from serving.config import ServerConfig
 from serving.errors import InvalidRequest
 from serving.pipeline.context import RequestContext
+from serving.pipeline.decode_columns import ColumnsPayload, decode_columns, parse_columns_wire
 from serving.pipeline.values import DecodedRequest
 from serving.security.throttled_log import ThrottledLog
 
-ScorePayload = bytes | ranking_pb2.ScoreRequest
+ScorePayload = bytes | ranking_pb2.ScoreRequest | ColumnsPayload | ranking_pb2.ScoreColumnsRequest
 
 _TYPE = ranking_pb2.ScoreRequest.DESCRIPTOR.full_name
 SCORE_METHOD = "/adrank.v1.AdRanking/Score"
@@ -82,7 +85,8 @@ def decode_rows(req: ranking_pb2.ScoreRequest, *, max_candidates: int, max_dense
 
 
 class DecodeStage:
-    """bytes | ScoreRequest → DecodedRequest; records the caller's request id and model name."""
+    """bytes | ScoreRequest → DecodedRequest (rows), ColumnsPayload | ScoreColumnsRequest → DecodedRequest
+    (columns); records the caller's request id, model name and which wire format it spoke."""
 
     name = "decode"
 
@@ -91,7 +95,12 @@ class DecodeStage:
         self.max_dense_features = config.max_dense_features
 
     async def __call__(self, payload: ScorePayload, ctx: RequestContext) -> DecodedRequest:
-        decoded = decode_rows(parse_wire(payload), max_candidates=self.max_candidates,
-                              max_dense_features=self.max_dense_features)
+        if isinstance(payload, ColumnsPayload | ranking_pb2.ScoreColumnsRequest):
+            ctx.wire = "columns"
+            decoded = decode_columns(parse_columns_wire(payload), max_candidates=self.max_candidates,
+                                     max_dense_features=self.max_dense_features)
+        else:
+            decoded = decode_rows(parse_wire(payload), max_candidates=self.max_candidates,
+                                  max_dense_features=self.max_dense_features)
         ctx.request_id, ctx.model = decoded.request_id, decoded.model_name
         return decoded

@@ -1,4 +1,5 @@
-"""Stage 8, encode: Ranking → ScoreResponse. The only stage besides decode that touches protobuf.
+"""Stage 8, encode: Ranking → ScoreResponse (or ScoreColumnsResponse when the caller spoke columns,
+`serving.pipeline.encode_columns`). The only stage besides decode that touches protobuf.
 
 Fills the response's timing from the context: total_us from the request's start to now (so it
 covers every stage, decode included), inference_us the infer stage, cache_us the lookup inside
@@ -11,6 +12,7 @@ import time
 
 from protos.adrank.v1 import ranking_pb2
 from serving.pipeline.context import RequestContext
+from serving.pipeline.encode_columns import set_ranked_columns
 from serving.pipeline.values import Ranking
 
 
@@ -25,21 +27,27 @@ def add_candidates(response: ranking_pb2.ScoreResponse, ranking: Ranking) -> Non
 
 
 class EncodeStage:
-    """Ranking → ScoreResponse, with served_by, flags and timing."""
+    """Ranking → ScoreResponse (rows) or ScoreColumnsResponse (columns, when `ctx.wire` says the
+    request came as columns), with served_by, flags and timing."""
 
     name = "encode"
 
-    async def __call__(self, ranking: Ranking, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
+    async def __call__(self, ranking: Ranking,
+                       ctx: RequestContext) -> ranking_pb2.ScoreResponse | ranking_pb2.ScoreColumnsResponse:
         request, handle = ranking.request, ranking.handle
         if request.time_defaulted:  # raised last, after history's flags, as responses always listed them
             ctx.flags.append(ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED)
-        response = ranking_pb2.ScoreResponse(
+        columns = ctx.wire == "columns"
+        response = (ranking_pb2.ScoreColumnsResponse if columns else ranking_pb2.ScoreResponse)(
             request_id=ctx.request_id,
             served_by=ranking_pb2.ServedBy(model_name=handle.name, model_version=handle.version,
                                            fm_version=handle.fm_version, backend=ranking.backend),
             flags=ctx.flags, request_time_ms=request.request_time_ms,
         )
-        add_candidates(response, ranking)
+        if columns:
+            set_ranked_columns(response, ranking)
+        else:
+            add_candidates(response, ranking)
         end = time.perf_counter()
         timing = response.timing
         timing.cache_us = ctx.cache_us

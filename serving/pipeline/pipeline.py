@@ -4,8 +4,10 @@
 
 `Pipeline.run` calls each stage with the previous stage's output and the request's context, records
 the stage's time in `ctx.timings` and in the `adrank_stage_latency_seconds{stage=…}` histogram, and
-returns encode's ScoreResponse. Stages are plain async callables (`Stage`), so one can be replaced or
-wrapped without touching the others — a fallback backend, a shadow scorer, a request logger:
+returns encode's ScoreResponse (ScoreColumnsResponse for a columnar request: decode and encode
+read and write either wire format, every stage between sees the same values). Stages are plain
+async callables (`Stage`), so one can be replaced or wrapped without touching the others — a
+fallback backend, a shadow scorer, a request logger:
 
     recorded = []
 
@@ -47,6 +49,7 @@ from serving.pipeline.route import RouteStage
 from serving.pipeline.validate import ValidateStage
 from serving.pipeline.values import DecodedRequest, ModelInputs, ParsedRequest, Ranking, Route, Scores, WithHistory
 
+Response = ranking_pb2.ScoreResponse | ranking_pb2.ScoreColumnsResponse
 In = TypeVar("In", contravariant=True)
 Out = TypeVar("Out", covariant=True)
 
@@ -68,7 +71,7 @@ class Stages:
     features: Stage[WithHistory, ModelInputs]
     infer: Stage[ModelInputs, Scores]
     rank: Stage[Scores, Ranking]
-    encode: Stage[Ranking, ranking_pb2.ScoreResponse]
+    encode: Stage[Ranking, Response]
 
     @classmethod
     def default(cls, config: ServerConfig, backend: InferenceBackend, history: HistoryProvider) -> Stages:
@@ -115,7 +118,7 @@ class Pipeline:
             raise ValueError(f"no stage named {name!r}; stages are {', '.join(STAGE_NAMES)}")
         return self.replace(**{name: wrapper(getattr(self.stages, name))})
 
-    async def run(self, payload: ScorePayload, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
+    async def run(self, payload: ScorePayload, ctx: RequestContext) -> Response:
         """Scores one request: every stage in order, each timed into `ctx.timings` and the histogram.
 
         Before each stage the deadline is checked: once it has passed the request stops there with

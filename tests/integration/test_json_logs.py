@@ -14,7 +14,7 @@ import pytest
 
 from models.catalog import load_catalog
 from protos.adrank.v1 import ranking_pb2_grpc
-from serving.client import build_request
+from serving.client import build_request, to_columns
 from serving.process import ServerProcess
 from serving.security.auth import hash_token
 
@@ -40,6 +40,10 @@ def test_json_log_records_every_outcome_rate_limits_floods_and_hides_tokens(tiny
             req.request_id = f"req-{i}"
             stub.Score(req, metadata=good, timeout=5)
             sent["OK"] += 1
+        columns = to_columns(req)
+        columns.request_id = "req-columns"
+        stub.ScoreColumns(columns, metadata=good, timeout=5)  # the columnar RPC is logged the same way
+        sent["OK"] += 1
         t0 = time.monotonic()
         for _ in range(200):  # undecodable bytes, as fast as they go
             with pytest.raises(grpc.RpcError) as info:
@@ -60,9 +64,9 @@ def test_json_log_records_every_outcome_rate_limits_floods_and_hides_tokens(tiny
     bad = [r for r in access if r["code"] == "INVALID_ARGUMENT"]
     print(f"\nJSON log: {len(lines)} lines, access records {dict(by_code)}; sent {dict(sent)}; flood of 200 in "
           f"{flood_s:.2f} s, suppressed reported {sum(r.get('suppressed', 0) for r in bad)}")
-    assert sent == {"OK": 20, "INVALID_ARGUMENT": 200, "UNAUTHENTICATED": 2, "PERMISSION_DENIED": 1}
+    assert sent == {"OK": 21, "INVALID_ARGUMENT": 200, "UNAUTHENTICATED": 2, "PERMISSION_DENIED": 1}
     ok = [r for r in access if r["code"] == "OK"]
-    assert [r["request_id"] for r in ok] == [f"req-{i}" for i in range(20)]
+    assert [r["request_id"] for r in ok] == [f"req-{i}" for i in range(20)] + ["req-columns"]
     assert all(r["model"] == "vm" and isinstance(r["version"], int) and r["latency_ms"] > 0
                and r["backend"] == "embedded" and r["candidates"] == 10 for r in ok)
     assert 1 <= len(bad) <= FAILURES_PER_S * (int(flood_s) + 2)  # logged, but not once per request

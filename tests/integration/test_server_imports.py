@@ -29,7 +29,7 @@ def test_a_started_loopfm_server_imports_no_torch_training_or_loadtests(loopfm_r
     ready, log = tmp_path / "port", tmp_path / "imports.log"
     cmd = [sys.executable, "-X", "importtime", "-m", "adrank", "serve", "--port", "0", "--ready-file",
            str(ready), "--repository", str(loopfm_run["repo"]), "--model", "vm_loopfm",
-           "--cache-dir", str(loopfm_run["cache"])]
+           "--cache-dir", str(loopfm_run["cache"]), "--workers", "1"]  # the serving process itself, not a parent
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, cwd=ROOT)
     try:

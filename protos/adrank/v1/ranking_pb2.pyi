@@ -13,10 +13,23 @@ class Flag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLAG_USER_HISTORY_MISSING: _ClassVar[Flag]
     FLAG_REQUEST_TIME_DEFAULTED: _ClassVar[Flag]
     FLAG_HISTORY_CACHE_UNAVAILABLE: _ClassVar[Flag]
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    DTYPE_INT32: _ClassVar[DType]
+    DTYPE_INT64: _ClassVar[DType]
+    DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_FLOAT64: _ClassVar[DType]
 FLAG_UNSPECIFIED: Flag
 FLAG_USER_HISTORY_MISSING: Flag
 FLAG_REQUEST_TIME_DEFAULTED: Flag
 FLAG_HISTORY_CACHE_UNAVAILABLE: Flag
+DTYPE_UNSPECIFIED: DType
+DTYPE_INT32: DType
+DTYPE_INT64: DType
+DTYPE_FLOAT32: DType
+DTYPE_FLOAT64: DType
 
 class Context(_message.Message):
     __slots__ = ("placement", "device", "hour_of_day")
@@ -135,3 +148,81 @@ class ScoreResponse(_message.Message):
     timing: Timing
     request_time_ms: int
     def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[ScoredCandidate, _Mapping]]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., flags: _Optional[_Iterable[_Union[Flag, str]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., request_time_ms: _Optional[int] = ...) -> None: ...
+
+class Column(_message.Message):
+    __slots__ = ("dtype", "length", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: DType
+    length: int
+    data: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., length: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class CandidateColumns(_message.Message):
+    __slots__ = ("ad_id", "advertiser_id", "campaign_id", "category", "bid", "dense_features", "dense_width")
+    AD_ID_FIELD_NUMBER: _ClassVar[int]
+    ADVERTISER_ID_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    BID_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    ad_id: Column
+    advertiser_id: Column
+    campaign_id: Column
+    category: Column
+    bid: Column
+    dense_features: Column
+    dense_width: int
+    def __init__(self, ad_id: _Optional[_Union[Column, _Mapping]] = ..., advertiser_id: _Optional[_Union[Column, _Mapping]] = ..., campaign_id: _Optional[_Union[Column, _Mapping]] = ..., category: _Optional[_Union[Column, _Mapping]] = ..., bid: _Optional[_Union[Column, _Mapping]] = ..., dense_features: _Optional[_Union[Column, _Mapping]] = ..., dense_width: _Optional[int] = ...) -> None: ...
+
+class ScoreColumnsRequest(_message.Message):
+    __slots__ = ("request_id", "user_id", "request_time_ms", "context", "user", "candidates", "model", "top_k")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: int
+    request_time_ms: int
+    context: Context
+    user: UserFeatures
+    candidates: CandidateColumns
+    model: ModelSpec
+    top_k: int
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., request_time_ms: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., user: _Optional[_Union[UserFeatures, _Mapping]] = ..., candidates: _Optional[_Union[CandidateColumns, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class RankedColumns(_message.Message):
+    __slots__ = ("ad_id", "request_index", "p_ctr", "p_cvr", "expected_value")
+    AD_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    P_CTR_FIELD_NUMBER: _ClassVar[int]
+    P_CVR_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    ad_id: Column
+    request_index: Column
+    p_ctr: Column
+    p_cvr: Column
+    expected_value: Column
+    def __init__(self, ad_id: _Optional[_Union[Column, _Mapping]] = ..., request_index: _Optional[_Union[Column, _Mapping]] = ..., p_ctr: _Optional[_Union[Column, _Mapping]] = ..., p_cvr: _Optional[_Union[Column, _Mapping]] = ..., expected_value: _Optional[_Union[Column, _Mapping]] = ...) -> None: ...
+
+class ScoreColumnsResponse(_message.Message):
+    __slots__ = ("request_id", "candidates", "served_by", "flags", "timing", "request_time_ms")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    candidates: RankedColumns
+    served_by: ServedBy
+    flags: _containers.RepeatedScalarFieldContainer[Flag]
+    timing: Timing
+    request_time_ms: int
+    def __init__(self, request_id: _Optional[str] = ..., candidates: _Optional[_Union[RankedColumns, _Mapping]] = ..., served_by: _Optional[_Union[ServedBy, _Mapping]] = ..., flags: _Optional[_Iterable[_Union[Flag, str]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., request_time_ms: _Optional[int] = ...) -> None: ...

@@ -41,6 +41,11 @@ class AdRankingStub:
                 request_serializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.ScoreColumns = channel.unary_unary(
+                '/adrank.v1.AdRanking/ScoreColumns',
+                request_serializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreColumnsRequest.SerializeToString,
+                response_deserializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreColumnsResponse.FromString,
+                _registered_method=True)
 
 
 class AdRankingServicer:
@@ -54,6 +59,14 @@ class AdRankingServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreColumns(self, request, context):
+        """The same scoring with candidates as columns (packed little-endian arrays) instead of rows: the
+        same validation, limits and scores, without a message per candidate (docs/pipeline.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdRankingServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_AdRankingServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreRequest.FromString,
                     response_serializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreResponse.SerializeToString,
+            ),
+            'ScoreColumns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreColumns,
+                    request_deserializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreColumnsRequest.FromString,
+                    response_serializer=protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreColumnsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +110,33 @@ class AdRanking:
             '/adrank.v1.AdRanking/Score',
             protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreRequest.SerializeToString,
             protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreColumns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adrank.v1.AdRanking/ScoreColumns',
+            protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreColumnsRequest.SerializeToString,
+            protos_dot_adrank_dot_v1_dot_ranking__pb2.ScoreColumnsResponse.FromString,
             options,
             channel_credentials,
             insecure,

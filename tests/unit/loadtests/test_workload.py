@@ -120,3 +120,19 @@ def test_uniform_mix_keeps_catalog_bids() -> None:
     assert all(c.bid == pytest.approx(float(cat["bid"][index[c.ad_id]])) for c in req.candidates)
     with pytest.raises(ValueError, match="bid_jitter"):
         RequestMix(bid_jitter=1.0)
+
+
+def test_columns_pool_carries_the_same_candidates_as_the_rows_pool() -> None:
+    from serving.columns import CANDIDATE_COLUMNS, DTYPES
+
+    rows = RequestPool.build(_catalog(), CandidateSpec.parse("uniform:2:9"), size=6, seed=3)
+    cols = RequestPool.build(_catalog(), CandidateSpec.parse("uniform:2:9"), size=6, seed=3, columns=True)
+    assert cols.n_candidates == rows.n_candidates
+    for row_bytes, col_bytes in zip(rows.payloads, cols.payloads, strict=True):
+        r = ranking_pb2.ScoreRequest.FromString(row_bytes)
+        c = ranking_pb2.ScoreColumnsRequest.FromString(col_bytes)
+        assert (c.user_id, c.request_time_ms, c.context, c.user) == (r.user_id, r.request_time_ms, r.context, r.user)
+        for name, dtype in CANDIDATE_COLUMNS:
+            col = getattr(c.candidates, name)
+            assert col.dtype == dtype and col.length == len(r.candidates)
+            assert np.frombuffer(col.data, DTYPES[dtype]).tolist() == [getattr(x, name) for x in r.candidates]

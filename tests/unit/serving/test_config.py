@@ -165,13 +165,19 @@ def test_flags_leave_unset_values_to_the_environment() -> None:
 def served(monkeypatch: pytest.MonkeyPatch) -> list[ServerConfig]:
     """`adrank serve` up to the point it would start: the config it would serve with."""
     import serving.server
+    import serving.workers
 
     seen: list[ServerConfig] = []
 
     async def fake_serve_forever(config: ServerConfig, *, ready_file: str | None = None) -> None:
         seen.append(config)
 
+    def fake_serve_workers(config: ServerConfig, n: int, *, ready_file: str | None = None) -> int:
+        seen.append(config)
+        return 0
+
     monkeypatch.setattr(serving.server, "serve_forever", fake_serve_forever)
+    monkeypatch.setattr(serving.workers, "serve_workers", fake_serve_workers)  # --workers N (one per core: default)
     for f in fields(ServerConfig):
         monkeypatch.delenv(ServerConfig.env_var(f.name), raising=False)
     return seen
@@ -189,6 +195,9 @@ def test_cli_flags_override_env_which_overrides_defaults(served: list[ServerConf
     assert (config.reflection, config.cache_backend, config.cache_location) == (False, "redis", "redis://cache:6379/0")
     assert config.max_candidates == 1000  # neither flag nor env: the default
     assert main(["serve", "--reflection"]) == 0 and served[-1].reflection is True
+    monkeypatch.setenv("ADRANK_WORKERS", "3")
+    assert main(["serve"]) == 0 and served[-1].workers == 3
+    assert main(["serve", "--workers", "1"]) == 0 and served[-1].workers == 1
 
 
 @pytest.mark.parametrize("argv,env,message", [
@@ -213,3 +222,20 @@ def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:
     assert ServerConfig().request_log == ""  # off unless asked for
     with pytest.raises(ConfigError, match="request_log_sample: must be within 0.0..1.0"):
         ServerConfig(request_log_sample=1.5)
+
+
+def test_workers_default_to_one_per_usable_core_and_are_bounded(tmp_path):
+    import os
+
+    from serving.config import resolved_workers, usable_cores
+
+    assert resolved_workers(ServerConfig(workers=3)) == 3
+    assert resolved_workers(ServerConfig()) == usable_cores() <= len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a 1.5-CPU container quota: 2 workers
+    assert usable_cores(str(cpu_max)) == min(2, len(os.sched_getaffinity(0)))
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(str(cpu_max)) == len(os.sched_getaffinity(0))
+    assert ServerConfig.from_env(environ={"ADRANK_WORKERS": "2"}).workers == 2
+    with pytest.raises(ConfigError, match=r"^workers: must be within 0..256"):
+        ServerConfig(workers=300)

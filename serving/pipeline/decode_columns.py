@@ -1,0 +1,96 @@
+"""Stage 1, decode, for ScoreColumns: wire bytes (or a parsed ScoreColumnsRequest) → DecodedRequest.
+
+The columnar twin of `decode_rows`: candidate fields arrive as `adrank.v1.Column` blocks (a declared
+dtype and length over little-endian bytes), which become numpy views of the message's bytes with
+`np.frombuffer` — no per-candidate work. What only columns can get wrong is refused here, naming the
+field: a dtype other than the field's, a byte count that is not length × the dtype's size, columns of
+different lengths. Everything else (counts, ids, bids, dense values, model, time) is checked by the
+validate stage, so rows and columns are refused with the same messages and limits.
+
+Views are read-only and stay valid while the request's bytes live (the decoded request holds them);
+the one column whose row field is narrower than the pipeline's arrays (category, int32) is widened.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from protos.adrank.v1 import ranking_pb2
+from serving.columns import CANDIDATE_COLUMNS, column_view
+from serving.errors import InvalidRequest
+from serving.pipeline.values import DecodedRequest
+from serving.security.throttled_log import ThrottledLog
+
+_TYPE = ranking_pb2.ScoreColumnsRequest.DESCRIPTOR.full_name
+SCORE_COLUMNS_METHOD = "/adrank.v1.AdRanking/ScoreColumns"
+_bad_input = ThrottledLog(logging.getLogger(__name__), interval_s=10.0)
+_NO_INTS = np.zeros(0, np.int64)
+_NO_FLOATS = np.zeros(0, np.float64)
+
+
+class ColumnsPayload(bytes):
+    """The raw body of a ScoreColumns call: bytes, marked so the decode stage reads it as columns."""
+
+    __slots__ = ()
+
+
+def parse_columns_wire(payload: bytes | ranking_pb2.ScoreColumnsRequest) -> ranking_pb2.ScoreColumnsRequest:
+    """The ScoreColumnsRequest in `payload`; InvalidRequest when the bytes are not one."""
+    if isinstance(payload, ranking_pb2.ScoreColumnsRequest):
+        return payload
+    try:
+        return ranking_pb2.ScoreColumnsRequest.FromString(payload)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the caller's bad input, never INTERNAL
+        _bad_input.warning("undecodable", "undecodable request to %s: %d bytes are not a valid %s (%s)",
+                           SCORE_COLUMNS_METHOD, len(payload), _TYPE, type(exc).__name__)
+        raise InvalidRequest(f"request body is not a valid {_TYPE} ({len(payload)} bytes)") from None
+
+
+def decode_columns(req: ranking_pb2.ScoreColumnsRequest, *, max_candidates: int,
+                   max_dense_features: int) -> DecodedRequest:
+    """The columnar request as arrays. Columns are read only when there are 1..`max_candidates`
+    candidates (the ad_id column's length) and the dense matrix only when it is no wider than
+    `max_dense_features`, as `decode_rows` does, so a hostile request costs no more than its refusal."""
+    cols = req.candidates
+    n = cols.ad_id.length
+    ctx = req.context
+    recent = np.fromiter(req.user.recent_categories, dtype=np.int64, count=len(req.user.recent_categories))
+    ad_id = advertiser = campaign = category = widths = _NO_INTS
+    bid, width = _NO_FLOATS, int(cols.dense_width)
+    dense = np.zeros((0, 0), np.float32)
+    if 0 < n <= max_candidates:
+        views = {}
+        for name, dtype in CANDIDATE_COLUMNS:
+            column = getattr(cols, name)
+            if column.length != n:
+                raise InvalidRequest(f"candidates.{name}: length {column.length} differs from candidates.ad_id "
+                                     f"length {n} (one value per candidate)")
+            views[name] = column_view(column, f"candidates.{name}", dtype)
+        ad_id, advertiser, campaign = views["ad_id"], views["advertiser_id"], views["campaign_id"]
+        category, bid = views["category"].astype(np.int64), views["bid"]
+        widths = np.full(n, width, np.int64)
+        has_dense = cols.HasField("dense_features")
+        if has_dense != (width > 0):
+            raise InvalidRequest("candidates.dense_features: dense_width and dense_features go together "
+                                 f"(dense_width {width}, dense_features {'set' if has_dense else 'absent'})")
+        if width == 0:
+            dense = np.zeros((n, 0), dtype=np.float32)
+        elif width <= max_dense_features:
+            if cols.dense_features.length != n * width:
+                raise InvalidRequest(f"candidates.dense_features: length {cols.dense_features.length} is not "
+                                     f"{n} candidates × dense_width {width}")
+            flat = column_view(cols.dense_features, "candidates.dense_features", ranking_pb2.DTYPE_FLOAT32)
+            dense = flat.reshape(n, width)
+    return DecodedRequest(
+        request_id=req.request_id, user_id=req.user_id,
+        request_time_ms=req.request_time_ms if req.HasField("request_time_ms") else None,
+        placement=ctx.placement, device=ctx.device,
+        hour_of_day=ctx.hour_of_day if ctx.HasField("hour_of_day") else None,
+        segment=req.user.segment, recent_categories=recent, n_candidates=n,
+        ad_id=ad_id, advertiser_id=advertiser, campaign_id=campaign, category=category, bid=bid,
+        dense_widths=widths, dense_width=width if n else 0, dense=dense, model_name=req.model.name,
+        model_version=req.model.version if req.model.HasField("version") else None,
+        top_k=req.top_k if req.HasField("top_k") else None,
+    )
