@@ -158,10 +158,13 @@ class RankingServer:
         callback gauges never do: their values are written there twice a second instead."""
         metrics, admission = self.service.metrics, self.service.admission
         breaker = self.service.history.breaker
+        triton_breaker = getattr(self.backend, "breaker", None)  # a FallbackBackend's (triton_fallback)
         while True:
             if admission is not None:
                 metrics.in_flight.set(admission.in_flight)
             metrics.cache_breaker.set(0.0 if breaker.is_closed else 1.0)
+            if triton_breaker is not None:
+                metrics.triton_breaker.set(0.0 if triton_breaker.is_closed else 1.0)
             await asyncio.sleep(0.5)
 
     async def begin_drain(self) -> None:
