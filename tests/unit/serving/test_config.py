@@ -104,7 +104,8 @@ def test_every_field_is_read_from_its_environment_variable() -> None:
     samples = {int: "7", float: "7.5", bool: "no", str: "x"}
     custom = {"backend": "triton", "cache_backend": "redis", "cache_location": "redis://h:1/0",
               "triton_url": "triton:8001", "port": "7", "metrics_port": "9100", "max_message_bytes": "2048",
-              "insecure": "yes", "request_log_sample": "0.25", "cache_fallback": "fail"}
+              "insecure": "yes", "request_log_sample": "0.25", "cache_fallback": "fail",
+              "transfer_sample": "0.25"}
     environ = {}
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int
@@ -212,3 +213,17 @@ def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:
     assert ServerConfig().request_log == ""  # off unless asked for
     with pytest.raises(ConfigError, match="request_log_sample: must be within 0.0..1.0"):
         ServerConfig(request_log_sample=1.5)
+
+
+def test_transfer_sample_queue_and_rotation_flags_reach_the_config() -> None:
+    args = build_parser().parse_args(["serve", "--request-log", "runs/log", "--transfer-sample", "0.05",
+                                      "--request-log-queue", "64", "--request-log-rotate-s", "2"])
+    config = ServerConfig.from_env(environ={}, transfer_sample=args.transfer_sample,
+                                   request_log_queue=args.request_log_queue,
+                                   request_log_rotate_s=args.request_log_rotate_s)
+    assert (config.transfer_sample, config.request_log_queue, config.request_log_rotate_s) == (0.05, 64, 2.0)
+    assert ServerConfig().transfer_sample == 0.01  # a small share by default
+    with pytest.raises(ConfigError, match="transfer_sample: must be within 0.0..1.0"):
+        ServerConfig(transfer_sample=2.0)
+    with pytest.raises(ConfigError, match="request_log_queue: must be within 1..10000000"):
+        ServerConfig(request_log_queue=0)
