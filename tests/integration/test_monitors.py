@@ -85,7 +85,7 @@ def loop(loopfm_run, tmp_path_factory):
                               model="vm_loopfm")
     args = ["--repository", str(loopfm_run["repo"]), "--model", "vm_loopfm", "--cache-dir", str(loopfm_run["cache"]),
             "--request-log", str(log_dir), "--metrics-port", str(metrics_port),
-            "--transfer-sample", str(TRANSFER_SAMPLE)]
+            "--transfer-sample", str(TRANSFER_SAMPLE), "--drain-delay-s", "0"]
     with ServerProcess(args) as server:
         result = run_simulation(server.target, 100, N_REQUESTS / 100, out=root / "sim", config=config)
         _score_cold_users(server.target, loopfm_run)
