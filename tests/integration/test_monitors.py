@@ -223,3 +223,45 @@ def test_staleness_hit_rate_and_degraded_series_match_the_logged_requests(loop, 
     degraded = samples(text, "adrank_degraded_requests_total")
     assert degraded[(("reason", "user_history_missing"),)] == len(missing)
     assert sum(samples(text, "adrank_score_requests_total").values()) == len(log)
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "adrank.json"
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name a /metrics page can be queried by: sampled names, and for each declared family
+    (a labelled family may have no sample yet) the names its type exports."""
+    names = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:{|\s)", text, re.MULTILINE))
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                "gauge": ("",), "summary": ("", "_sum", "_count")}
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE):
+        names |= {name + s for s in suffixes.get(kind, ("",))}
+    return names
+
+
+def test_every_dashboard_query_names_a_metric_the_server_or_the_monitor_exports(loop) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    exported = exported_names(loop["server"]) | exported_names(loop["monitor"])
+    # a labelled family shows on /metrics only once a child exists (a deadline expired, say): those may
+    # be queried if the server declares them, and every other name must be on a real scrape
+    from serving.metrics import ServiceMetrics
+
+    declared = {m.name + "_total" for m in ServiceMetrics().registry.collect() if m.type == "counter"}
+    queried: set[str] = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+            names = set(re.findall(r"\badrank_[a-zA-Z0-9_]+", expr))
+            assert names, f"{panel['title']}: {expr} names no adrank metric"
+            missing = names - exported - (declared - {"adrank_score_requests_total"})
+            assert not missing, f"{panel['title']}: {sorted(missing)} not on the server's or the monitor's /metrics"
+            queried |= names
+    # the acceptance series are on the dashboard: calibration, live TR, staleness, hit rate, stages, degraded
+    for name in ("adrank_monitor_ctr_calibration", "adrank_monitor_live_transfer_ratio",
+                 "adrank_cache_staleness_ms_bucket", "adrank_cache_user_hits_total", "adrank_stage_latency_seconds_bucket",
+                 "adrank_degraded_requests_total", "adrank_requestlog_records_dropped_total"):
+        assert name in queried, name
