@@ -6,9 +6,9 @@ requests are sent to each in alternating blocks (off, on, off, on, …) by one g
 fixed concurrency, so drift of a shared machine lands on both. Reported per server: the client's p50
 / p99 and the server's own `timing.total_us` p50 / p99, the on/off ratio of each p99, and the sink's
 drop counters scraped from /metrics once its queue is empty and the rows in its files once it has
-stopped: every request sent is either written or dropped (`written + dropped == sent`). Besides the pooled p99, the median of the per-block p99
-ratios (block b of each server, run back to back) is reported, which a burst of unrelated load in one
-block sways less.
+stopped: every request sent is either written or dropped (`written + dropped == sent`). Besides the
+pooled p99, the median of the per-block p99 ratios (block b of each server, run back to back) is
+reported, which a burst of unrelated load in one block sways less.
 
     python -m loadtests.bench_requestlog --repository runs/demo/model_repository --cache-dir runs/demo/cache \\
         --model vm_loopfm --catalog runs/demo/catalog.npz [--json out.json]
@@ -112,7 +112,7 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
     lat: dict[str, dict[str, list]] = {"off": {"client": [], "server": []}, "on": {"client": [], "server": []}}
     with ServerProcess(base) as off, ServerProcess(on_args) as on:
         targets = {"off": off.target, "on": on.target}
-        for name, target in targets.items():
+        for target in targets.values():
             asyncio.run(_block(target, requests[:config.warmup], config.concurrency))
         body = requests[config.warmup:]
         for b in range(config.blocks):

@@ -130,8 +130,8 @@ class ServerConfig:
                                        "request id (every replica and a later replay agree on which).",
                                        between=(0.0, 1.0))
     request_log_queue: int = _field(4096, "Records the request log holds for its writer; when full, records are "
-                                    "dropped and counted (adrank_requestlog_records_dropped_total{reason=\"queue_full\"}) "
-                                    "rather than delaying a response.", between=(1, 10_000_000))
+                                    "dropped and counted (adrank_requestlog_records_dropped_total, reason "
+                                    "queue_full) rather than delaying a response.", between=(1, 10_000_000))
     request_log_rotate_s: float = _field(300.0, "Seconds after which the request log publishes its open file even "
                                          "when it is not full, so readers see quiet traffic within about this long.",
                                          between=(0.01, 86_400))

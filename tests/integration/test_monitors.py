@@ -148,7 +148,8 @@ def _shown(loop) -> dict[str, np.ndarray]:
 def _ne(y: np.ndarray, p: np.ndarray) -> float:
     p = np.clip(p.astype(np.float32).astype(np.float64), 1e-7, 1 - 1e-7)
     base = y.mean()
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)) / -(base * np.log(base) + (1 - base) * np.log(1 - base)))
+    entropy = -(base * np.log(base) + (1 - base) * np.log(1 - base))
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)) / entropy)
 
 
 KEY = (("arm", "live"), ("model", "vm_loopfm"), ("version", "1"))
@@ -179,7 +180,8 @@ def test_live_transfer_ratio_matches_a_recount_and_the_offline_gain_of_the_manif
     ne_served, ne_masked = _ne(y, shown["p_ctr"][s]), _ne(y, shown["p_ctr_nh"][s])
     online = (ne_masked - ne_served) / ne_masked
     manifest = json.loads((loopfm_run["repo"] / "vm_loopfm" / "1" / "manifest.json").read_text())["metrics"]
-    offline = (manifest["test_no_history"]["ctr_ne"] - manifest["test"]["ctr_ne"]) / manifest["test_no_history"]["ctr_ne"]
+    ne_off, ne_off_masked = manifest["test"]["ctr_ne"], manifest["test_no_history"]["ctr_ne"]
+    offline = (ne_off_masked - ne_off) / ne_off_masked
     m = loop["monitor"]
     assert samples(m, "adrank_monitor_transfer_impressions")[KEY] == s.sum()
     assert samples(m, "adrank_monitor_ne")[tuple(sorted((*KEY, ("history", "served"))))] == pytest.approx(ne_served)
@@ -262,6 +264,7 @@ def test_every_dashboard_query_names_a_metric_the_server_or_the_monitor_exports(
             queried |= names
     # the acceptance series are on the dashboard: calibration, live TR, staleness, hit rate, stages, degraded
     for name in ("adrank_monitor_ctr_calibration", "adrank_monitor_live_transfer_ratio",
-                 "adrank_cache_staleness_ms_bucket", "adrank_cache_user_hits_total", "adrank_stage_latency_seconds_bucket",
+                 "adrank_cache_staleness_ms_bucket", "adrank_cache_user_hits_total",
+                 "adrank_stage_latency_seconds_bucket",
                  "adrank_degraded_requests_total", "adrank_requestlog_records_dropped_total"):
         assert name in queried, name
