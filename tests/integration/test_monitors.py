@@ -28,6 +28,8 @@ from models.data.synthetic import SyntheticConfig
 from serving.process import ServerProcess
 from serving.requestlog import sampled
 
+pytestmark = pytest.mark.slow  # one module fixture: a server, 1,240 requests, the join and a monitor (~30 s)
+
 TRANSFER_SAMPLE = 0.3
 CLICK_W, CONV_W = 3_600.0, 7 * 86_400.0
 N_REQUESTS = 1_200
