@@ -315,7 +315,8 @@ def serve_metrics(collector: MonitorCollector, port: int, host: str = "127.0.0.1
 def main(argv: list[str] | None = None) -> int:
     """`adrank monitor --joined events.npz --request-log DIR`: prints calibration per model version and arm."""
     p = argparse.ArgumentParser(prog="adrank monitor", description="Calibration (mean predicted / observed) of "
-                                "served scores per model version and rollout arm, from a joined log.")
+                                "served scores and the live transfer ratio (online vs offline NE gain from FM "
+                                "history) per model version and rollout arm, from a joined log.")
     p.add_argument("--joined", required=True, help="the EventLog .npz `adrank logs join` wrote")
     p.add_argument("--request-log", required=True, metavar="DIR", help="the request log the join read")
     p.add_argument("--repository", metavar="DIR", help="model repository: the offline NE gain from FM history of "
