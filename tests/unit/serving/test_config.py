@@ -104,9 +104,9 @@ def test_every_field_is_read_from_its_environment_variable() -> None:
     samples = {int: "7", float: "7.5", bool: "no", str: "x"}
     custom = {"backend": "triton", "cache_backend": "redis", "cache_location": "redis://h:1/0",
               "triton_url": "triton:8001", "port": "7", "metrics_port": "9100", "max_message_bytes": "2048",
-              "insecure": "yes", "request_log_sample": "0.25", "cache_fallback": "fail",
-              "transfer_sample": "0.25"}
+              "insecure": "yes", "request_log_sample": "0.25", "cache_fallback": "fail"}
     environ = {}
+    custom["transfer_sample"] = "0.25"  # a share: the float sample 7.5 is out of its range
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int
         environ[ServerConfig.env_var(f.name)] = custom.get(f.name, samples[kind])
