@@ -205,16 +205,6 @@ def test_cli_reports_bad_values_by_flag_or_variable(served: list[ServerConfig], 
     assert message in capsys.readouterr().err
 
 
-def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:
-    args = build_parser().parse_args(["serve", "--request-log", "runs/log", "--request-log-sample", "0.1"])
-    assert (args.request_log, args.request_log_sample) == ("runs/log", 0.1)
-    config = ServerConfig.from_env(environ={}, request_log=args.request_log, request_log_sample=args.request_log_sample)
-    assert (config.request_log, config.request_log_sample) == ("runs/log", 0.1)
-    assert ServerConfig().request_log == ""  # off unless asked for
-    with pytest.raises(ConfigError, match="request_log_sample: must be within 0.0..1.0"):
-        ServerConfig(request_log_sample=1.5)
-
-
 def test_transfer_sample_queue_and_rotation_flags_reach_the_config() -> None:
     args = build_parser().parse_args(["serve", "--request-log", "runs/log", "--transfer-sample", "0.05",
                                       "--request-log-queue", "64", "--request-log-rotate-s", "2"])
@@ -227,3 +217,14 @@ def test_transfer_sample_queue_and_rotation_flags_reach_the_config() -> None:
         ServerConfig(transfer_sample=2.0)
     with pytest.raises(ConfigError, match="request_log_queue: must be within 1..10000000"):
         ServerConfig(request_log_queue=0)
+
+
+def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:
+    args = build_parser().parse_args(["serve", "--request-log", "runs/log", "--request-log-sample", "0.1"])
+    assert (args.request_log, args.request_log_sample) == ("runs/log", 0.1)
+    config = ServerConfig.from_env(environ={}, request_log=args.request_log, request_log_sample=args.request_log_sample)
+    assert (config.request_log, config.request_log_sample) == ("runs/log", 0.1)
+    assert ServerConfig().request_log == ""  # off unless asked for
+    with pytest.raises(ConfigError, match="request_log_sample: must be within 0.0..1.0"):
+        ServerConfig(request_log_sample=1.5)
+
