@@ -227,4 +227,3 @@ def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:
     assert ServerConfig().request_log == ""  # off unless asked for
     with pytest.raises(ConfigError, match="request_log_sample: must be within 0.0..1.0"):
         ServerConfig(request_log_sample=1.5)
-
