@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                                ("logs", _cmd_logs, "request-log tools: `logs join` (labels within attribution "
                                 "windows → EventLog)"),
                                ("replay", "serving.replay", "re-score logged requests; share reproduced bit for bit"),
-                               ("monitor", "models.monitor", "calibration per model version and arm from a joined "
-                                "log")):
+                               ("monitor", "models.monitor", "calibration and live transfer ratio per model version "
+                                "and arm from a joined log; --serve-metrics for Prometheus")):
         sp = sub.add_parser(verb, help=text, add_help=False)
         sp.add_argument("rest", nargs=argparse.REMAINDER)
         sp.set_defaults(func=_delegate(module) if isinstance(module, str) else module)

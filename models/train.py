@@ -97,10 +97,12 @@ def prepare_vm_data(events: EventLog, train_config: TrainConfig = TrainConfig())
 
 
 def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: bool = False,
-                 generator: torch.Generator | None = None, batch: Batch | None = None) -> tuple[torch.Tensor, ...]:
+                 generator: torch.Generator | None = None, batch: Batch | None = None,
+                 mask_history: bool = False) -> tuple[torch.Tensor, ...]:
     """The VM's input tensors for `rows`. Training hides whole histories at random (history dropout); with
     `batch` (a data-parallel step) the draws are the ones one process makes for its whole batch, taken at
-    these rows' positions in it."""
+    these rows' positions in it. `mask_history` hides every row's history (the no-history path that
+    dropout trains, and serving's transfer sample runs)."""
     tensors = [torch.from_numpy(np.ascontiguousarray(data.feats[k][rows])) for k in BASE_INPUTS]
     if config.history_dim:
         if data.history is None:
@@ -110,7 +112,9 @@ def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: boo
         if codes.shape[-1] != config.history_dim:
             raise ValueError(f"history codes have width {codes.shape[-1]}, the VM expects {config.history_dim}")
         m = torch.from_numpy(hist[FM_HISTORY_MASK])
-        if train and batch is None:
+        if mask_history:
+            m = torch.zeros_like(m)
+        elif train and batch is None:
             m = drop_history(m, config.history_dropout, generator)
         elif train:
             keep = drop_history(torch.ones((batch.size, 1), dtype=m.dtype), config.history_dropout, generator)
@@ -120,13 +124,13 @@ def batch_inputs(data: VMData, config: VMConfig, rows: np.ndarray, *, train: boo
 
 
 def predict(model: VerticalModel, data: VMData, rows: np.ndarray,
-            batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+            batch_size: int = 8192, *, mask_history: bool = False) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     ctr, cvr = np.empty(len(rows), np.float32), np.empty(len(rows), np.float32)
     with torch.no_grad():
         for s in range(0, len(rows), batch_size):
             sl = slice(s, s + batch_size)
-            p1, p2 = model(*batch_inputs(data, model.config, rows[sl]))
+            p1, p2 = model(*batch_inputs(data, model.config, rows[sl], mask_history=mask_history))
             ctr[sl], cvr[sl] = p1.numpy(), p2.numpy()
     return ctr, cvr
 
@@ -216,6 +220,9 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
         p_ctr, p_cvr = predict(model, data, data.test_idx)
         metrics = {"test": evaluate(events.take(data.test_idx), p_ctr, p_cvr),
                    "sizes": {"train": int(len(data.train_idx)), "test": int(len(data.test_idx))}, **metrics}
+        if vm_config.history_dim:  # the offline half of the transfer ratio: the same rows, FM history masked
+            masked = predict(model, data, data.test_idx, mask_history=True)
+            metrics["test_no_history"] = evaluate(events.take(data.test_idx), *masked)
     return TrainResult(model, data.spec, vm_config, train_config, metrics, loop.loss_curve, events.source,
                        data.fm_version, p_ctr)
 

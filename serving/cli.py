@@ -119,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--access-log-sample", type=float, metavar="R", help=flag_help("access_log_sample"))
     sp.add_argument("--request-log", metavar="DIR", help=flag_help("request_log"))
     sp.add_argument("--request-log-sample", type=float, metavar="R", help=flag_help("request_log_sample"))
+    sp.add_argument("--request-log-queue", type=int, metavar="N", help=flag_help("request_log_queue"))
+    sp.add_argument("--request-log-rotate-s", type=float, metavar="S", help=flag_help("request_log_rotate_s"))
+    sp.add_argument("--transfer-sample", type=float, metavar="R", help=flag_help("transfer_sample"))
     sp.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None, help=flag_help("reflection"))
     security = sp.add_argument_group("security (docs/security.md)")
     for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_tokens"):

@@ -142,6 +142,16 @@ class ServerConfig:
     request_log_sample: float = _field(1.0, "Share of requests the request log keeps, chosen by a hash of the "
                                        "request id (every replica and a later replay agree on which).",
                                        between=(0.0, 1.0))
+    request_log_queue: int = _field(4096, "Records the request log holds for its writer; when full, records are "
+                                    "dropped and counted (adrank_requestlog_records_dropped_total, reason "
+                                    "queue_full) rather than delaying a response.", between=(1, 10_000_000))
+    request_log_rotate_s: float = _field(300.0, "Seconds after which the request log publishes its open file even "
+                                         "when it is not full, so readers see quiet traffic within about this long.",
+                                         between=(0.01, 86_400))
+    transfer_sample: float = _field(0.01, "Share of LoopFM requests (within the request log's sample) also scored "
+                                    "with FM history masked out, after the response is sent, and logged beside the "
+                                    "served scores: the live transfer ratio once labels join (docs/request-log.md).",
+                                    between=(0.0, 1.0))
     tls_cert: str = _field("", "PEM certificate chain of the ranking port; with tls_key the port speaks TLS only. "
                            "Read once at start (rotate by restarting).")
     tls_key: str = _field("", "PEM private key of tls_cert (keep it readable by the server's user only).")

@@ -34,6 +34,7 @@ from serving.service import AdRankingService
 
 if TYPE_CHECKING:
     from serving.requestlog import RequestLogSink
+    from serving.requestlog.no_history import NoHistoryScorer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["AdRanking"].full_name
@@ -96,10 +97,11 @@ class RankingServer:
         if triton_breaker is not None:
             self.service.metrics.triton_breaker.set_function(lambda: 0.0 if triton_breaker.is_closed else 1.0)
         self.request_log: RequestLogSink | None = None
+        self.no_history: NoHistoryScorer | None = None  # the live transfer-ratio sample (request log on)
         if config.request_log:  # pyarrow is imported only by servers that log
             from serving.requestlog.recorder import attach_request_log
 
-            self.request_log = attach_request_log(self.service, config)
+            self.request_log, self.no_history = attach_request_log(self.service, config)
         self._server: grpc.aio.Server | None = None
         self._refresher: asyncio.Task | None = None
         self._readiness: asyncio.Task | None = None
@@ -210,6 +212,8 @@ class RankingServer:
                 task.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self.no_history is not None:  # second scorings still running hold records not yet offered
+            await self.no_history.drain()
         if self.request_log is not None:  # after the last call: publishes every record of a served request
             await asyncio.to_thread(self.request_log.close)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING, (LIVENESS_NAME,))

@@ -16,7 +16,14 @@ its labels and (later) replayed:
   (the embedding snapshot the history came from), `flags`, `stage_us` (stage name → µs);
 * the answer: `p_ctr`, `p_cvr`, `expected_value` per candidate in request order (NaN where the
   writer did not see a score) and `order`, the request indices of the returned candidates, best first;
-* `logged_at_ms`: the wall clock when the row was made (request time may be simulated).
+* `logged_at_ms`: the wall clock when the row was made (request time may be simulated);
+* `p_ctr_no_history`, `p_cvr_no_history`: for the sampled share of a LoopFM model's traffic that was
+  also scored with its FM history masked out (the version's no-history path, as history dropout hides it
+  in training), those scores per candidate in request order; empty lists for every other request. They
+  give the live transfer ratio once labels join (`models.monitor`).
+
+Files of the first layout (`requestlog/1`, without the two no-history columns) are read as if those
+lists were empty.
 
 Usage::
 
@@ -35,8 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_TAG = b"requestlog/1"
-"""Stored in every file's schema metadata under b"adrank.schema"; readers refuse other tags."""
+SCHEMA_TAG = b"requestlog/2"
+"""Stored in every file's schema metadata under b"adrank.schema"; readers refuse other tags (but V1_TAG)."""
+V1_TAG = b"requestlog/1"
+"""The first layout: REQUEST_LOG_SCHEMA without the no-history columns; readers upgrade it."""
 
 CANDIDATE_COLUMNS: dict[str, np.dtype] = {
     "ad_id": np.dtype(np.int64),
@@ -49,6 +58,9 @@ CANDIDATE_COLUMNS: dict[str, np.dtype] = {
     "expected_value": np.dtype(np.float64),
 }
 """List columns with one value per candidate, in request order."""
+
+NO_HISTORY_COLUMNS = ("p_ctr_no_history", "p_cvr_no_history")
+"""Scores with FM history masked out, for the sampled requests that were scored so (else empty lists)."""
 
 REQUEST_LOG_SCHEMA = pa.schema(
     [
@@ -75,9 +87,12 @@ REQUEST_LOG_SCHEMA = pa.schema(
         *(pa.field(name, pa.list_(pa.from_numpy_dtype(CANDIDATE_COLUMNS[name])), nullable=False)
           for name in ("p_ctr", "p_cvr", "expected_value")),
         pa.field("order", pa.list_(pa.int32()), nullable=False),
+        *(pa.field(name, pa.list_(pa.float32()), nullable=False) for name in NO_HISTORY_COLUMNS),
     ],
     metadata={b"adrank.schema": SCHEMA_TAG},
 )
+V1_SCHEMA = pa.schema([f for f in REQUEST_LOG_SCHEMA if f.name not in NO_HISTORY_COLUMNS],
+                      metadata={b"adrank.schema": V1_TAG})
 
 
 class RequestLogError(ValueError):
@@ -120,6 +135,8 @@ class RequestRecord:
     flags: Sequence[str] = ()
     stage_us: Mapping[str, int] = field(default_factory=dict)
     logged_at_ms: int = 0
+    p_ctr_no_history: Sequence[float] | np.ndarray = ()  # empty, or one per candidate
+    p_cvr_no_history: Sequence[float] | np.ndarray = ()
 
     @property
     def n_candidates(self) -> int:
@@ -135,6 +152,9 @@ class RequestRecord:
                 raise RequestLogError(f"{name} has {len(getattr(self, name))} values for {n} candidates")
         if self.dense_features is not None and (np.ndim(self.dense_features) != 2 or len(self.dense_features) != n):
             raise RequestLogError(f"dense_features has shape {np.shape(self.dense_features)}, expected ({n}, E)")
+        for name in NO_HISTORY_COLUMNS:
+            if len(getattr(self, name)) not in (0, n):
+                raise RequestLogError(f"{name} has {len(getattr(self, name))} values for {n} candidates (0 or {n})")
         order = np.asarray(self.order, dtype=np.int64)
         if order.size and (order.min() < 0 or order.max() >= n or len(np.unique(order)) != order.size):
             raise RequestLogError(f"order must hold distinct request indices in [0, {n})")
@@ -166,6 +186,9 @@ def records_to_table(records: Sequence[RequestRecord]) -> pa.Table:
     for name, dtype in CANDIDATE_COLUMNS.items():
         cols[name] = _list_column([np.asarray(getattr(r, name), dtype) for r in records], dtype,
                                   pa.from_numpy_dtype(dtype))
+    for name in NO_HISTORY_COLUMNS:
+        cols[name] = _list_column([np.asarray(getattr(r, name), np.float32) for r in records],
+                                  np.dtype(np.float32), pa.float32())
     cols["dense_features"] = _dense_column(records)
     cols["flags"] = pa.array([list(r.flags) for r in records], type=pa.list_(pa.string()))
     key_offsets = np.zeros(len(records) + 1, dtype=np.int32)
@@ -217,20 +240,34 @@ def request_log_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def check_schema(schema: pa.Schema, where: str) -> None:
+def check_schema(schema: pa.Schema, where: str) -> bytes:
+    """The file's layout tag (SCHEMA_TAG or V1_TAG); RequestLogError when it is neither or its columns differ."""
     tag = (schema.metadata or {}).get(b"adrank.schema")
-    if tag != SCHEMA_TAG:
+    expected = {SCHEMA_TAG: REQUEST_LOG_SCHEMA, V1_TAG: V1_SCHEMA}.get(tag)  # type: ignore[arg-type]
+    if expected is None:
         raise RequestLogError(f"{where}: schema tag {tag!r}, expected {SCHEMA_TAG!r} (not a request log?)")
-    if not schema.equals(REQUEST_LOG_SCHEMA, check_metadata=False):
+    if not schema.equals(expected, check_metadata=False):
         raise RequestLogError(f"{where}: columns differ from the request-log schema")
+    return tag  # type: ignore[return-value]
+
+
+def _upgrade_v1(table: pa.Table) -> pa.Table:
+    """A requestlog/1 table with the no-history columns added as empty lists."""
+    empty = pa.ListArray.from_arrays(pa.array(np.zeros(table.num_rows + 1, np.int32)), pa.array([], pa.float32()))
+    for name in NO_HISTORY_COLUMNS:
+        table = table.append_column(REQUEST_LOG_SCHEMA.field(name), empty)
+    return table.select([f.name for f in REQUEST_LOG_SCHEMA]).replace_schema_metadata(REQUEST_LOG_SCHEMA.metadata)
 
 
 def read_request_log(folder: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """Every complete file in `folder` as one table (empty, with the schema, when there is none)."""
     tables = []
     for path in request_log_files(folder):
-        check_schema(pq.read_schema(path), path.name)
-        tables.append(pq.read_table(path, columns=list(columns) if columns else None))
+        if check_schema(pq.read_schema(path), path.name) == V1_TAG:
+            table = _upgrade_v1(pq.read_table(path))
+            tables.append(table.select(list(columns)) if columns else table)
+        else:
+            tables.append(pq.read_table(path, columns=list(columns) if columns else None))
     if not tables:
         empty = REQUEST_LOG_SCHEMA.empty_table()
         return empty.select(list(columns)) if columns else empty

@@ -33,6 +33,7 @@ from protos.adrank.v1 import ranking_pb2
 from serving.pipeline.context import RequestContext
 from serving.pipeline.pipeline import Stage
 from serving.pipeline.values import Ranking
+from serving.requestlog.no_history import Done, NoHistoryScorer
 from serving.requestlog.sink import RequestLogSink
 
 if TYPE_CHECKING:
@@ -44,12 +45,14 @@ log = logging.getLogger(__name__)
 _FLAG_NAMES: dict[int, str] = {v.number: v.name for v in ranking_pb2.Flag.DESCRIPTOR.values}
 
 
-def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int = 0) -> RequestRecord:
+def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int = 0,
+                        no_history: tuple[np.ndarray, np.ndarray] | None = None) -> RequestRecord:
     """The log row of a request the pipeline scored: what the model saw (the validated request, the
     context as the model's indices) and every candidate's scores in request order.
 
     `encode_us` is the encode stage's own time, which the pipeline records only after the wrapped
-    stage returns; the other stages come from `ctx.timings`."""
+    stage returns; the other stages come from `ctx.timings`. `no_history`: the (p_ctr, p_cvr) of the
+    same candidates scored with FM history masked out, for a request in the transfer sample."""
     r, handle = ranking.request, ranking.handle
     stage_us = {name: int(s * 1e6) for name, s in ctx.timings.items()}
     stage_us["encode"] = encode_us
@@ -64,6 +67,8 @@ def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int
         flags=[_FLAG_NAMES.get(f, str(f)) for f in ctx.flags], stage_us=stage_us,
         p_ctr=ranking.all_p_ctr, p_cvr=ranking.all_p_cvr, expected_value=ranking.all_expected_value,
         order=ranking.request_index.astype(np.int32),
+        p_ctr_no_history=no_history[0] if no_history is not None else (),
+        p_cvr_no_history=no_history[1] if no_history is not None else (),
     )
 
 
@@ -76,27 +81,45 @@ class RecorderMetrics:
                                      registry=registry)
 
 
-def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None = None
-                   ) -> Callable[[Stage[Any, Any]], Stage[Any, Any]]:
+def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None = None,
+                   no_history: NoHistoryScorer | None = None) -> Callable[[Stage[Any, Any]], Stage[Any, Any]]:
     """A `Pipeline.wrap("encode", …)` wrapper that offers each scored request's record to `sink`
-    after the response is built. `registry`: where the record-error counter goes (None: nowhere)."""
+    after the response is built. `registry`: where the record-error counter goes (None: nowhere).
+    `no_history`: requests in its sample are scored again without FM history after the response is
+    built, and their record is offered once that is done, with both score sets."""
     metrics = RecorderMetrics(registry)
     warned = False
 
+    def failed(ctx: RequestContext) -> None:
+        nonlocal warned
+        metrics.record_errors.inc()
+        if not warned:
+            warned = True
+            log.exception("request log: could not build the record of request %r (further failures "
+                          "are only counted)", ctx.request_id)
+
+    def offer_later(ranking: Ranking, ctx: RequestContext, encode_us: int) -> Done:
+        def done(p_ctr: np.ndarray | None, p_cvr: np.ndarray | None) -> None:
+            try:
+                both = (p_ctr, p_cvr) if p_ctr is not None and p_cvr is not None else None
+                sink.offer(record_from_ranking(ranking, ctx, encode_us=encode_us, no_history=both))
+            except Exception:  # noqa: BLE001 - as below
+                failed(ctx)
+        return done
+
     def wrapper(encode: Stage[Ranking, ranking_pb2.ScoreResponse]) -> Stage[Ranking, ranking_pb2.ScoreResponse]:
         async def stage(ranking: Ranking, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
-            nonlocal warned
             start = time.perf_counter()
             response = await encode(ranking, ctx)
             encode_us = int((time.perf_counter() - start) * 1e6)
             try:
-                sink.offer_lazy(ctx.request_id, lambda: record_from_ranking(ranking, ctx, encode_us=encode_us))
+                if no_history is not None and no_history.wants(ctx.request_id, ranking.handle) \
+                        and sink.wants(ctx.request_id):
+                    no_history.submit(ranking, offer_later(ranking, ctx, encode_us))
+                else:
+                    sink.offer_lazy(ctx.request_id, lambda: record_from_ranking(ranking, ctx, encode_us=encode_us))
             except Exception:  # noqa: BLE001 - the log must never fail a request that was scored
-                metrics.record_errors.inc()
-                if not warned:
-                    warned = True
-                    log.exception("request log: could not build the record of request %r (further failures "
-                                  "are only counted)", ctx.request_id)
+                failed(ctx)
             return response
 
         return stage
@@ -104,17 +127,23 @@ def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None =
     return wrapper
 
 
-def attach_request_log(service: AdRankingService, config: ServerConfig) -> RequestLogSink | None:
+def attach_request_log(service: AdRankingService, config: ServerConfig
+                       ) -> tuple[RequestLogSink | None, NoHistoryScorer | None]:
     """When `config.request_log` names a folder: a sink writing there (its counters in the service's
-    metrics registry) and the service's pipeline wrapped to feed it; None when logging is off. The
-    caller owns the sink and closes it on stop, which publishes what is queued."""
+    metrics registry), the scorer of the transfer sample (None when `transfer_sample` is 0) and the
+    service's pipeline wrapped to feed them; (None, None) when logging is off. The caller owns both:
+    on stop it drains the scorer, then closes the sink, which publishes what is queued."""
     if not config.request_log:
-        return None
+        return None, None
     from serving.requestlog.sink import SinkConfig
 
     registry = service.metrics.registry
-    sink = RequestLogSink(SinkConfig(folder=config.request_log, sample_rate=config.request_log_sample),
-                          registry=registry)
-    service.pipeline = service.pipeline.wrap("encode", logging_encode(sink, registry=registry))
-    log.info("request log: %s (sample rate %g)", sink.folder, config.request_log_sample)
-    return sink
+    sink = RequestLogSink(SinkConfig(folder=config.request_log, sample_rate=config.request_log_sample,
+                                     queue_size=config.request_log_queue,
+                                     max_file_age_s=config.request_log_rotate_s), registry=registry)
+    scorer = (NoHistoryScorer(service.backend, config.transfer_sample, registry=registry)
+              if config.transfer_sample > 0 else None)
+    service.pipeline = service.pipeline.wrap("encode", logging_encode(sink, registry=registry, no_history=scorer))
+    log.info("request log: %s (sample rate %g, transfer sample %g)", sink.folder, config.request_log_sample,
+             config.transfer_sample)
+    return sink, scorer

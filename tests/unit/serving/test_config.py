@@ -107,6 +107,7 @@ def test_every_field_is_read_from_its_environment_variable() -> None:
               "insecure": "yes", "request_log_sample": "0.25", "cache_fallback": "fail",
               "triton_fallback": "fail", "log_format": "json", "access_log_sample": "0.5"}
     environ = {}
+    custom["transfer_sample"] = "0.25"  # a share: the float sample 7.5 is out of its range
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int
         environ[ServerConfig.env_var(f.name)] = custom.get(f.name, samples[kind])
@@ -212,6 +213,20 @@ def test_cli_reports_bad_values_by_flag_or_variable(served: list[ServerConfig], 
         monkeypatch.setenv(k, v)
     assert main(argv) == 2 and not served
     assert message in capsys.readouterr().err
+
+
+def test_transfer_sample_queue_and_rotation_flags_reach_the_config() -> None:
+    args = build_parser().parse_args(["serve", "--request-log", "runs/log", "--transfer-sample", "0.05",
+                                      "--request-log-queue", "64", "--request-log-rotate-s", "2"])
+    config = ServerConfig.from_env(environ={}, transfer_sample=args.transfer_sample,
+                                   request_log_queue=args.request_log_queue,
+                                   request_log_rotate_s=args.request_log_rotate_s)
+    assert (config.transfer_sample, config.request_log_queue, config.request_log_rotate_s) == (0.05, 64, 2.0)
+    assert ServerConfig().transfer_sample == 0.01  # a small share by default
+    with pytest.raises(ConfigError, match="transfer_sample: must be within 0.0..1.0"):
+        ServerConfig(transfer_sample=2.0)
+    with pytest.raises(ConfigError, match="request_log_queue: must be within 1..10000000"):
+        ServerConfig(request_log_queue=0)
 
 
 def test_request_log_flags_reach_the_config_and_the_sample_is_a_share() -> None:

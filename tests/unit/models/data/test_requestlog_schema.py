@@ -91,3 +91,31 @@ def test_labels_round_trip_atomically(tmp_path: Path) -> None:
         labels_table(["r1"], [5], [100], ["view"], [100])
     with pytest.raises(LabelError, match="lacks column 'event_ms'"):
         read_labels(table.drop_columns(["event_ms"]))
+
+
+def test_no_history_scores_round_trip_and_default_to_empty_lists(tmp_path: Path) -> None:
+    masked = np.array([0.5, 0.25, 0.125, 1.0], np.float32)
+    records = [make_record("a", p_ctr_no_history=masked, p_cvr_no_history=masked / 2), make_record("b", n=2)]
+    pq.write_table(records_to_table(records), tmp_path / "x.parquet")
+    a, b = read_request_log(tmp_path).to_pylist()
+    assert a["p_ctr_no_history"] == masked.tolist() and a["p_cvr_no_history"] == (masked / 2).tolist()
+    assert b["p_ctr_no_history"] == [] and b["p_cvr_no_history"] == []
+
+
+def test_no_history_scores_must_cover_every_candidate_or_none() -> None:
+    with pytest.raises(RequestLogError, match="p_ctr_no_history has 3 values for 4 candidates"):
+        make_record("r", p_ctr_no_history=[0.1, 0.2, 0.3]).check()
+
+
+def test_a_file_of_the_first_layout_reads_with_empty_no_history_scores(tmp_path: Path) -> None:
+    from models.data.requestlog import NO_HISTORY_COLUMNS, V1_SCHEMA
+
+    v2 = records_to_table([make_record("a"), make_record("b", n=2)])
+    v1 = v2.drop_columns(list(NO_HISTORY_COLUMNS)).replace_schema_metadata(V1_SCHEMA.metadata)
+    pq.write_table(v1, tmp_path / "old.parquet")
+    table = read_request_log(tmp_path)
+    assert table.schema.equals(REQUEST_LOG_SCHEMA, check_metadata=False)
+    assert table.column("p_ctr_no_history").to_pylist() == [[], []]
+    assert table.drop_columns(list(NO_HISTORY_COLUMNS)).equals(v1.drop_columns([]), check_metadata=False)
+    assert read_request_log(tmp_path, columns=["request_id", "p_cvr_no_history"]).column_names == [
+        "request_id", "p_cvr_no_history"]
