@@ -14,8 +14,8 @@ client's own GIL does not stretch the latencies it measures; a further process c
 - health checks: count, slowest, how many were not SERVING or failed;
 - server RSS before, peak during and after the 3x phase (target flat within +-10 %).
 
-Variants: `queue` (the defaults' shape: a queue of `max_in_flight` waiting at most 20 ms), `no-queue`
-(max_queued 0: refuse at once), `grpc-limit` (admission off, grpc.aio's `maximum_concurrent_rpcs` at
+Variants: `queue` (a queue of `max_in_flight` waiting at most 20 ms), `no-queue` (max_queued 0, the
+default: refuse at once), `grpc-limit` (admission off, grpc.aio's `maximum_concurrent_rpcs` at
 the same total: refused inside grpc before the handler runs, but health calls count too).
 
 The server is the fault suite's slow model by default (`tests/integration/slow_server.py`: each

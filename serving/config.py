@@ -102,8 +102,11 @@ class ServerConfig:
     max_in_flight: int = _field(64, "Score calls run at the same time (admission control at the pipeline seam; "
                                 "health and reflection are not counted). 0 turns admission control off.",
                                 between=(0, 100_000))
-    max_queued: int = _field(64, "Score calls that may wait for a slot when max_in_flight are running; one more is "
-                             "answered RESOURCE_EXHAUSTED at once.", between=(0, 100_000))
+    max_queued: int = _field(0, "Score calls that may wait for a slot when max_in_flight are running; one more is "
+                             "answered RESOURCE_EXHAUSTED at once. 0 (the default): every excess call is refused "
+                             "at once, so a refusal costs the caller under a few ms and it can retry elsewhere; a "
+                             "queue absorbs bursts, but each call refused from it has waited max_queue_wait_ms.",
+                             between=(0, 100_000))
     max_queue_wait_ms: int = _field(20, "Longest a queued Score call waits for a slot before RESOURCE_EXHAUSTED "
                                     "(never past the call's own deadline); ms.", between=(0, 60_000))
     retry_after_ms: int = _field(100, "Back-off suggested to refused callers, in the trailing metadata "
