@@ -34,3 +34,10 @@ class ServiceMetrics:
                                registry=self.registry)
         self.cache_breaker = Gauge("adrank_cache_breaker_open", "1 while the embedding cache's circuit breaker is "
                                    "open or half-open (LoopFM requests scored with the prior)", registry=self.registry)
+        # rollout arms: "live" | "canary" | "pinned" (serving.pipeline.context.ARMS) or "?" before route chose
+        self.arm_requests = Counter("adrank_rollout_arm_requests", "Score calls by rollout arm and outcome",
+                                    ["model", "arm", "code"], registry=self.registry)
+        self.arm_latency = Histogram("adrank_rollout_arm_latency_seconds", "Server-side Score latency by rollout arm",
+                                     ["model", "arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.shadow = Counter("adrank_rollout_shadow", "Shadow scorings by outcome (scored, dropped, failed)",
+                              ["model", "outcome"], registry=self.registry)

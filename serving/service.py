@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -24,7 +25,11 @@ from serving.history import HistoryProvider
 from serving.metrics import ServiceMetrics
 from serving.pipeline import Pipeline, RequestContext
 from serving.pipeline.admission import ConcurrencyLimit
+from serving.pipeline.context import ARMS
 from serving.pipeline.route import readiness
+
+Observer = Callable[[RequestContext, str, "ranking_pb2.ScoreResponse | None"], None]
+"""Called once per Score outcome with its context, status name and response (None on error); must not block."""
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
             self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self.pipeline = pipeline or Pipeline.build(config, backend, self.history, metrics=self.metrics,
                                                    admission=self.admission)
+        self.observers: list[Observer] = []  # e.g. the rollout's per-arm analysis windows
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers Score with no request deserializer: the pipeline's decode stage parses the bytes,
@@ -81,8 +87,19 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         """Counts the outcome and its latency, whatever it was (refusals and expiries included)."""
         model = self._model_label(ctx)
         version = str(ctx.version) if ctx.version is not None and model != "unknown" else "?"
+        elapsed = time.perf_counter() - ctx.started
         self.metrics.requests.labels(model, version, code).inc()
-        self.metrics.latency.labels(model, code).observe(time.perf_counter() - ctx.started)
+        self.metrics.latency.labels(model, code).observe(elapsed)
+        arm = ctx.arm if ctx.arm in ARMS else "?"
+        self.metrics.arm_requests.labels(model, arm, code).inc()
+        self.metrics.arm_latency.labels(model, arm).observe(elapsed)
+
+    def _observe(self, ctx: RequestContext, code: str, response: ranking_pb2.ScoreResponse | None) -> None:
+        for observer in self.observers:
+            try:
+                observer(ctx, code, response)
+            except Exception:  # noqa: BLE001 - an observer's bug must never fail a served request
+                log.exception("Score observer failed for request_id=%r", ctx.request_id)
 
     async def Score(self, request: bytes | ranking_pb2.ScoreRequest,  # noqa: N802 - the gRPC method's name
                     context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreResponse:
@@ -104,9 +121,12 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
                 hint = str(exc.retry_after_ms)
                 context.set_trailing_metadata((("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint)))
             self._record(ctx, code.name)
+            self._observe(ctx, code.name, None)
             await context.abort(code, message)
             raise AssertionError("unreachable") from exc  # context.abort raises
+        response.served_by.arm = ctx.arm
         self._record(ctx, "OK")
+        self._observe(ctx, "OK", response)
         model = self._model_label(ctx)
         self.metrics.candidates.labels(model).inc(len(response.candidates))
         if ranking_pb2.FLAG_USER_HISTORY_MISSING in ctx.flags:
