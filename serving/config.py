@@ -139,6 +139,15 @@ class ServerConfig:
     auth_tokens: str = _field("", "Token file: one `<sha256-hex of token> <scope,scope> <name>` line per token "
                               "(docs/security.md). When set, AdRanking needs a token with scope 'score', "
                               "administration 'admin'; health and reflection need none. Unset: no token check.")
+    rollout_registry: str = _field("", "Rollout registry (docs/rollouts.md): a state folder (SQLite file inside) or a "
+                                   "redis://HOST:PORT/DB URL shared by every replica. When set, unpinned requests "
+                                   "follow its routing table (live, sticky canary, shadow), versions it stages are "
+                                   "hot-loaded, and the RolloutAdmin service answers (it needs auth_tokens). Unset: "
+                                   "the newest ready version serves.")
+    rollout_poll_s: float = _field(1.0, "Seconds between reads of the rollout registry's change counter: how long "
+                                   "this replica may lag a routing change.", between=(0.05, 60))
+    rollout_unload_grace_s: float = _field(5.0, "Seconds a retired version stays loaded after the last route left it "
+                                           "(calls that resolved it just before finish on it).", between=(0, 3600))
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
