@@ -39,5 +39,3 @@ class ServiceMetrics:
                                     ["model", "arm", "code"], registry=self.registry)
         self.arm_latency = Histogram("adrank_rollout_arm_latency_seconds", "Server-side Score latency by rollout arm",
                                      ["model", "arm"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.shadow = Counter("adrank_rollout_shadow", "Shadow scorings by outcome (scored, dropped, failed)",
-                              ["model", "outcome"], registry=self.registry)

@@ -58,7 +58,9 @@ def make_rollout(config: ServerConfig, backend: InferenceBackend, service: AdRan
     """The rollout runtime `config.rollout_registry` names, wired in: its watcher is the route stage's
     router and its windows observe every Score outcome (docs/rollouts.md)."""
     from serving.pipeline.route import RouteStage, resolve
+    from serving.pipeline.shadow import ShadowScorer
     from serving.rollout.runtime import RolloutRuntime
+    from serving.rollout.watcher import RoutingWatcher
 
     location = config.rollout_registry
     if location.startswith(("redis://", "rediss://", "unix://")):
@@ -73,12 +75,15 @@ def make_rollout(config: ServerConfig, backend: InferenceBackend, service: AdRan
     if config.cache_backend != "none":
         from embedding_cache import open_reader
 
-        def open_cache(fm_version: str):
+        def open_cache(fm_version: str):  # noqa: F811 - the preflight's reader of the configured cache
             return open_reader(config.cache_backend, config.cache_location, fm_version)
-    runtime = RolloutRuntime(registry, backend, poll_s=config.rollout_poll_s,
+    router = RoutingWatcher(registry)
+    shadow = ShadowScorer(backend, service.history, router, registry=service.metrics.registry)
+    runtime = RolloutRuntime(registry, backend, watcher=router, shadow_scorer=shadow, poll_s=config.rollout_poll_s,
                              unload_grace_s=config.rollout_unload_grace_s, open_cache=open_cache,
                              newest_ready=lambda name: resolve(backend, service.history, name, None).version)
-    service.pipeline = service.pipeline.replace(route=RouteStage(backend, service.history, runtime.watcher))
+    service.pipeline = service.pipeline.replace(route=RouteStage(backend, service.history, router)).wrap(
+        "infer", shadow.wrap)
     service.observers.append(runtime.observe)
     return runtime
 

@@ -148,14 +148,16 @@ class ActiveRollout:
 class RolloutRuntime:
     """See the module docstring. `start()` once the backend has loaded; `close()` at shutdown."""
 
-    def __init__(self, registry: RolloutRegistry, backend: InferenceBackend, *, poll_s: float = 1.0,
+    def __init__(self, registry: RolloutRegistry, backend: InferenceBackend, *, watcher: RoutingWatcher | None = None,
+                 poll_s: float = 1.0,
                  unload_grace_s: float = 5.0, open_cache: CacheOpener | None = None,
-                 newest_ready: Callable[[str], int] | None = None,
+                 newest_ready: Callable[[str], int] | None = None, shadow_scorer=None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry, self.backend = registry, backend
+        self.shadow_scorer = shadow_scorer  # serving.pipeline.shadow.ShadowScorer: started and closed with this
         self.newest_ready = newest_ready or (lambda name: self.backend.models()[name][-1])
         self.poll_s, self.unload_grace_s, self.open_cache = poll_s, unload_grace_s, open_cache
-        self.watcher = RoutingWatcher(registry)
+        self.watcher = watcher or RoutingWatcher(registry)
         self.windows = ArmWindows()
         self.rollouts: dict[str, ActiveRollout] = {}
         self.load_errors: dict[tuple[str, int], str] = {}
@@ -166,13 +168,20 @@ class RolloutRuntime:
         self.synced = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
+    def shadow_stats(self, model: str) -> dict | None:
+        return self.shadow_scorer.stats(model) if self.shadow_scorer is not None else None
+
     async def start(self) -> None:
+        if self.shadow_scorer is not None:
+            await self.shadow_scorer.start()
         await asyncio.to_thread(self.bootstrap)
         await self.poll_once()
         self._poller = asyncio.create_task(self._poll_forever())
 
     async def close(self) -> None:
         self._stop.set()
+        if self.shadow_scorer is not None:
+            await self.shadow_scorer.close()
         tasks = [t for t in (self._poller, *(r.task for r in self.rollouts.values())) if t is not None]
         for t in tasks:
             t.cancel()

@@ -208,3 +208,28 @@ def test_retired_version_is_unloaded_once_no_route_points_at_it(served):
             time.sleep(0.2)
     states = {v.version: v.state for v in s.versions}
     assert states[1] == "retired" and loaded[1] is False and loaded[2] is True, s
+
+
+def test_shadow_scores_a_sample_of_live_requests_off_the_response_path(served):
+    """v3 (p_ctr × 3) shadows live v2 at 50 %: callers only ever get v2; the pairs show the bias."""
+    srv = served["srv"]
+    started = _cli(srv, "shadow", "--model", "vm", "--version", "3", "--sample-rate", "0.5")
+    assert started.returncode == 0, started.stderr
+    assert "shadow v3 sampling 0.5" in started.stdout
+    with Load(srv, served["catalog"]) as load:
+        time.sleep(3.0)
+    assert load.failed == [] and load.calls > 50
+    served_versions = {seen for user in load.by_user.values() for seen in user}
+    assert served_versions == {(2, "live")}
+    ch, stub = _admin(srv)
+    with ch:
+        s = stub.Status(rollout_pb2.RolloutTarget(model="vm"), timeout=5, metadata=_auth(ADMIN_TOKEN))
+    assert s.shadow_version == 3 and s.shadow.pairs >= 0.3 * load.calls, (s.shadow, load.calls)
+    # a monotone rescaling keeps the order (ties only where × 3 reaches the cap) but moves every p_ctr
+    assert s.shadow.rank_correlation > 0.9 and s.shadow.top_k_overlap > 0.8
+    assert s.shadow.mean_abs_delta_p_ctr > 0.01
+    shown = _cli(srv, "status", "--model", "vm")
+    assert "paired requests" in shown.stdout
+    aborted = _cli(srv, "abort", "--model", "vm", "--reason", "seen enough")
+    assert aborted.returncode == 0, aborted.stderr
+    assert "shadow" not in aborted.stdout.splitlines()[1]
