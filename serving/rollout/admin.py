@@ -100,7 +100,7 @@ class RolloutAdminService(rollout_pb2_grpc.RolloutAdminServicer):
             spec = parse_spec(request.spec_toml)
             await self.runtime.start_rollout(spec, actor=self._actor(request.actor), reason=request.reason)
             done = f"{spec.model}/{spec.version}: canary at {spec.steps[0]:g}%"
-            return status_message(self.runtime, spec.model, done)
+            return await asyncio.to_thread(status_message, self.runtime, spec.model, done)
         return await self._call(context, "Start", work)
 
     async def Shadow(self, request, context):  # noqa: N802
@@ -110,8 +110,8 @@ class RolloutAdminService(rollout_pb2_grpc.RolloutAdminServicer):
             await asyncio.to_thread(self.runtime.shadow, request.model, int(request.version), request.sample_rate,
                                     actor=self._actor(request.actor), reason=request.reason)
             await self.runtime.poll_once()
-            return status_message(self.runtime, request.model, f"{request.model}/{request.version}: shadow at "
-                                                               f"{request.sample_rate:g}")
+            done = f"{request.model}/{request.version}: shadow at {request.sample_rate:g}"
+            return await asyncio.to_thread(status_message, self.runtime, request.model, done)
         return await self._call(context, "Shadow", work)
 
     def _simple(name: str, method: str | None, done: str):  # noqa: N805 - a factory of methods
@@ -121,7 +121,8 @@ class RolloutAdminService(rollout_pb2_grpc.RolloutAdminServicer):
                     await asyncio.to_thread(getattr(self.runtime, method), request.model,
                                             actor=self._actor(request.actor), reason=request.reason)
                     await self.runtime.poll_once()
-                return status_message(self.runtime, request.model, done)
+                # registry reads block on its lock while a writer commits: never on the event loop
+                return await asyncio.to_thread(status_message, self.runtime, request.model, done)
             return await self._call(context, name, work)
         rpc.__name__ = name
         return rpc

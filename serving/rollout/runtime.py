@@ -7,7 +7,8 @@ One `RolloutRuntime` per server process, started when `rollout_registry` is conf
 - **Hot loading**: after each poll, every version the registry holds as staged, shadow, canary or live is
   loaded beside the serving ones (and warmed) when this replica has not loaded it; a retired or rolled
   back version is unloaded only once no route has pointed at it for `unload_grace_s` (calls that
-  resolved it just before may still be running). Versions the registry does not know are left alone.
+  resolved it just before may still be running) — except the model's previous live version, which a
+  rollback of live restores and so stays loaded. Versions the registry does not know are left alone.
 - **Windows**: `observe` (a servicer observer) keeps, per model and arm, the latency and errors of every
   call and a bounded sample of served p_ctr; every `interval_s` the analysis task of an active rollout
   takes the live and canary windows, asks its RolloutController for a decision, and keeps the window for
@@ -259,7 +260,16 @@ class RolloutRuntime:
             self.load_errors = {k: v for k, v in self.load_errors.items() if records.get(k) in KEEP_LOADED}
 
     def _all_records(self) -> dict[tuple[str, int], VersionState]:
-        return {(r.model, r.version): r.state for name in self.registry.models() for r in self.registry.versions(name)}
+        """Every registered version's state; the previous live version counts as live (kept loaded, so a
+        rollback of live is served at once, never by a cold load)."""
+        out = {}
+        for name in self.registry.models():
+            for r in self.registry.versions(name):
+                out[(r.model, r.version)] = r.state
+            previous = self.registry.route_settings(name).previous_live
+            if previous is not None and out.get((name, previous)) is S.RETIRED:
+                out[(name, previous)] = S.LIVE
+        return out
 
     # -- windows -----------------------------------------------------------------------------------------
     def observe(self, ctx, code: str, response) -> None:

@@ -195,19 +195,21 @@ def test_good_canary_is_promoted_then_bad_one_rolled_back_with_no_failed_request
     assert promoted and promoted[0]["actor"]
 
 
-def test_retired_version_is_unloaded_once_no_route_points_at_it(served):
-    """After the promotion above v1 is retired: it leaves the backend after the grace, v2 stays."""
+def test_rolled_back_version_is_unloaded_once_no_route_points_at_it(served):
+    """After the runs above v3 is rolled back: it leaves the backend after the grace. v1, retired but
+    the version a rollback of live v2 would restore, stays loaded; v2 serves."""
     ch, stub = _admin(served["srv"])
     with ch:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             s = stub.Status(rollout_pb2.RolloutTarget(model="vm"), timeout=5, metadata=_auth(ADMIN_TOKEN))
             loaded = {v.version: v.loaded for v in s.versions}
-            if not loaded.get(1, True):
+            if not loaded.get(3, True):
                 break
             time.sleep(0.2)
     states = {v.version: v.state for v in s.versions}
-    assert states[1] == "retired" and loaded[1] is False and loaded[2] is True, s
+    assert (states[1], states[2], states[3]) == ("retired", "live", "rolled_back"), s
+    assert (loaded[1], loaded[2], loaded[3]) == (True, True, False), s
 
 
 def test_shadow_scores_a_sample_of_live_requests_off_the_response_path(served):
