@@ -28,6 +28,21 @@ class ModelHandle:
         return self.manifest.fm_version
 
 
+WARM_ROWS = 8
+WARM_REQUESTS = 3
+"""Batches a hot-loaded version runs before it becomes resolvable (first runs allocate and pick kernels)."""
+
+
+def warm_inputs(manifest: ModelManifest, rows: int = WARM_ROWS) -> dict[str, np.ndarray]:
+    """Zero inputs shaped as the manifest declares ("batch" rows, one user for per-user inputs): every id
+    0 and every history slot empty is a valid request, so a warm-up can never fail on its values."""
+    out = {}
+    for spec in manifest.inputs:
+        shape = tuple(1 if d == "users" else rows if isinstance(d, str) else int(d) for d in spec.shape)
+        out[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+    return out
+
+
 @dataclass(frozen=True)
 class InferenceResult:
     p_ctr: np.ndarray  # float32 [B]

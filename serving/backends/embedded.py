@@ -22,7 +22,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from exporters.manifest import ModelManifest, read_manifest
 from models.features import FeatureSpec
-from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
+from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle, warm_inputs
 from serving.errors import InferenceFailed, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
 from serving.model_repository import scan
 
@@ -37,19 +37,6 @@ def map_onnxruntime_error(exc: Exception, where: str) -> RankingError:
     if isinstance(exc, InvalidArgument):
         return InvalidRequest(f"{where}: onnxruntime {kind}: {exc}")
     return InferenceFailed(f"{where}: onnxruntime {kind}: {exc}")
-
-
-WARM_ROWS = 8
-
-
-def warm_inputs(manifest: ModelManifest, rows: int = WARM_ROWS) -> dict[str, np.ndarray]:
-    """Zero inputs shaped as the manifest declares ("batch" rows, one user for per-user inputs): every id
-    0 and every history slot empty is a valid request, so a warm-up can never fail on its values."""
-    out = {}
-    for spec in manifest.inputs:
-        shape = tuple(1 if d == "users" else rows if isinstance(d, str) else int(d) for d in spec.shape)
-        out[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
-    return out
 
 
 def providers() -> list[str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.backends.embedded import EmbeddedBackend, warm_inputs
+from serving.backends.base import warm_inputs
+from serving.backends.embedded import EmbeddedBackend
 from serving.errors import ModelLoadError, ModelNotFound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
