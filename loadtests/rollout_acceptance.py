@@ -3,8 +3,10 @@ comparing the p99 around every switch with the p99 just before it.
 
     adrank bench rollout                          # trains a tiny VM first (about a minute on 2 cores)
     adrank bench rollout --run runs/demo --rate 150 --json runs/bench/rollout.json
+    adrank bench rollout --backend triton         # through the bundled tritonserver (model control)
 
-A real `adrank serve` (embedded backend, SQLite registry, token auth) serves v1 of `vm`; locust runs in
+A real `adrank serve` (embedded backend, or `--backend triton` with the bundled tritonserver started
+here on the same repository; SQLite registry, token auth) serves v1 of `vm`; locust runs in
 its own process at a fixed request rate for the whole run. While it runs, v2 is exported into the
 repository (a copy of v1: the same scores, so the analysis passes) and rolled out through the
 RolloutAdmin API (the calls `adrank rollout` makes, from this process so that no CLI start-up competes
@@ -62,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase-s", type=float, default=10.0, help="seconds between the operator's steps")
     p.add_argument("--window-s", type=float, default=5.0, help="seconds of calls before / after each switch")
     p.add_argument("--max-p99-ratio", type=float, default=1.2)
+    p.add_argument("--backend", choices=("embedded", "triton"), default="embedded")
     p.add_argument("--json", default="", help="write the figures here too")
     return p
 
@@ -147,8 +150,6 @@ def switch_figures(calls: dict, switches: list[tuple[str, float]], window_s: flo
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from loadtests.report import load_calls
-    from serving.process import ServerProcess
     from serving.security.auth import hash_token
 
     tmp = Path(tempfile.mkdtemp(prefix="adrank-rollout-bench-"))
@@ -162,88 +163,109 @@ def main(argv: list[str] | None = None) -> int:
         duration = 4 * a.phase_s + 2 * a.interval_s + 20
         args = ["--repository", str(repo), "--rollout-registry", str(tmp / "state"), "--auth-tokens", str(tokens),
                 "--rollout-poll-s", "0.5", "--max-in-flight", "0"]
-        with ServerProcess(args) as srv:
-            calls_path = tmp / "calls.npz"
-            cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-                   "--host", srv.target, "-u", str(a.users), "-r", str(a.users), "-t", f"{int(duration)}s",
-                   "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0", "--stop-timeout", "2",
-                   "--catalog", str(run / "catalog.npz"), "--candidates", a.candidates,
-                   "--user-rate", f"{a.rate / a.users:g}", "--latency-out", str(calls_path)]
-            env = {**os.environ, "ADRANK_TOKEN": SCORE_TOKEN, "PYTHONPATH": str(ROOT)}
-            locust = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            steps: list[str] = []
-            errors: list[str] = []
+        triton = None
+        if a.backend == "triton":
+            from exporters.triton_repo import write_triton_model
+            from serving.triton import launcher
 
-            admin = Admin(srv.target)
-
-            def operate() -> None:
-                pb = admin.pb
-                try:
-                    time.sleep(a.phase_s)
-                    _copy_v2(repo)
-                    admin.call("Shadow", pb.ShadowRequest(model="vm", version=2, sample_rate=0.2, actor="bench"))
-                    steps.append("shadow")
-                    time.sleep(a.phase_s)
-                    text = SPEC.format(interval=a.interval_s, min_requests=max(5, int(a.rate * a.interval_s * 0.05)))
-                    admin.call("Start", pb.StartRolloutRequest(spec_toml=text, actor="bench"))
-                    s = admin.wait(lambda s: s.phase != "progressing", 6 * a.interval_s + 30)
-                    steps.append(s.phase)
-                    time.sleep(a.phase_s)
-                    admin.call("Rollback", admin.target(reason="bench: rollback under load"))
-                    steps.append("rollback")
-                except Exception as exc:  # noqa: BLE001 - reported with the figures
-                    errors.append(str(exc))
-
-            operator = threading.Thread(target=operate)
-            operator.start()
-            operator.join()
-            locust.wait(duration + 120)
-            history = admin.history()
-            admin.close()
-        calls = load_calls(calls_path)
-        if calls is None:
-            print("locust recorded no calls", file=sys.stderr)
-            return 1
-        t0_ms = float(calls["t0_s"][0]) * 1000
-        names = {("shadow", "shadow"): "shadow {w:g}", ("canary", "canary"): "canary {w:g}%",
-                 ("canary", "live"): "promote", ("live", "rolled_back"): "rollback"}
-        switches = []
-        for e in history:
-            key = (e.get("from_state", ""), e["to_state"])
-            label = names.get(key)
-            if e["version"] != "2" or label is None:
-                continue
-            if key[0] == key[1] and "weight" not in e:
-                continue
-            switches.append((label.format(w=e.get("weight", 0.0)), (int(e["at_ms"]) - t0_ms) / 1000))
-        figures = switch_figures(calls, switches, a.window_s)
-        ok = calls["ok"].astype(bool)
-        versions = {int(v): int((calls["version"] == v).sum()) for v in np.unique(calls["version"])}
-        load = os.getloadavg()
-        result = {"calls": int(ok.size), "failed": int((~ok).sum()), "rate": a.rate, "served_by_version": versions,
-                  "p99_ms": round(p99(calls["client_ms"]), 3), "switches": figures, "operator": steps,
-                  "operator_errors": errors, "load_average": [round(x, 2) for x in load]}
-        print(f"rollout under load: {result['calls']:,} calls, {result['failed']} failed, overall p99 "
-              f"{result['p99_ms']:.2f} ms; calls per version {versions}; steps {steps}")
-        print(f"{'switch':<12} {'at s':>6} {'calls before/after':>19} {'failed':>7} {'p99 before':>11} "
-              f"{'p99 after':>10} {'ratio':>6} | server p99 before / after (ratio)")
-        for f in figures:
-            print(f"{f['switch']:<12} {f['at_s']:>6.1f} {f['calls_before']:>9}/{f['calls_after']:<9} "
-                  f"{f['failed_after']:>7} {f['p99_before_ms']:>10.2f} {f['p99_after_ms']:>10.2f} "
-                  f"{f['p99_ratio']:>6.2f} | {f['server_p99_before_ms']:.2f} / {f['server_p99_after_ms']:.2f} "
-                  f"({f['server_p99_ratio']:.2f})")
-        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores (figures are noisy "
-              "on a shared machine)")
-        if errors:
-            print("operator errors: " + "; ".join(errors), file=sys.stderr)
-        if a.json:
-            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(result, indent=2))
-            shutil.copy(calls_path, Path(a.json).with_suffix(".calls.npz"))  # every call, for a closer look
-        within = all(f["p99_ratio"] <= a.max_p99_ratio for f in figures)
-        return 0 if result["failed"] == 0 and within and not errors and len(figures) >= 5 else 1
+            for extra in [p for p in repo.iterdir() if p.name != "vm"]:  # only vm: one python stub per version
+                shutil.rmtree(extra)
+            write_triton_model(repo, "vm", versions=[1], target="python")
+            triton = launcher.start(repo, models=["vm"], state_dir=tmp / "triton")
+            args += ["--backend", "triton", "--triton-url", triton.grpc_url]
+        try:
+            return _run(a, run, repo, tmp, args, duration)
+        finally:
+            if triton is not None:
+                launcher.stop(triton)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(a: argparse.Namespace, run: Path, repo: Path, tmp: Path, args: list[str], duration: float) -> int:
+    from loadtests.report import load_calls
+    from serving.process import ServerProcess
+
+    with ServerProcess(args) as srv:
+        calls_path = tmp / "calls.npz"
+        cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+               "--host", srv.target, "-u", str(a.users), "-r", str(a.users), "-t", f"{int(duration)}s",
+               "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0", "--stop-timeout", "2",
+               "--catalog", str(run / "catalog.npz"), "--candidates", a.candidates,
+               "--user-rate", f"{a.rate / a.users:g}", "--latency-out", str(calls_path)]
+        env = {**os.environ, "ADRANK_TOKEN": SCORE_TOKEN, "PYTHONPATH": str(ROOT)}
+        locust = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        steps: list[str] = []
+        errors: list[str] = []
+
+        admin = Admin(srv.target)
+
+        def operate() -> None:
+            pb = admin.pb
+            try:
+                time.sleep(a.phase_s)
+                _copy_v2(repo)
+                admin.call("Shadow", pb.ShadowRequest(model="vm", version=2, sample_rate=0.2, actor="bench"))
+                steps.append("shadow")
+                time.sleep(a.phase_s)
+                text = SPEC.format(interval=a.interval_s, min_requests=max(5, int(a.rate * a.interval_s * 0.05)))
+                admin.call("Start", pb.StartRolloutRequest(spec_toml=text, actor="bench"))
+                s = admin.wait(lambda s: s.phase != "progressing", 6 * a.interval_s + 30)
+                steps.append(s.phase)
+                time.sleep(a.phase_s)
+                admin.call("Rollback", admin.target(reason="bench: rollback under load"))
+                steps.append("rollback")
+            except Exception as exc:  # noqa: BLE001 - reported with the figures
+                errors.append(str(exc))
+
+        operator = threading.Thread(target=operate)
+        operator.start()
+        operator.join()
+        locust.wait(duration + 120)
+        history = admin.history()
+        admin.close()
+    calls = load_calls(calls_path)
+    if calls is None:
+        print("locust recorded no calls", file=sys.stderr)
+        return 1
+    t0_ms = float(calls["t0_s"][0]) * 1000
+    names = {("shadow", "shadow"): "shadow {w:g}", ("canary", "canary"): "canary {w:g}%",
+             ("canary", "live"): "promote", ("live", "rolled_back"): "rollback"}
+    switches = []
+    for e in history:
+        key = (e.get("from_state", ""), e["to_state"])
+        label = names.get(key)
+        if e["version"] != "2" or label is None:
+            continue
+        if key[0] == key[1] and "weight" not in e:
+            continue
+        switches.append((label.format(w=e.get("weight", 0.0)), (int(e["at_ms"]) - t0_ms) / 1000))
+    figures = switch_figures(calls, switches, a.window_s)
+    ok = calls["ok"].astype(bool)
+    versions = {int(v): int((calls["version"] == v).sum()) for v in np.unique(calls["version"])}
+    load = os.getloadavg()
+    result = {"calls": int(ok.size), "failed": int((~ok).sum()), "rate": a.rate, "served_by_version": versions,
+              "p99_ms": round(p99(calls["client_ms"]), 3), "switches": figures, "operator": steps,
+              "operator_errors": errors, "load_average": [round(x, 2) for x in load]}
+    print(f"rollout under load: {result['calls']:,} calls, {result['failed']} failed, overall p99 "
+          f"{result['p99_ms']:.2f} ms; calls per version {versions}; steps {steps}")
+    print(f"{'switch':<12} {'at s':>6} {'calls before/after':>19} {'failed':>7} {'p99 before':>11} "
+          f"{'p99 after':>10} {'ratio':>6} | server p99 before / after (ratio)")
+    for f in figures:
+        print(f"{f['switch']:<12} {f['at_s']:>6.1f} {f['calls_before']:>9}/{f['calls_after']:<9} "
+              f"{f['failed_after']:>7} {f['p99_before_ms']:>10.2f} {f['p99_after_ms']:>10.2f} "
+              f"{f['p99_ratio']:>6.2f} | {f['server_p99_before_ms']:.2f} / {f['server_p99_after_ms']:.2f} "
+              f"({f['server_p99_ratio']:.2f})")
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores (figures are noisy "
+          "on a shared machine)")
+    if errors:
+        print("operator errors: " + "; ".join(errors), file=sys.stderr)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(result, indent=2))
+        shutil.copy(calls_path, Path(a.json).with_suffix(".calls.npz"))  # every call, for a closer look
+    within = all(f["p99_ratio"] <= a.max_p99_ratio for f in figures)
+    return 0 if result["failed"] == 0 and within and not errors and len(figures) >= 5 else 1
 
 
 if __name__ == "__main__":

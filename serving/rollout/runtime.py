@@ -164,6 +164,7 @@ class RolloutRuntime:
         self.load_errors: dict[tuple[str, int], str] = {}
         self._clock = clock
         self._unrouted_since: dict[tuple[str, int], float] = {}
+        self._errors_at = -1  # the change counter when failed loads were last forgotten (retried)
         self._poller: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self.synced = asyncio.Event()
@@ -255,7 +256,7 @@ class RolloutRuntime:
                 if now - since >= self.unload_grace_s and len(self.backend.models().get(name, [])) > 1:
                     await self.backend.unload_version(name, version)
                     self._unrouted_since.pop(key, None)
-        if self.watcher.counter != getattr(self, "_errors_at", None):  # a change: failed loads get another try
+        if self.watcher.counter != self._errors_at:  # a registry change: failed loads get another try
             self._errors_at = self.watcher.counter
             self.load_errors = {k: v for k, v in self.load_errors.items() if records.get(k) in KEEP_LOADED}
 
@@ -274,7 +275,8 @@ class RolloutRuntime:
     # -- windows -----------------------------------------------------------------------------------------
     def observe(self, ctx, code: str, response) -> None:
         """A servicer observer: counts the call on its arm (only models with an active rollout)."""
-        if ctx.model not in self.rollouts or ctx.arm not in ANALYSED_ARMS:
+        rollout = self.rollouts.get(ctx.model)
+        if rollout is None or rollout.ended or ctx.arm not in ANALYSED_ARMS:
             return
         latency_ms = (time.perf_counter() - ctx.started) * 1e3
         scores = [c.p_ctr for c in response.candidates] if response is not None else ()
