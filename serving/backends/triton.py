@@ -14,7 +14,10 @@ Hot loading (the rollout registry's, `load_version` / `unload_version`) goes thr
 control API: the model's current config is read back, its `version_policy` given one version more (or
 less), and the model reloaded with that config; Triton keeps the versions already loaded serving
 until the new set is ready, so a switch drops no request. A new version is warmed with a few requests
-before the table offers it.
+before the table offers it. Each reload starts fresh instances of every version (a python-backend
+stub each), which on a busy host slows the serving versions for a few seconds; so `unload_version`
+takes the version out of the table at once but leaves it in Triton until the next `load_version`,
+whose one reload both adds the new version and drops the retired ones.
 
 Usage::
 
@@ -104,6 +107,7 @@ class TritonBackend(InferenceBackend):
         self._refresher: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()  # strong references until the tasks finish
+        self._retired: set[tuple[str, int]] = set()  # out of the table, dropped from Triton at the next load
 
     def _triton(self):
         """The aio client of the running event loop. A grpc.aio channel is bound to the loop that made
@@ -157,7 +161,7 @@ class TritonBackend(InferenceBackend):
             self.load_errors = dict(errors)
             handles = {}
             for key, manifest in manifests.items():
-                if key in ready:
+                if key in ready and key not in self._retired:
                     old = self._handles.get(key)
                     handles[key] = old if old is not None and old.manifest == manifest else self._handle(key, manifest)
             for key in sorted(ready & set(errors)):
@@ -246,7 +250,9 @@ class TritonBackend(InferenceBackend):
             manifest = await asyncio.to_thread(read_manifest, self.repository / name / str(version))
         except ManifestError as exc:
             raise ModelLoadError(f"{name}/{version}: not loaded: {exc}") from exc
-        await self._set_versions(name, lambda current: current | {version})
+        dropped = {v for n, v in self._retired if n == name and v != version}
+        await self._set_versions(name, lambda current: (current - dropped) | {version})
+        self._retired -= {(name, v) for v in dropped} | {key}
         handle = self._handle(key, manifest)
         for _ in range(WARM_REQUESTS):  # before the table offers it
             await self.infer(handle, warm_inputs(manifest))
@@ -257,11 +263,11 @@ class TritonBackend(InferenceBackend):
         return self._handles[key]
 
     async def unload_version(self, name: str, version: int) -> None:
+        """Out of the table now; out of Triton with the next load of this model (module docstring)."""
         if self.models().get(name) == [version]:
             raise ModelLoadError(f"{name}: Triton must keep at least one version loaded; {version} is the last")
-        self._handles = {k: v for k, v in self._handles.items() if k != (name, version)}  # resolve stops first
-        await self._set_versions(name, lambda current: current - {version})
-        await self.refresh()
+        self._retired.add((name, version))
+        self._handles = {k: v for k, v in self._handles.items() if k != (name, version)}
 
     async def _refresh_quietly(self) -> None:
         try:

@@ -1,6 +1,7 @@
 """Hot loading through Triton's model-control API on the bundled tritonserver: a version exported after
-Triton started is loaded beside the serving one and warmed, and one is unloaded, while calls to the
-serving version keep succeeding — no request fails during either switch."""
+Triton started is loaded beside the serving one and warmed, and a retired one leaves the table at once
+and Triton with the next load (one reload for both), while calls keep succeeding — no request fails
+during any switch."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def own_triton(tmp_path_factory: pytest.TempPathFactory):
 def test_a_version_loads_beside_the_serving_one_and_unloads_with_no_failed_call(own_triton):
     handle, repo, base = own_triton
     tf.export_version(repo, base, 2)  # after Triton started: nothing loads it but the backend's call
+    tf.export_version(repo, base, 3)
     inputs = tf.sample_inputs(16, seed=3)
 
     async def scenario():
@@ -65,18 +67,27 @@ def test_a_version_loads_beside_the_serving_one_and_unloads_with_no_failed_call(
         await asyncio.sleep(0.5)
         await backend.unload_version(tf.MODEL, 1)
         assert backend.models() == {tf.MODEL: [2]}
+
+        async def in_triton() -> list[int]:
+            index = await backend._triton().get_model_repository_index()
+            return sorted(int(m.version) for m in index.models if m.name == tf.MODEL and m.state == "READY")
+
+        still = await in_triton()
+        await backend.refresh()
+        assert backend.models() == {tf.MODEL: [2]}  # a refresh does not bring the retired version back
+        await asyncio.sleep(0.5)
+        await backend.load_version(tf.MODEL, 3)
+        after = await in_triton()
         await asyncio.sleep(0.5)
         stop.set()
         await load
-        index = await backend._triton().get_model_repository_index()
-        ready = sorted(int(m.version) for m in index.models if m.name == tf.MODEL and m.state == "READY")
         await backend.close()
-        return outcomes, ready
+        return outcomes, still, after, backend.models()
 
-    outcomes, ready = asyncio.run(scenario())
+    outcomes, still, after, models = asyncio.run(scenario())
     failures = [o for o in outcomes if o != "ok"]
     assert failures == [] and len(outcomes) > 20, (failures[:3], len(outcomes))
-    assert ready == [2]
+    assert still == [1, 2] and after == [2, 3] and models == {tf.MODEL: [2, 3]}
 
 
 def test_the_last_version_is_never_unloaded(own_triton):
@@ -85,10 +96,13 @@ def test_the_last_version_is_never_unloaded(own_triton):
     async def scenario():
         backend = TritonBackend(handle.grpc_url, repo)
         await backend.start()
-        only = backend.models()[tf.MODEL]
+        *others, last = backend.models()[tf.MODEL]
         try:
+            for v in others:
+                await backend.unload_version(tf.MODEL, v)
             with pytest.raises(ModelLoadError, match="at least one version"):
-                await backend.unload_version(tf.MODEL, only[0])
+                await backend.unload_version(tf.MODEL, last)
+            assert backend.models() == {tf.MODEL: [last]}
         finally:
             await backend.close()
 
