@@ -312,7 +312,7 @@ class RolloutRuntime:
     async def start_rollout(self, spec: RolloutSpec, *, actor: str, reason: str) -> ActiveRollout:
         """Preflight (refused: FAILED_PRECONDITION naming each failure, nothing moves), registration,
         pre-rollout webhooks, canary at the first weight; then the analysis task runs every interval."""
-        current = self.rollouts.get(spec.model)
+        current = self._reconcile(spec.model)
         if current is not None and not current.ended:
             raise StateConflict(f"{spec.model}: a rollout of version {current.spec.version} is {current.phase}; "
                                 "promote, roll back or abort it first")
@@ -355,8 +355,23 @@ class RolloutRuntime:
                 rollout.ended = decision.state.phase
             await self.poll_once()
 
-    def _rollout(self, model: str) -> ActiveRollout:
+    def _reconcile(self, model: str) -> ActiveRollout | None:
+        """The model's rollout here, ended as "superseded" when its version left the canary through
+        another replica (or this one's promote/rollback raced the analysis)."""
         rollout = self.rollouts.get(model)
+        if rollout is not None and not rollout.ended:
+            try:
+                state = self.registry.get(model, rollout.spec.version).state
+            except RolloutError:
+                state = None
+            if state is not S.CANARY:
+                rollout.ended = "superseded"
+                if rollout.task is not None:
+                    rollout.task.get_loop().call_soon_threadsafe(rollout.task.cancel)
+        return rollout
+
+    def _rollout(self, model: str) -> ActiveRollout:
+        rollout = self._reconcile(model)
         if rollout is None or rollout.ended:
             raise StateConflict(f"{model}: no rollout in progress")
         return rollout
@@ -425,4 +440,4 @@ class RolloutRuntime:
         table = self.registry.routing(model) if model in self.registry.models() else None
         loaded = set(self.backend.models().get(model, []))
         return {"table": table, "versions": self._versions(model), "loaded": loaded,
-                "rollout": self.rollouts.get(model)}
+                "rollout": self._reconcile(model)}
