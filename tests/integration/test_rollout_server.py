@@ -34,7 +34,7 @@ interval_s = {interval}
 threshold = {threshold}
 
 [checks]
-min_requests = 15
+min_requests = 5
 max_psi = 1.0
 p_ctr_ratio = [0.8, 1.25]
 max_p99_latency_ratio = 20.0
@@ -168,15 +168,12 @@ def test_good_canary_is_promoted_then_bad_one_rolled_back_with_no_failed_request
 
         bad = d / "bad.toml"
         bad.write_text(SPEC.format(version=3, interval=INTERVAL_S, threshold=THRESHOLD))
-        t0 = time.monotonic()
         started = _cli(srv, "start", str(bad))
         assert started.returncode == 0, started.stderr
         s = _wait_phase(stub, {"promoted", "rolled_back"}, 30)
-        elapsed = time.monotonic() - t0
         assert s.phase == "rolled_back", s
         assert s.live_version == 2 and s.canary_version == 0
-        # threshold failed windows, each interval_s apart (plus the thin windows of the first poll)
-        assert elapsed <= THRESHOLD * INTERVAL_S + 3.0, elapsed
+        assert s.windows[-1].action == "rollback" and s.failed_windows == THRESHOLD, s
         time.sleep(1.0)
     assert load.failed == [], load.failed[:5]
     assert load.calls > calls_before_bad > 100
@@ -190,6 +187,12 @@ def test_good_canary_is_promoted_then_bad_one_rolled_back_with_no_failed_request
     entries = json.loads(history.stdout)["entries"]
     last = [e for e in entries if e["version"] == "3"][-1]
     assert last["to_state"] == "rolled_back" and "p_ctr" in last["reason"], last
+    # out of traffic within threshold × interval of entering the canary (audit times, the server's clock),
+    # plus half a second for the analysis task's scheduling on a busy host
+    entered = [e for e in entries if e["version"] == "3" and e["to_state"] == "canary"][0]
+    took_s = (int(last["at_ms"]) - int(entered["at_ms"])) / 1000
+    print(f"bad canary rolled back {took_s:.2f} s after entering the canary")
+    assert took_s <= THRESHOLD * INTERVAL_S + 0.5, took_s
     assert json.loads(last["metrics_json"])["p_ctr_ratio"]["status"] == "failed"
     promoted = [e for e in entries if e["version"] == "2" and e["to_state"] == "live"]
     assert promoted and promoted[0]["actor"]
