@@ -238,3 +238,17 @@ def test_shadow_scores_a_sample_of_live_requests_off_the_response_path(served):
     aborted = _cli(srv, "abort", "--model", "vm", "--reason", "seen enough")
     assert aborted.returncode == 0, aborted.stderr
     assert "shadow" not in aborted.stdout.splitlines()[1]
+
+
+def test_without_a_token_file_the_rollout_api_is_closed(tiny_run: Path, tmp_path: Path):
+    """A registry but no --auth-tokens: scoring works, every rollout call is UNAUTHENTICATED."""
+    args = ["--repository", str(tiny_run / "model_repository"), "--rollout-registry", str(tmp_path / "state")]
+    with ServerProcess(args) as srv, srv.channel() as ch:
+        stub = rollout_pb2_grpc.RolloutAdminStub(ch)
+        for method in ("Status", "Promote", "Rollback", "Abort", "History"):
+            with pytest.raises(grpc.RpcError) as info:
+                getattr(stub, method)(rollout_pb2.RolloutTarget(model="vm"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and "--auth-tokens" in info.value.details()
+        catalog = load_catalog(tiny_run / "catalog.npz")
+        resp = ranking_pb2_grpc.AdRankingStub(ch).Score(build_request(3, 5, catalog, seed=3), timeout=5)
+        assert (resp.served_by.model_version, resp.served_by.arm) == (1, "live")
