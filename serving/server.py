@@ -78,7 +78,12 @@ def make_rollout(config: ServerConfig, backend: InferenceBackend, service: AdRan
         def open_cache(fm_version: str):  # noqa: F811 - the preflight's reader of the configured cache
             return open_reader(config.cache_backend, config.cache_location, fm_version)
     router = RoutingWatcher(registry)
-    shadow = ShadowScorer(backend, service.history, router, registry=service.metrics.registry)
+    admission = service.admission
+
+    def busy() -> bool:  # mirrors give way once half the admission slots are taken
+        return admission is not None and admission.in_flight * 2 >= admission.max_in_flight
+
+    shadow = ShadowScorer(backend, service.history, router, busy=busy, registry=service.metrics.registry)
     runtime = RolloutRuntime(registry, backend, watcher=router, shadow_scorer=shadow, poll_s=config.rollout_poll_s,
                              unload_grace_s=config.rollout_unload_grace_s, open_cache=open_cache,
                              newest_ready=lambda name: resolve(backend, service.history, name, None).version)

@@ -3,8 +3,9 @@
 `ShadowScorer.wrap` wraps the infer stage. After live's scores are computed, a live-arm request that the
 routing table's shadow samples (`serving.rollout.routing.shadow_version`, by request id) is put on a
 bounded queue and the live scores go on to rank and encode at once: the caller waits for nothing but
-one `put_nowait`. When the queue is full the mirror is dropped and counted (under load the shadow gives
-way, never the caller). Workers take requests off the queue and run history → features → infer for the
+one `put_nowait`. When the queue is full, or `busy()` says the server is loaded (the server passes
+"half of max_in_flight is running"), the mirror is dropped and counted: under load the shadow gives way,
+never the caller. Workers take requests off the queue and run history → features → infer for the
 shadow version — its own fm_version, its own codes — and keep the pair of score vectors:
 
 - the latest `keep_pairs` pairs (request id, live and shadow p_ctr in request order), for inspection;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,8 +108,8 @@ class ShadowScorer:
 
     def __init__(self, backend: InferenceBackend, history: HistoryProvider, router: Router, *,
                  queue_size: int = 64, workers: int = 1, keep_pairs: int = 1000,
-                 registry: CollectorRegistry | None = None) -> None:
-        self.backend, self.router = backend, router
+                 busy: Callable[[], bool] | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.backend, self.router, self.busy = backend, router, busy or (lambda: False)
         self._history, self._features, self._infer = HistoryStage(history), FeaturesStage(), InferStage(backend)
         self.queue_size, self.workers = queue_size, workers
         self._queue: asyncio.Queue[_Job] | None = None
@@ -151,6 +153,10 @@ class ShadowScorer:
         table = self.router.table(scores.handle.name)
         shadow = shadow_version(table, ctx.arm, ctx.request_id) if table is not None else None
         if shadow is None:
+            return False
+        if self.busy():
+            self._stat(scores.handle.name).dropped += 1
+            self.outcomes.labels(scores.handle.name, "dropped").inc()
             return False
         job = _Job(scores.handle.name, scores.request, scores.handle.version, shadow, ctx.request_id,
                    np.array(scores.p_ctr, copy=True))

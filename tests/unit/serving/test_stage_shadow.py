@@ -91,3 +91,12 @@ def test_a_full_queue_drops_mirrors_and_never_waits():
     responses = asyncio.run(go())
     assert len(responses) == 10 and scorer.stats("vm")["dropped"] == 7
     assert scorer._queue.qsize() == 3
+
+
+def test_a_busy_server_drops_every_mirror():
+    backend = fakes.FakeBackend(fakes.handle(version=1), fakes.handle(version=2))
+    router = Tables(RoutingTable(model="vm", live=1, shadow=ShadowRoute(version=2, sample_rate=1.0, salt="s")))
+    scorer = ShadowScorer(backend, HistoryProvider(), router, busy=lambda: True)
+    responses = _run(scorer, backend, router, [_request(4, i) for i in range(20)])
+    assert len(responses) == 20 and scorer.stats("vm")["dropped"] == 20 and scorer.stats("vm")["pairs"] == 0
+    assert [h.version for h, _ in backend.calls] == [1] * 20
