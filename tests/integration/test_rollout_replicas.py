@@ -4,11 +4,14 @@ pause / resume / promote / rollback verbs of the CLI act on both."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -65,6 +68,44 @@ def _until(srv, catalog, expected: set, timeout_s: float = 5.0) -> tuple[set, fl
         seen = _served(srv, catalog)
         if seen == expected or time.monotonic() - t0 > timeout_s:
             return seen, time.monotonic() - t0
+
+
+class _Veto(BaseHTTPRequestHandler):
+    """A pre-rollout webhook that refuses, as a load-test gate would."""
+
+    calls: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Veto.calls.append(json.loads(body))
+        self.send_response(403)
+        self.end_headers()
+        self.wfile.write(b"error budget spent")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_pre_rollout_webhook_veto_moves_no_traffic(replicas):
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Veto)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        spec = replicas["dir"] / "vetoed.toml"
+        spec.write_text(SPEC + f"""
+[[webhooks]]
+name = "gate"
+phase = "pre-rollout"
+url = "http://127.0.0.1:{hook.server_address[1]}/gate"
+timeout_s = 5
+""")
+        refused = _cli(replicas["a"], "start", str(spec))
+    finally:
+        hook.shutdown()
+    assert refused.returncode == 2 and "FAILED_PRECONDITION" in refused.stderr and "gate" in refused.stderr
+    assert _Veto.calls and _Veto.calls[0]["phase"] == "pre-rollout"
+    status = _cli(replicas["a"], "status", "--model", "vm")
+    assert "arms: live v1\n" in status.stdout + "\n" and "v2    staged" in status.stdout, status.stdout
+    assert _served(replicas["b"], replicas["catalog"]) == {(1, "live")}
 
 
 def test_a_change_through_one_replica_moves_the_other(replicas):
