@@ -10,7 +10,7 @@ One `RolloutRuntime` per server process, started when `rollout_registry` is conf
   resolved it just before may still be running) — except the model's previous live version, which a
   rollback of live restores and so stays loaded. Versions the registry does not know are left alone.
 - **Windows**: `observe` (a servicer observer) keeps, per model and arm, the latency and errors of every
-  call and a bounded sample of served p_ctr; every `interval_s` the analysis task of an active rollout
+  call and the served p_ctr of a bounded sample of calls; every `interval_s` the analysis task of an active rollout
   takes the live and canary windows, asks its RolloutController for a decision, and keeps the window for
   `status`. The windows are this replica's traffic: run the rollout's analysis on one replica (the one
   the admin call reached) — the registry makes every replica follow its decisions.
@@ -44,8 +44,9 @@ S = VersionState
 KEEP_LOADED: frozenset[VersionState] = frozenset({S.STAGED, S.SHADOW, S.CANARY, S.LIVE})
 MAX_LATENCIES = 50_000
 """Calls per arm and window whose latency is kept (one float each); beyond, a uniform reservoir."""
-MAX_SCORES = 20_000
-"""Served p_ctr values per arm and window kept for the PSI and the mean (a uniform reservoir)."""
+MAX_SCORE_CALLS = 500
+"""Calls per arm and window whose served p_ctr vectors are kept for the PSI and the mean (a uniform
+reservoir of calls: a call not drawn costs no score extraction at all)."""
 MAX_WINDOWS = 60
 """Analysis windows kept per model for `status` and its plot."""
 ANALYSED_ARMS = ("live", "canary")
@@ -57,15 +58,15 @@ class _Reservoir:
     def __init__(self, cap: int, rng: random.Random) -> None:
         self.cap, self.seen, self.values, self._rng = cap, 0, [], rng
 
-    def extend(self, values) -> None:
-        for v in values:
-            self.seen += 1
-            if len(self.values) < self.cap:
-                self.values.append(v)
-            else:
-                j = self._rng.randrange(self.seen)
-                if j < self.cap:
-                    self.values[j] = v
+    def offer(self, make: Callable[[], object]) -> None:
+        """Count one more item; build it with `make()` only when the sample keeps it."""
+        self.seen += 1
+        if len(self.values) < self.cap:
+            self.values.append(make())
+        else:
+            j = self._rng.randrange(self.seen)
+            if j < self.cap:
+                self.values[j] = make()
 
 
 @dataclass
@@ -77,11 +78,12 @@ class _ArmAccumulator:
     scores: _Reservoir = field(init=False)
 
     def __post_init__(self) -> None:
-        self.latencies, self.scores = _Reservoir(MAX_LATENCIES, self.rng), _Reservoir(MAX_SCORES, self.rng)
+        self.latencies, self.scores = _Reservoir(MAX_LATENCIES, self.rng), _Reservoir(MAX_SCORE_CALLS, self.rng)
 
     def window(self) -> ArmWindow:
         lat = np.asarray(self.latencies.values, np.float64)
-        scores = np.asarray(self.scores.values, np.float64)
+        scores = (np.concatenate(self.scores.values).astype(np.float64) if self.scores.values
+                  else np.zeros(0, np.float64))
         return ArmWindow(requests=self.calls, errors=self.errors,
                          p99_ms=float(np.percentile(lat, 99)) if lat.size else None,
                          scores=scores, mean_p_ctr=float(scores.mean()) if scores.size else None)
@@ -94,14 +96,17 @@ class ArmWindows:
         self._rng = random.Random(seed)
         self._acc: dict[tuple[str, str], _ArmAccumulator] = {}
 
-    def add(self, model: str, arm: str, latency_ms: float, ok: bool, p_ctr=()) -> None:
+    def add(self, model: str, arm: str, latency_ms: float, ok: bool,
+            p_ctr: Callable[[], np.ndarray] | None = None) -> None:
+        """One call; `p_ctr` builds its served scores, called only when the window's sample keeps them."""
         acc = self._acc.get((model, arm))
         if acc is None:
             acc = self._acc[(model, arm)] = _ArmAccumulator(self._rng)
         acc.calls += 1
         acc.errors += 0 if ok else 1
-        acc.latencies.extend((latency_ms,))
-        acc.scores.extend(p_ctr)
+        acc.latencies.offer(lambda: latency_ms)
+        if p_ctr is not None:
+            acc.scores.offer(p_ctr)
 
     def take(self, model: str) -> WindowMetrics:
         """The window of `model` since the last take (live vs canary), and a fresh one started."""
@@ -279,7 +284,10 @@ class RolloutRuntime:
         if rollout is None or rollout.ended or ctx.arm not in ANALYSED_ARMS:
             return
         latency_ms = (time.perf_counter() - ctx.started) * 1e3
-        scores = [c.p_ctr for c in response.candidates] if response is not None else ()
+        scores = None
+        if response is not None:
+            def scores() -> np.ndarray:
+                return np.fromiter((c.p_ctr for c in response.candidates), np.float32, len(response.candidates))
         self.windows.add(ctx.model, ctx.arm, latency_ms, code == "OK", scores)
 
     # -- rollouts ----------------------------------------------------------------------------------------
