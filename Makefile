@@ -45,7 +45,7 @@ lint: $(STAMP)
 
 # Regenerate the committed stubs (tests/unit/test_protos.py fails when they drift).
 protos: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/adrank/v1/ranking.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. protos/adrank/v1/ranking.proto protos/adrank/v1/rollout.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -34,6 +34,10 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         from embedding_cache.bench import main as cache_bench
 
         return cache_bench(a.rest[1:])
+    if a.rest[:1] == ["rollout"]:
+        from loadtests.rollout_acceptance import main as rollout_bench
+
+        return rollout_bench(a.rest[1:])
     if a.rest[:1] == ["triton"]:
         from loadtests.bench_triton import main as triton_bench
 
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb, module, text in (("triton", "serving.triton.cli", "start|stop|status the bundled tritonserver"),
                                ("loadtest", "loadtests.runner", "locust load test against latency budgets"),
-                               ("bench", _cmd_bench, "benchmarks: cache | serve | triton | all"),
+                               ("bench", _cmd_bench, "benchmarks: cache | serve | triton | rollout | all"),
                                ("simulate", "loadtests.simulate", "simulated users of the synthetic world against "
                                 "a server; writes labels"),
                                ("logs", _cmd_logs, "request-log tools: `logs join` (labels within attribution "

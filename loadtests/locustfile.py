@@ -40,7 +40,7 @@ from protos.adrank.v1 import ranking_pb2  # noqa: E402
 SCORE_METHOD = "/adrank.v1.AdRanking/Score"
 SCORE_COLUMNS_METHOD = "/adrank.v1.AdRanking/ScoreColumns"
 _POOL: RequestPool | None = None
-_CALLS: dict[str, list] = {"t_s": [], "client_ms": [], "server_ms": [], "candidates": [], "ok": []}
+_CALLS: dict[str, list] = {"t_s": [], "client_ms": [], "server_ms": [], "candidates": [], "ok": [], "version": []}
 _T0 = [time.time()]
 
 
@@ -94,6 +94,8 @@ class ScoreUser(User):
         self._score = self._channel.unary_unary(method, request_serializer=None,
                                                 response_deserializer=response.FromString)
         self._timeout = opts.rpc_timeout
+        token = os.environ.get("ADRANK_TOKEN", "").strip()  # a server checking tokens needs the 'score' scope
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._wait = constant_throughput(opts.user_rate) if opts.user_rate > 0 else None
 
     def wait_time(self) -> float:
@@ -107,18 +109,19 @@ class ScoreUser(User):
         payload, n = _POOL.next()
         t_wall = time.time()
         t0 = time.perf_counter()
-        exc, server_ms, scored = None, float("nan"), 0
+        exc, server_ms, scored, version = None, float("nan"), 0, 0
         try:
-            resp = self._score(payload, timeout=self._timeout)
+            resp = self._score(payload, timeout=self._timeout, metadata=self._metadata)
             server_ms = resp.timing.total_us / 1e3
             scored = resp.candidates.ad_id.length if self._columns else len(resp.candidates)
+            version = resp.served_by.model_version
         except grpc.RpcError as err:  # one failure row per status code, not per debug string
             exc = RpcFailure(f"{err.code().name}: {err.details()}")
         ms = (time.perf_counter() - t0) * 1e3
         self.environment.events.request.fire(request_type="grpc", name="Score", response_time=ms,
                                              response_length=scored, exception=exc, context={"candidates": n})
         for key, value in (("t_s", t_wall - _T0[0]), ("client_ms", ms), ("server_ms", server_ms),
-                           ("candidates", n), ("ok", exc is None)):
+                           ("candidates", n), ("ok", exc is None), ("version", version)):
             _CALLS[key].append(value)
 
 

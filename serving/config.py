@@ -173,6 +173,15 @@ class ServerConfig:
     access_log_failures_per_s: int = _field(10, "Most access-log lines per failure status code per second; the "
                                             "next line says how many were left out (a flood of bad input cannot "
                                             "flood the log).", between=(0, 100_000))
+    rollout_registry: str = _field("", "Rollout registry (docs/rollouts.md): a state folder (SQLite file inside) or a "
+                                   "redis://HOST:PORT/DB URL shared by every replica. When set, unpinned requests "
+                                   "follow its routing table (live, sticky canary, shadow), versions it stages are "
+                                   "hot-loaded, and the RolloutAdmin service answers (it needs auth_tokens). Unset: "
+                                   "the newest ready version serves.")
+    rollout_poll_s: float = _field(1.0, "Seconds between reads of the rollout registry's change counter: how long "
+                                   "this replica may lag a routing change.", between=(0.05, 60))
+    rollout_unload_grace_s: float = _field(5.0, "Seconds a retired version stays loaded after the last route left it "
+                                           "(calls that resolved it just before finish on it).", between=(0, 3600))
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

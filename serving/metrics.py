@@ -44,3 +44,8 @@ class ServiceMetrics:
         self.worker_requests = Counter("adrank_worker_score_requests", "Score calls answered (every outcome) by "
                                        "each serving process of `adrank serve --workers N`", ["worker"],
                                        registry=self.registry).labels(worker)
+        # rollout arms: "live" | "canary" | "pinned" (serving.pipeline.context.ARMS) or "?" before route chose
+        self.arm_requests = Counter("adrank_rollout_arm_requests", "Score calls by rollout arm and outcome",
+                                    ["model", "arm", "code"], registry=self.registry)
+        self.arm_latency = Histogram("adrank_rollout_arm_latency_seconds", "Server-side Score latency by rollout arm",
+                                     ["model", "arm"], buckets=LATENCY_BUCKETS, registry=self.registry)

@@ -35,6 +35,7 @@ from serving.service import AdRankingService
 if TYPE_CHECKING:
     from serving.requestlog import RequestLogSink
     from serving.requestlog.no_history import NoHistoryScorer
+    from serving.rollout.runtime import RolloutRuntime
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ranking_pb2.DESCRIPTOR.services_by_name["AdRanking"].full_name
@@ -62,6 +63,45 @@ def make_backend(config: ServerConfig) -> InferenceBackend:
         return FallbackBackend(triton, embedded,
                                CircuitBreaker(config.triton_breaker_failures, config.triton_breaker_cooldown_s))
     raise ValueError(f"backend must be 'embedded' or 'triton', got {config.backend!r}")
+
+
+def make_rollout(config: ServerConfig, backend: InferenceBackend, service: AdRankingService) -> RolloutRuntime:
+    """The rollout runtime `config.rollout_registry` names, wired in: its watcher is the route stage's
+    router and its windows observe every Score outcome (docs/rollouts.md)."""
+    from serving.pipeline.route import RouteStage, resolve
+    from serving.pipeline.shadow import ShadowScorer
+    from serving.rollout.runtime import RolloutRuntime
+    from serving.rollout.watcher import RoutingWatcher
+
+    location = config.rollout_registry
+    if location.startswith(("redis://", "rediss://", "unix://")):
+        from serving.rollout.redis_registry import RedisRegistry
+
+        registry = RedisRegistry(location)
+    else:
+        from serving.rollout.sqlite_registry import SqliteRegistry
+
+        registry = SqliteRegistry(location)
+    open_cache = None
+    if config.cache_backend != "none":
+        from embedding_cache import open_reader
+
+        def open_cache(fm_version: str):  # noqa: F811 - the preflight's reader of the configured cache
+            return open_reader(config.cache_backend, config.cache_location, fm_version)
+    router = RoutingWatcher(registry)
+    admission = service.admission
+
+    def busy() -> bool:  # mirrors give way once half the admission slots are taken
+        return admission is not None and admission.in_flight * 2 >= admission.max_in_flight
+
+    shadow = ShadowScorer(backend, service.history, router, busy=busy, registry=service.metrics.registry)
+    runtime = RolloutRuntime(registry, backend, watcher=router, shadow_scorer=shadow, poll_s=config.rollout_poll_s,
+                             unload_grace_s=config.rollout_unload_grace_s, open_cache=open_cache,
+                             newest_ready=lambda name: resolve(backend, service.history, name, None).version)
+    service.pipeline = service.pipeline.replace(route=RouteStage(backend, service.history, router)).wrap(
+        "infer", shadow.wrap)
+    service.observers.append(runtime.observe)
+    return runtime
 
 
 class RankingServer:
@@ -96,6 +136,9 @@ class RankingServer:
         triton_breaker = getattr(self.backend, "breaker", None)  # a FallbackBackend's (triton_fallback)
         if triton_breaker is not None:
             self.service.metrics.triton_breaker.set_function(lambda: 0.0 if triton_breaker.is_closed else 1.0)
+        self.rollout: RolloutRuntime | None = None
+        if config.rollout_registry:  # before the request log wraps stages: it keeps this route stage
+            self.rollout = make_rollout(config, self.backend, self.service)
         self.request_log: RequestLogSink | None = None
         self.no_history: NoHistoryScorer | None = None  # the live transfer-ratio sample (request log on)
         if config.request_log:  # pyarrow is imported only by servers that log
@@ -183,6 +226,10 @@ class RankingServer:
         server = grpc.aio.server(options=opts, maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
                                  interceptors=server_interceptors(self.config))
         self.service.add_to_server(server)
+        if self.rollout is not None:
+            from serving.rollout.admin import RolloutAdminService
+
+            RolloutAdminService(self.rollout, auth_configured=bool(self.config.auth_tokens)).add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.config.reflection:
             reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -192,6 +239,8 @@ class RankingServer:
         await server.start()
         self._server = server
         await self.backend.start()
+        if self.rollout is not None:  # routing tables read and staged versions loaded before SERVING
+            await self.rollout.start()
         for key, state in self.service.readiness().items():
             if state != "ready":
                 log.warning("model %s loaded but not ready: %s", key, state)
@@ -217,6 +266,8 @@ class RankingServer:
         if self.request_log is not None:  # after the last call: publishes every record of a served request
             await asyncio.to_thread(self.request_log.close)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING, (LIVENESS_NAME,))
+        if self.rollout is not None:
+            await self.rollout.close()
         await self.backend.close()
 
     async def wait(self) -> None:

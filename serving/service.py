@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -26,7 +27,11 @@ from serving.metrics import ServiceMetrics
 from serving.pipeline import Pipeline, RequestContext
 from serving.pipeline.admission import ConcurrencyLimit
 from serving.pipeline.decode_columns import ColumnsPayload
+from serving.pipeline.context import ARMS
 from serving.pipeline.route import readiness
+
+Observer = Callable[[RequestContext, str, "ranking_pb2.ScoreResponse | None"], None]
+"""Called once per Score outcome with its context, status name and response (None on error); must not block."""
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
             self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self.pipeline = pipeline or Pipeline.build(config, backend, self.history, metrics=self.metrics,
                                                    admission=self.admission)
+        self.observers: list[Observer] = []  # e.g. the rollout's per-arm analysis windows
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers Score and ScoreColumns with no request deserializer: the pipeline's decode stage
@@ -92,15 +98,26 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
         hands it to the access log (sampled when OK, rate-limited per code otherwise)."""
         model = self._model_label(ctx)
         version = str(ctx.version) if ctx.version is not None and model != "unknown" else "?"
-        latency = time.perf_counter() - ctx.started
+        elapsed = time.perf_counter() - ctx.started
         self.metrics.requests.labels(model, version, code).inc()
         self.metrics.worker_requests.inc()
-        self.metrics.latency.labels(model, code).observe(latency)
+        self.metrics.latency.labels(model, code).observe(elapsed)
+        arm = ctx.arm if ctx.arm in ARMS else "?"
+        self.metrics.arm_requests.labels(model, arm, code).inc()
+        self.metrics.arm_latency.labels(model, arm).observe(elapsed)
         self.access_log.record(request_id=ctx.request_id, model=model,
-                               version=ctx.version if version != "?" else None, code=code, latency_s=latency,
+                               version=ctx.version if version != "?" else None, code=code, latency_s=elapsed,
                                backend=response.served_by.backend if response is not None else "",
                                flags=ctx.flags, candidates=scored,
                                detail=detail)
+
+    def _observe(self, ctx: RequestContext, code: str,
+                 response: ranking_pb2.ScoreResponse | ranking_pb2.ScoreColumnsResponse | None) -> None:
+        for observer in self.observers:
+            try:
+                observer(ctx, code, response)
+            except Exception:  # noqa: BLE001 - an observer's bug must never fail a served request
+                log.exception("Score observer failed for request_id=%r", ctx.request_id)
 
     async def ScoreColumns(self, request: ColumnsPayload | ranking_pb2.ScoreColumnsRequest,  # noqa: N802
                            context: grpc.aio.ServicerContext) -> ranking_pb2.ScoreColumnsResponse:
@@ -130,10 +147,13 @@ class AdRankingService(ranking_pb2_grpc.AdRankingServicer):
                 hint = str(exc.retry_after_ms)
                 context.set_trailing_metadata((("retry-after-ms", hint), ("grpc-retry-pushback-ms", hint)))
             self._record(ctx, code.name, detail=message)
+            self._observe(ctx, code.name, None)
             await context.abort(code, message)
             raise AssertionError("unreachable") from exc  # context.abort raises
+        response.served_by.arm = ctx.arm
         scored = (response.candidates.ad_id.length if ctx.wire == "columns" else len(response.candidates))
         self._record(ctx, "OK", response=response, scored=scored)
+        self._observe(ctx, "OK", response)
         model = self._model_label(ctx)
         self.metrics.candidates.labels(model).inc(scored)
         if ranking_pb2.FLAG_USER_HISTORY_MISSING in ctx.flags:

@@ -13,7 +13,7 @@ import numpy as np
 
 from exporters.manifest import ModelManifest
 from models.features import FeatureSpec
-from serving.errors import ModelNotFound
+from serving.errors import ModelLoadError, ModelNotFound
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,21 @@ class ModelHandle:
     @property
     def fm_version(self) -> str:
         return self.manifest.fm_version
+
+
+WARM_ROWS = 8
+WARM_REQUESTS = 3
+"""Batches a hot-loaded version runs before it becomes resolvable (first runs allocate and pick kernels)."""
+
+
+def warm_inputs(manifest: ModelManifest, rows: int = WARM_ROWS) -> dict[str, np.ndarray]:
+    """Zero inputs shaped as the manifest declares ("batch" rows, one user for per-user inputs): every id
+    0 and every history slot empty is a valid request, so a warm-up can never fail on its values."""
+    out = {}
+    for spec in manifest.inputs:
+        shape = tuple(1 if d == "users" else rows if isinstance(d, str) else int(d) for d in spec.shape)
+        out[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,15 @@ class InferenceBackend(abc.ABC):
         """Whether the backend can infer now (a remote server answers); in-process backends always can.
         Health turns NOT_SERVING while it cannot and no fallback is configured."""
         return True
+
+    async def load_version(self, name: str, version: int) -> ModelHandle:
+        """Loads `name/version` from the repository beside the versions serving, warms it, and only then
+        makes it resolvable (hot loading, driven by the rollout registry). Backends that cannot say so."""
+        raise ModelLoadError(f"{name}/{version}: the {self.name} backend cannot load versions while serving")
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Stops serving `name/version` and frees it; the caller checks that no route points at it."""
+        raise ModelLoadError(f"{name}/{version}: the {self.name} backend cannot unload versions while serving")
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connects / loads; called once before serving."""

@@ -3,10 +3,16 @@
 CUDA is selected automatically when onnxruntime-gpu reports it; otherwise the CPU provider with a
 small intra-op thread count (a ranking batch of a few hundred rows gains nothing from more threads,
 and several requests run concurrently).
+
+Versions are hot-loaded and unloaded while serving (`load_version`, `unload_version`, driven by the
+rollout registry): a new session is built and warmed in a worker thread, then the version tables are
+replaced by new dicts in one assignment each, so a request never sees a half-added version and the
+event loop never iterates a dict another thread is changing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -14,9 +20,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from exporters.manifest import ModelManifest
+from exporters.manifest import ModelManifest, read_manifest
 from models.features import FeatureSpec
-from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle
+from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle, warm_inputs
 from serving.errors import InferenceFailed, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
 from serving.model_repository import scan
 
@@ -72,21 +78,53 @@ class EmbeddedBackend(InferenceBackend):
         if not self._handles:
             raise ModelLoadError(f"no loadable model in {self.repository} ({len(self.load_errors)} refused)")
 
-    def _add(self, key: tuple[str, int], manifest: ModelManifest) -> None:
+    def _add(self, key: tuple[str, int], manifest: ModelManifest, *, warm_requests: int = 0) -> ModelHandle:
         session = self._session(self.repository / key[0] / str(key[1]) / manifest.model_file)
         expected = {i.name for i in manifest.inputs}
         actual = {i.name for i in session.get_inputs()}
         if expected != actual:
             raise ModelLoadError(f"graph inputs {sorted(actual)} differ from the manifest's {sorted(expected)}")
-        self._sessions[key] = session
-        self._handles[key] = ModelHandle(key[0], key[1], manifest, FeatureSpec.from_dict(manifest.feature_spec))
+        for _ in range(warm_requests):  # first runs allocate arenas and pick kernels: not on a caller's time
+            session.run(["p_ctr", "p_cvr"], warm_inputs(manifest))
+        handle = ModelHandle(key[0], key[1], manifest, FeatureSpec.from_dict(manifest.feature_spec))
+        self._sessions = {**self._sessions, key: session}
+        self._handles = {**self._handles, key: handle}
+        return handle
+
+    def load_version_sync(self, name: str, version: int, *, warm_requests: int = 3) -> ModelHandle:
+        """Reads and verifies `<repository>/<name>/<version>`, builds its session, runs `warm_requests`
+        batches through it, then makes it resolvable. Loading a loaded version returns its handle."""
+        key = (name, version)
+        if key in self._handles:
+            return self._handles[key]
+        try:
+            manifest = read_manifest(self.repository / name / str(version))
+            if (manifest.name, manifest.version) != key:
+                raise ModelLoadError(f"manifest says {manifest.name}/{manifest.version}")
+            handle = self._add(key, manifest, warm_requests=warm_requests)
+        except Exception as exc:  # manifest, onnxruntime and warm-up failures alike: the version stays out
+            self.load_errors = {**self.load_errors, key: f"{name}/{version}: {exc}"}
+            raise ModelLoadError(f"{name}/{version}: not loaded from {self.repository}: {exc}") from exc
+        self.load_errors = {k: v for k, v in self.load_errors.items() if k != key}
+        log.info("loaded %s/%s beside %s (warmed with %d batches)", name, version, self.models().get(name),
+                 warm_requests)
+        return handle
+
+    async def load_version(self, name: str, version: int) -> ModelHandle:
+        return await asyncio.to_thread(self.load_version_sync, name, version)
+
+    async def unload_version(self, name: str, version: int) -> None:
+        key = (name, version)
+        self._handles = {k: v for k, v in self._handles.items() if k != key}
+        self._sessions = {k: v for k, v in self._sessions.items() if k != key}
+        log.info("unloaded %s/%s; serving %s", name, version, self.models().get(name, []))
 
     async def start(self) -> None:
         self.load()
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         try:
-            session = self._sessions[(handle.name, handle.version)]
+            session = self._sessions[(handle.name, handle.version)]  # the handle's own, even if just retired
         except KeyError:  # a handle from another backend, or of a version no longer loaded
             raise ModelNotFound(f"model.version: {handle.name}/{handle.version} is not loaded; "
                                 f"loaded versions {self.models().get(handle.name, [])}") from None

@@ -98,6 +98,31 @@ class FallbackBackend(InferenceBackend):
         else:
             self._primary_started = True
 
+    async def load_version(self, name: str, version: int) -> ModelHandle:
+        """Hot loading (rollouts) on both sides: in process first, then on the primary, so a version
+        becomes resolvable only when both can compute it (`_handles` takes the intersection). A primary
+        that is down leaves the version on the fallback alone, which serves it until the primary is
+        back and a later load reaches it."""
+        handle = None
+        if self.has_fallback:
+            handle = await self.fallback.load_version(name, version)
+        try:
+            return await self.primary.load_version(name, version)
+        except OUTAGE_ERRORS as exc:
+            if handle is None:
+                raise
+            log.warning("%s backend could not load %s/%s (%s): loaded on the %s backend only, routable there "
+                        "while the primary is unknown, and on both after a later load", self.primary.name, name,
+                        version, exc, self.fallback.name)
+            return handle
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Unloads on the primary first (it decides what is routable; a refusal leaves both sides as they
+        were), then in process."""
+        await self.primary.unload_version(name, version)
+        if self.has_fallback and (name, version) in self.fallback._handles:
+            await self.fallback.unload_version(name, version)
+
     async def close(self) -> None:
         await self.primary.close()
         await self.fallback.close()

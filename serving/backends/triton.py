@@ -10,6 +10,15 @@ Every request is one Triton call, with a timeout no longer than what is left of 
 deadline (`serving.budget`), always naming the resolved version: the version reported in
 `served_by` is the version that computed the scores, even while a newer one is being loaded.
 
+Hot loading (the rollout registry's, `load_version` / `unload_version`) goes through Triton's model
+control API: the model's current config is read back, its `version_policy` given one version more (or
+less), and the model reloaded with that config; Triton keeps the versions already loaded serving
+until the new set is ready, so a switch drops no request. A new version is warmed with a few requests
+before the table offers it. Each reload starts fresh instances of every version (a python-backend
+stub each), which on a busy host slows the serving versions for a few seconds; so `unload_version`
+takes the version out of the table at once but leaves it in Triton until the next `load_version`,
+whose one reload both adds the new version and drops the retired ones.
+
 Usage::
 
     backend = TritonBackend("127.0.0.1:8001", "runs/demo/model_repository")
@@ -106,6 +115,7 @@ class TritonBackend(InferenceBackend):
         self._refresher: asyncio.Task | None = None
         self._refresh_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()  # strong references until the tasks finish
+        self._retired: set[tuple[str, int]] = set()  # out of the table, dropped from Triton at the next load
 
     def _triton(self):
         """The aio client of the running event loop. A grpc.aio channel is bound to the loop that made
@@ -159,7 +169,7 @@ class TritonBackend(InferenceBackend):
             self.load_errors = dict(errors)
             handles = {}
             for key, manifest in manifests.items():
-                if key in ready:
+                if key in ready and key not in self._retired:
                     old = self._handles.get(key)
                     handles[key] = old if old is not None and old.manifest == manifest else self._handle(key, manifest)
             for key in sorted(ready & set(errors)):
@@ -205,6 +215,67 @@ class TritonBackend(InferenceBackend):
             return bool(await self._triton().is_server_ready(client_timeout=min(self.timeout_s, 1.0)))
         except Exception:  # noqa: BLE001 - any failure to answer means not ready
             return False
+
+    # -- model control: hot loading for rollouts --------------------------------------------------------
+    async def _set_versions(self, name: str, change) -> list[int]:
+        """Reloads `name` with `change(current versions)` as its specific version policy; returns them."""
+        client = self._triton()
+        try:
+            config = (await client.get_model_config(name, as_json=True, client_timeout=self.timeout_s))["config"]
+        except Exception as exc:  # noqa: BLE001 - tritonclient wraps every failure in one exception type
+            raise map_triton_error(exc, f"Triton model {name}") from exc
+        policy = config.get("version_policy") or {}
+        current = {int(v) for v in (policy.get("specific") or {}).get("versions", [])}
+        if not current:  # `all` or `latest`: what is loaded now is what the index says
+            current = {int(m.version) for m in (await client.get_model_repository_index(
+                client_timeout=self.timeout_s)).models if m.name == name and m.version.isdigit()}
+        versions = sorted(change(current))
+        if not versions:
+            raise ModelLoadError(f"{name}: Triton must keep at least one version loaded")
+        config["version_policy"] = {"specific": {"versions": versions}}
+        if config.get("backend") == "python":  # the python target's model.py in each new version folder
+            from exporters.triton_repo import PYTHON_MODEL_FILE, PYTHON_MODEL_SOURCE, _write_atomic
+
+            for v in set(versions) - current:
+                await asyncio.to_thread(_write_atomic, self.repository / name / str(v) / PYTHON_MODEL_FILE,
+                                        PYTHON_MODEL_SOURCE)
+        import json
+
+        try:
+            await client.load_model(name, config=json.dumps(config), client_timeout=120)
+        except Exception as exc:  # noqa: BLE001 - the versions already loaded keep serving
+            raise ModelLoadError(f"{name}: Triton refused versions {versions}: {exc}") from exc
+        return versions
+
+    async def load_version(self, name: str, version: int) -> ModelHandle:
+        from exporters.manifest import ManifestError, read_manifest
+        from serving.backends.base import WARM_REQUESTS, warm_inputs
+
+        key = (name, version)
+        if key in self._handles:
+            return self._handles[key]
+        try:
+            manifest = await asyncio.to_thread(read_manifest, self.repository / name / str(version))
+        except ManifestError as exc:
+            raise ModelLoadError(f"{name}/{version}: not loaded: {exc}") from exc
+        dropped = {v for n, v in self._retired if n == name and v != version}
+        await self._set_versions(name, lambda current: (current - dropped) | {version})
+        self._retired -= {(name, v) for v in dropped} | {key}
+        handle = self._handle(key, manifest)
+        for _ in range(WARM_REQUESTS):  # before the table offers it
+            await self.infer(handle, warm_inputs(manifest))
+        await self.refresh()
+        if key not in self._handles:
+            raise ModelLoadError(f"{name}/{version}: Triton loaded it but does not report it READY")
+        log.info("Triton loaded %s/%s beside %s", name, version, self.models().get(name))
+        return self._handles[key]
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Out of the table now; out of Triton with the next load of this model (module docstring)."""
+        if self.models().get(name) == [version]:
+            raise ModelLoadError(f"{name}: Triton must keep at least one version loaded; {version} is the last")
+        self._retired.add((name, version))
+        self._handles = {k: v for k, v in self._handles.items() if k != (name, version)}
 
     async def _refresh_quietly(self) -> None:
         try:

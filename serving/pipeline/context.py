@@ -18,7 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 ARM_LIVE = "live"
-"""The arm of a request routed to the version the backend serves by default (the only arm today)."""
+"""The arm of a request routed to the live version (or, without a rollout table, the newest ready one)."""
+ARM_CANARY = "canary"
+"""The arm of a request whose user's sticky bucket falls in the canary's weight."""
+ARM_PINNED = "pinned"
+"""The arm of a request that pinned its model version (pins bypass the routing table)."""
+ARMS: tuple[str, ...] = (ARM_LIVE, ARM_CANARY, ARM_PINNED)
+"""Every arm a response can carry: a closed set, so metric labels by arm stay bounded."""
 
 
 @dataclass(slots=True)
@@ -40,7 +46,7 @@ class RequestContext:
     version: int | None = None
     """Model version chosen by route; None until then."""
     arm: str = ""
-    """Rollout arm route assigned ("live" today); recorded so canary and shadow traffic can be told apart."""
+    """Rollout arm route assigned ("live", "canary" or "pinned"); recorded so the arms can be told apart."""
     fm_version: str = ""
     """FM version whose codes the chosen model reads ("" or "none" for models without FM history)."""
     snapshot_id: str = ""

@@ -9,7 +9,9 @@ These modules never import the request path; the request path calls them:
     shadow = shadow_version(table, arm, request_id)              # score off the response path when not None
 
 and an operator's tool calls `require_preflight(...)`, `RolloutController(registry, load_spec(path))`.
-See docs/rollouts.md.
+Inside `adrank serve --rollout-registry`, `runtime.RolloutRuntime` does the polling, hot loading and
+analysis, `admin.RolloutAdminService` is the operator's gRPC API and `cli` its `adrank rollout` verbs
+(neither imported here: the request path imports this package and needs neither). See docs/rollouts.md.
 """
 
 from serving.rollout.analysis import AnalysisState, ArmWindow, Decision, WindowMetrics, advance, psi, score_psi

@@ -110,16 +110,18 @@ class ScoredCandidate(_message.Message):
     def __init__(self, ad_id: _Optional[int] = ..., request_index: _Optional[int] = ..., p_ctr: _Optional[float] = ..., p_cvr: _Optional[float] = ..., expected_value: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class ServedBy(_message.Message):
-    __slots__ = ("model_name", "model_version", "fm_version", "backend")
+    __slots__ = ("model_name", "model_version", "fm_version", "backend", "arm")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FM_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: int
     fm_version: str
     backend: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., fm_version: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., fm_version: _Optional[str] = ..., backend: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("total_us", "features_us", "cache_us", "inference_us")

@@ -112,3 +112,61 @@ def test_a_fallback_that_cannot_load_leaves_the_primary_alone_as_with_fail() -> 
     primary.start_error = BackendUnavailable("Triton at h:1: connection refused")
     with pytest.raises(BackendUnavailable):  # and then the primary is needed at start
         asyncio.run(FallbackBackend(primary, fallback, CircuitBreaker(2, 1.0)).start())
+
+
+class LoadingSide(Side):
+    """A Side that hot-loads and unloads versions; `load_error` makes loading raise it."""
+
+    def __init__(self, name: str, versions=(1,)) -> None:
+        super().__init__(name, versions)
+        self.load_error: Exception | None = None
+
+    async def load_version(self, name: str, version: int) -> ModelHandle:
+        if self.load_error is not None:
+            raise self.load_error
+        self._handles[(name, version)] = ModelHandle(name, version, None, None)  # type: ignore[arg-type]
+        return self._handles[(name, version)]
+
+    async def unload_version(self, name: str, version: int) -> None:
+        if len([k for k in self._handles if k[0] == name]) == 1:
+            raise ModelLoadError(f"{name}: {version} is the last version")
+        del self._handles[(name, version)]
+
+
+def _loading():
+    primary, fallback = LoadingSide("triton"), LoadingSide("embedded")
+    return FallbackBackend(primary, fallback, CircuitBreaker(2, 1.0)), primary, fallback
+
+
+def test_hot_load_reaches_both_sides_and_the_version_resolves_only_then() -> None:
+    backend, primary, fallback = _loading()
+    asyncio.run(backend.load_version("m", 2))
+    assert ("m", 2) in primary._handles and ("m", 2) in fallback._handles
+    assert backend.models() == {"m": [1, 2]}
+    asyncio.run(backend.unload_version("m", 2))
+    assert ("m", 2) not in primary._handles and ("m", 2) not in fallback._handles
+
+
+def test_hot_load_with_the_primary_down_keeps_the_fallback_copy_and_routes_only_what_both_have() -> None:
+    backend, primary, fallback = _loading()
+    primary.load_error = BackendUnavailable("triton down")
+    asyncio.run(backend.load_version("m", 2))
+    assert ("m", 2) in fallback._handles and ("m", 2) not in primary._handles
+    assert backend.models() == {"m": [1]}  # never a version only one side can compute
+    primary.load_error = None
+    asyncio.run(backend.load_version("m", 2))  # the primary is back: a later load reaches it
+    assert backend.models() == {"m": [1, 2]}
+
+
+def test_a_refused_unload_leaves_both_sides_as_they_were() -> None:
+    backend, primary, fallback = _loading()
+    with pytest.raises(ModelLoadError, match="last version"):
+        asyncio.run(backend.unload_version("m", 1))
+    assert ("m", 1) in primary._handles and ("m", 1) in fallback._handles
+
+
+def test_a_primary_load_that_is_not_an_outage_propagates() -> None:
+    backend, primary, _ = _loading()
+    primary.load_error = ModelLoadError("m/2: manifest invalid")
+    with pytest.raises(ModelLoadError, match="manifest invalid"):
+        asyncio.run(backend.load_version("m", 2))

@@ -1,0 +1,461 @@
+"""The rollout machinery inside a running server: routing tables, hot loading, per-arm windows, analysis.
+
+One `RolloutRuntime` per server process, started when `rollout_registry` is configured:
+
+- **Routing**: its `watcher` (a RoutingWatcher) is the route stage's router; a background task polls the
+  registry every `poll_s`, so every replica converges on a change within about that.
+- **Hot loading**: after each poll, every version the registry holds as staged, shadow, canary or live is
+  loaded beside the serving ones (and warmed) when this replica has not loaded it; a retired or rolled
+  back version is unloaded only once no route has pointed at it for `unload_grace_s` (calls that
+  resolved it just before may still be running) — except the model's previous live version, which a
+  rollback of live restores and so stays loaded. Versions the registry does not know are left alone.
+- **Windows**: `observe` (a servicer observer) keeps, per model and arm, the latency and errors of every
+  call and the served p_ctr of a bounded sample of calls; every `interval_s` the analysis task of an active rollout
+  takes the live and canary windows, asks its RolloutController for a decision, and keeps the window for
+  `status`. The windows are this replica's traffic: run the rollout's analysis on one replica (the one
+  the admin call reached) — the registry makes every replica follow its decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from exporters.manifest import ManifestError, ModelManifest, read_manifest
+from serving.backends.base import InferenceBackend
+from serving.errors import RankingError
+from serving.rollout.analysis import AnalysisState, ArmWindow, CheckResult, Decision, WindowMetrics
+from serving.rollout.controller import RolloutController
+from serving.rollout.errors import RolloutError, StateConflict, UnknownVersion
+from serving.rollout.preflight import CacheOpener, PreflightReport, preflight
+from serving.rollout.registry import RolloutRegistry
+from serving.rollout.spec import RolloutSpec
+from serving.rollout.states import VersionState
+from serving.rollout.watcher import RoutingWatcher
+
+log = logging.getLogger(__name__)
+S = VersionState
+KEEP_LOADED: frozenset[VersionState] = frozenset({S.STAGED, S.SHADOW, S.CANARY, S.LIVE})
+MAX_LATENCIES = 50_000
+"""Calls per arm and window whose latency is kept (one float each); beyond, a uniform reservoir."""
+MAX_SCORE_CALLS = 500
+"""Calls per arm and window whose served p_ctr vectors are kept for the PSI and the mean (a uniform
+reservoir of calls: a call not drawn costs no score extraction at all)."""
+MAX_WINDOWS = 60
+"""Analysis windows kept per model for `status` and its plot."""
+ANALYSED_ARMS = ("live", "canary")
+
+
+class _Reservoir:
+    """A uniform sample of at most `cap` values from a stream (Vitter's algorithm R), in O(cap) memory."""
+
+    def __init__(self, cap: int, rng: random.Random) -> None:
+        self.cap, self.seen, self.values, self._rng = cap, 0, [], rng
+
+    def offer(self, make: Callable[[], object]) -> None:
+        """Count one more item; build it with `make()` only when the sample keeps it."""
+        self.seen += 1
+        if len(self.values) < self.cap:
+            self.values.append(make())
+        else:
+            j = self._rng.randrange(self.seen)
+            if j < self.cap:
+                self.values[j] = make()
+
+
+@dataclass
+class _ArmAccumulator:
+    rng: random.Random
+    calls: int = 0
+    errors: int = 0
+    latencies: _Reservoir = field(init=False)
+    scores: _Reservoir = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.latencies, self.scores = _Reservoir(MAX_LATENCIES, self.rng), _Reservoir(MAX_SCORE_CALLS, self.rng)
+
+    def window(self) -> ArmWindow:
+        lat = np.asarray(self.latencies.values, np.float64)
+        scores = (np.concatenate(self.scores.values).astype(np.float64) if self.scores.values
+                  else np.zeros(0, np.float64))
+        return ArmWindow(requests=self.calls, errors=self.errors,
+                         p99_ms=float(np.percentile(lat, 99)) if lat.size else None,
+                         scores=scores, mean_p_ctr=float(scores.mean()) if scores.size else None)
+
+
+class ArmWindows:
+    """Per (model, arm): calls, errors, latency and p_ctr samples since the last `take` (bounded)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._acc: dict[tuple[str, str], _ArmAccumulator] = {}
+
+    def add(self, model: str, arm: str, latency_ms: float, ok: bool,
+            p_ctr: Callable[[], np.ndarray] | None = None) -> None:
+        """One call; `p_ctr` builds its served scores, called only when the window's sample keeps them."""
+        acc = self._acc.get((model, arm))
+        if acc is None:
+            acc = self._acc[(model, arm)] = _ArmAccumulator(self._rng)
+        acc.calls += 1
+        acc.errors += 0 if ok else 1
+        acc.latencies.offer(lambda: latency_ms)
+        if p_ctr is not None:
+            acc.scores.offer(p_ctr)
+
+    def take(self, model: str) -> WindowMetrics:
+        """The window of `model` since the last take (live vs canary), and a fresh one started."""
+        arms = {a: self._acc.pop((model, a), None) for a in ANALYSED_ARMS}
+        empty = ArmWindow(requests=0)
+        return WindowMetrics(live=arms["live"].window() if arms["live"] else empty,
+                             canary=arms["canary"].window() if arms["canary"] else empty)
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """One analysis window as `status` shows it."""
+
+    at_ms: int
+    weight: float
+    action: str
+    live: ArmWindow
+    canary: ArmWindow
+    checks: tuple[CheckResult, ...]
+
+    def check_value(self, name: str) -> float | None:
+        return next((c.value for c in self.checks if c.name == name), None)
+
+
+@dataclass
+class ActiveRollout:
+    """A rollout this replica analyses: its controller, analysis state, windows and the task running it."""
+
+    spec: RolloutSpec
+    controller: RolloutController
+    state: AnalysisState
+    paused: bool = False
+    ended: str = ""
+    """"" while running; otherwise promoted | rolled_back | aborted | superseded."""
+    deciding: bool = False
+    """True while the analysis applies a decision (its registry writes are under way, so a canary that
+    just became live is this rollout's own promotion, not a change made elsewhere)."""
+    windows: list[WindowRecord] = field(default_factory=list)
+    task: asyncio.Task | None = None
+
+    @property
+    def phase(self) -> str:
+        if self.ended:
+            return self.ended
+        return "paused" if self.paused else self.state.phase
+
+
+class RolloutRuntime:
+    """See the module docstring. `start()` once the backend has loaded; `close()` at shutdown."""
+
+    def __init__(self, registry: RolloutRegistry, backend: InferenceBackend, *, watcher: RoutingWatcher | None = None,
+                 poll_s: float = 1.0,
+                 unload_grace_s: float = 5.0, open_cache: CacheOpener | None = None,
+                 newest_ready: Callable[[str], int] | None = None, shadow_scorer=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry, self.backend = registry, backend
+        self.shadow_scorer = shadow_scorer  # serving.pipeline.shadow.ShadowScorer: started and closed with this
+        self.newest_ready = newest_ready or (lambda name: self.backend.models()[name][-1])
+        self.poll_s, self.unload_grace_s, self.open_cache = poll_s, unload_grace_s, open_cache
+        self.watcher = watcher or RoutingWatcher(registry)
+        self.windows = ArmWindows()
+        self.rollouts: dict[str, ActiveRollout] = {}
+        self.load_errors: dict[tuple[str, int], str] = {}
+        self._clock = clock
+        self._unrouted_since: dict[tuple[str, int], float] = {}
+        self._errors_at = -1  # the change counter when failed loads were last forgotten (retried)
+        self._poller: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+        self.synced = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def shadow_stats(self, model: str) -> dict | None:
+        return self.shadow_scorer.stats(model) if self.shadow_scorer is not None else None
+
+    async def start(self) -> None:
+        if self.shadow_scorer is not None:
+            await self.shadow_scorer.start()
+        await asyncio.to_thread(self.bootstrap)
+        await self.poll_once()
+        self._poller = asyncio.create_task(self._poll_forever())
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self.shadow_scorer is not None:
+            await self.shadow_scorer.close()
+        tasks = [t for t in (self._poller, *(r.task for r in self.rollouts.values())) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.registry.close()
+
+    def bootstrap(self, actor: str = "server") -> None:
+        """A model this backend serves but the registry has no live version of gets its newest ready
+        version (`newest_ready`: its FM history readable) registered and made live, so routing starts from
+        what the server serves today. Replicas racing here agree: registration is idempotent and the
+        second promotion is refused and ignored."""
+        for name in self.backend.models():
+            if any(r.state is S.LIVE for r in self._versions(name)):
+                continue
+            try:
+                manifest = self.backend.resolve(name, self.newest_ready(name)).manifest
+            except RankingError as exc:  # no version of it can serve yet: it stays unrouted
+                log.warning("rollout bootstrap of %s: %s", name, exc)
+                continue
+            try:
+                self.registry.register(manifest, actor=actor, reason="loaded at start-up")
+                if self.registry.get(name, manifest.version).state is S.STAGED:
+                    self.registry.transition(name, manifest.version, S.LIVE, actor=actor,
+                                             reason="first live version: the newest loaded at start-up")
+            except RolloutError as exc:  # another replica got there first, or the version has a history
+                log.info("rollout bootstrap of %s/%s: %s", name, manifest.version, exc)
+
+    def _versions(self, name: str):
+        try:
+            return self.registry.versions(name)
+        except UnknownVersion:
+            return []
+
+    async def _poll_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=self.poll_s)
+            except TimeoutError:
+                pass
+            try:
+                await self.poll_once()
+            except Exception as exc:  # noqa: BLE001 - keep the last tables and loaded versions, retry
+                log.warning("rollout poll failed (%s); routing by the tables of change %d", exc, self.watcher.counter)
+
+    async def poll_once(self) -> None:
+        """Refresh the routing tables, then load and unload versions to match the registry."""
+        await asyncio.to_thread(self.watcher.refresh)
+        await self.sync_versions()
+        self.synced.set()
+
+    # -- hot loading -------------------------------------------------------------------------------------
+    async def sync_versions(self) -> None:
+        records = await asyncio.to_thread(self._all_records)
+        loaded = {(n, v) for n, vs in self.backend.models().items() for v in vs}
+        routed = {(m, v) for m, t in self.watcher.tables().items() for v in t.versions()}
+        now = self._clock()
+        for (name, version), state in sorted(records.items()):
+            key = (name, version)
+            if state in KEEP_LOADED and key not in loaded and key not in self.load_errors:
+                try:
+                    await self.backend.load_version(name, version)
+                except RankingError as exc:  # logged once; retried when the registry changes again
+                    self.load_errors[key] = str(exc)
+                    log.warning("rollout: %s", exc)
+            elif state not in KEEP_LOADED and key in loaded:
+                if key in routed:
+                    self._unrouted_since.pop(key, None)
+                    continue
+                since = self._unrouted_since.setdefault(key, now)
+                if now - since >= self.unload_grace_s and len(self.backend.models().get(name, [])) > 1:
+                    await self.backend.unload_version(name, version)
+                    self._unrouted_since.pop(key, None)
+        if self.watcher.counter != self._errors_at:  # a registry change: failed loads get another try
+            self._errors_at = self.watcher.counter
+            self.load_errors = {k: v for k, v in self.load_errors.items() if records.get(k) in KEEP_LOADED}
+
+    def _all_records(self) -> dict[tuple[str, int], VersionState]:
+        """Every registered version's state; the previous live version counts as live (kept loaded, so a
+        rollback of live is served at once, never by a cold load)."""
+        out = {}
+        for name in self.registry.models():
+            for r in self.registry.versions(name):
+                out[(r.model, r.version)] = r.state
+            previous = self.registry.route_settings(name).previous_live
+            if previous is not None and out.get((name, previous)) is S.RETIRED:
+                out[(name, previous)] = S.LIVE
+        return out
+
+    # -- windows -----------------------------------------------------------------------------------------
+    def observe(self, ctx, code: str, response) -> None:
+        """A servicer observer: counts the call on its arm (only models with an active rollout)."""
+        rollout = self.rollouts.get(ctx.model)
+        if rollout is None or rollout.ended or ctx.arm not in ANALYSED_ARMS:
+            return
+        latency_ms = (time.perf_counter() - ctx.started) * 1e3
+        scores = None
+        if response is not None:
+            def scores() -> np.ndarray:
+                if ctx.wire == "columns":  # a ScoreColumnsResponse: p_ctr is one little-endian block
+                    from serving.columns import ranked_arrays
+
+                    return np.array(ranked_arrays(response)["p_ctr"], np.float32)
+                return np.fromiter((c.p_ctr for c in response.candidates), np.float32, len(response.candidates))
+        self.windows.add(ctx.model, ctx.arm, latency_ms, code == "OK", scores)
+
+    # -- rollouts ----------------------------------------------------------------------------------------
+    def manifest(self, model: str, version: int) -> ModelManifest:
+        """The manifest of a version: the loaded handle's, else read (and verified) from the repository."""
+        try:
+            return self.backend.resolve(model, version).manifest
+        except RankingError:
+            pass
+        repository = getattr(self.backend, "repository", None)
+        if repository is None:
+            raise UnknownVersion(f"{model}/{version}: not loaded and the backend has no repository to read")
+        try:
+            return read_manifest(repository / model / str(version))
+        except ManifestError as exc:
+            raise UnknownVersion(f"{model}/{version}: {exc}") from None
+
+    def preflight(self, spec: RolloutSpec) -> PreflightReport:
+        candidate = self.manifest(spec.model, spec.version)
+        table = self.registry.routing(spec.model) if spec.model in self.registry.models() else None
+        live = self.manifest(spec.model, table.live) if table is not None else None
+        return preflight(candidate, live=live, open_cache=self.open_cache, limits=spec.preflight)
+
+    def register(self, model: str, version: int, *, actor: str) -> None:
+        manifest = self.manifest(model, version)
+        record = self.registry.register(manifest, actor=actor, reason="registered for a rollout")
+        if record.state in (S.RETIRED, S.ROLLED_BACK):  # a new rollout of an old version starts staged
+            self.registry.transition(model, version, S.STAGED, actor=actor, reason="new rollout")
+
+    async def start_rollout(self, spec: RolloutSpec, *, actor: str, reason: str) -> ActiveRollout:
+        """Preflight (refused: FAILED_PRECONDITION naming each failure, nothing moves), registration,
+        pre-rollout webhooks, canary at the first weight; then the analysis task runs every interval."""
+        current = self._reconcile(spec.model)
+        if current is not None and not current.ended:
+            raise StateConflict(f"{spec.model}: a rollout of version {current.spec.version} is {current.phase}; "
+                                "promote, roll back or abort it first")
+        report = await asyncio.to_thread(self.preflight, spec)
+        report.raise_if_refused()
+        await asyncio.to_thread(self.register, spec.model, spec.version, actor=actor)
+        await self.poll_once()  # loads (and warms) the version here before any weight reaches it
+        controller = RolloutController(self.registry, spec, actor=actor)
+        state = await asyncio.to_thread(controller.start, report, reason=reason or "rollout started")
+        rollout = ActiveRollout(spec, controller, state)
+        self.windows.take(spec.model)  # judge only traffic from now on
+        self.rollouts[spec.model] = rollout
+        rollout.task = asyncio.create_task(self._analyse(rollout))
+        await self.poll_once()
+        return rollout
+
+    async def _analyse(self, rollout: ActiveRollout) -> None:
+        spec = rollout.spec
+        while not rollout.ended:
+            await asyncio.sleep(spec.interval_s)
+            window = self.windows.take(spec.model)
+            if rollout.paused or rollout.ended:
+                continue
+            record = await asyncio.to_thread(self.registry.get, spec.model, spec.version)
+            if record.state is not S.CANARY:  # an operator promoted, rolled back or aborted meanwhile
+                rollout.ended = rollout.ended or "superseded"
+                break
+            rollout.deciding = True
+            try:
+                decision: Decision = await asyncio.to_thread(rollout.controller.tick, rollout.state, window)
+            except RolloutError as exc:
+                log.warning("rollout %s/%s: analysis could not apply its decision: %s", spec.model, spec.version, exc)
+                continue
+            finally:
+                rollout.deciding = False
+            rollout.windows.append(WindowRecord(int(time.time() * 1000), rollout.state.weight, decision.action,
+                                                window.live, window.canary, decision.checks))
+            del rollout.windows[:-MAX_WINDOWS]
+            rollout.state = decision.state
+            log.info("rollout %s/%s: %s at weight %g (%s)", spec.model, spec.version, decision.action,
+                     decision.weight, decision.reason)
+            if decision.state.phase != "progressing":
+                rollout.ended = decision.state.phase
+            await self.poll_once()
+
+    def _reconcile(self, model: str) -> ActiveRollout | None:
+        """The model's rollout here, ended as "superseded" when its version left the canary through
+        another replica (or this one's promote/rollback raced the analysis)."""
+        rollout = self.rollouts.get(model)
+        if rollout is not None and not rollout.ended and not rollout.deciding:
+            try:
+                state = self.registry.get(model, rollout.spec.version).state
+            except RolloutError:
+                state = None
+            if state is not S.CANARY:
+                rollout.ended = "superseded"
+                if rollout.task is not None:
+                    rollout.task.get_loop().call_soon_threadsafe(rollout.task.cancel)
+        return rollout
+
+    def _rollout(self, model: str) -> ActiveRollout:
+        rollout = self._reconcile(model)
+        if rollout is None or rollout.ended:
+            raise StateConflict(f"{model}: no rollout in progress")
+        return rollout
+
+    def pause(self, model: str, *, actor: str, reason: str) -> ActiveRollout:
+        rollout = self._rollout(model)
+        rollout.paused = True
+        self.registry.set_route(model, canary_weight=rollout.state.weight, actor=actor,
+                                reason=f"paused: {reason or 'by operator'}")
+        return rollout
+
+    def resume(self, model: str, *, actor: str, reason: str) -> ActiveRollout:
+        rollout = self._rollout(model)
+        rollout.paused = False
+        self.registry.set_route(model, canary_weight=rollout.state.weight, actor=actor,
+                                reason=f"resumed: {reason or 'by operator'}")
+        return rollout
+
+    def _end(self, model: str, how: str) -> None:
+        rollout = self.rollouts.get(model)
+        if rollout is not None and not rollout.ended:
+            rollout.ended = how
+
+    def promote(self, model: str, *, actor: str, reason: str) -> None:
+        """The canary (else the shadow) becomes live now, skipping the remaining steps."""
+        view = {r.state: r for r in self.registry.versions(model)}
+        candidate = view.get(S.CANARY) or view.get(S.SHADOW)
+        if candidate is None:
+            raise StateConflict(f"{model}: no canary or shadow version to promote")
+        self.registry.promote(model, candidate.version, actor=actor, reason=reason or "promoted by operator")
+        self._end(model, "promoted")
+
+    def rollback(self, model: str, *, actor: str, reason: str) -> None:
+        """The canary out of traffic; with no canary, live back to the version live before it."""
+        view = {r.state: r for r in self.registry.versions(model)}
+        target = view.get(S.CANARY) or view.get(S.LIVE)
+        if target is None:
+            raise StateConflict(f"{model}: no canary or live version to roll back")
+        self.registry.rollback(model, target.version, actor=actor, reason=reason or "rolled back by operator")
+        self._end(model, "rolled_back")
+
+    def abort(self, model: str, *, actor: str, reason: str) -> None:
+        """The canary and the shadow leave traffic (rolled back); live is untouched."""
+        view = {r.state: r for r in self.registry.versions(model)}
+        moved = [r for s, r in view.items() if s in (S.CANARY, S.SHADOW)]
+        if not moved:
+            raise StateConflict(f"{model}: no canary or shadow to abort")
+        for r in moved:
+            self.registry.rollback(model, r.version, actor=actor, reason=f"aborted: {reason or 'by operator'}")
+        self._end(model, "aborted")
+
+    def shadow(self, model: str, version: int, sample_rate: float, *, actor: str, reason: str) -> None:
+        """`version` mirrors `sample_rate` of live requests (registered and preflighted like a canary)."""
+        self.register(model, version, actor=actor)
+        record = self.registry.get(model, version)
+        if record.state is not S.SHADOW:
+            self.registry.transition(model, version, S.SHADOW, actor=actor, reason=reason or "shadow started")
+        self.registry.set_route(model, shadow_sample_rate=sample_rate, actor=actor,
+                                reason=f"shadow sample rate {sample_rate:g}")
+
+    def history(self, model: str) -> list:
+        return self.registry.audit(model)
+
+    def describe(self, model: str) -> Mapping:
+        """What `status` reports: the arms, the versions, the rollout's phase and windows."""
+        table = self.registry.routing(model) if model in self.registry.models() else None
+        loaded = set(self.backend.models().get(model, []))
+        return {"table": table, "versions": self._versions(model), "loaded": loaded,
+                "rollout": self._reconcile(model)}

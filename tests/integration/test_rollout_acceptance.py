@@ -1,0 +1,30 @@
+"""The acceptance run, small: `adrank bench rollout` (real server, locust in its own process, the admin
+API) takes v2 through shadow → canary 10 % → 50 % → promote, then rolls back, with no failed call.
+The p99-per-switch figures it prints are benchmark figures (docs/rollouts.md), not asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_rollout_under_locust_load_fails_no_request(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rollout.json"
+    cmd = [sys.executable, "-m", "adrank", "bench", "rollout", "--run", str(tiny_run), "--rate", "60",
+           "--phase-s", "3", "--interval-s", "1.5", "--window-s", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert out.exists(), proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["operator_errors"] == [] and result["operator"] == ["shadow", "promoted", "rollback"], result
+    assert [s["switch"] for s in result["switches"]] == ["shadow 0.2", "canary 10%", "canary 50%", "promote",
+                                                         "rollback"]
+    assert result["failed"] == 0 and result["calls"] > 500, result
+    assert {"1", "2"} <= set(map(str, result["served_by_version"])), result  # both versions took traffic
+    assert "rollout under load" in proc.stdout

@@ -1,0 +1,72 @@
+"""The embedded backend loads a version exported after it started, beside the serving ones, warms it
+before it becomes resolvable, and unloads one on request; a broken export is refused and changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.backends.base import warm_inputs
+from serving.backends.embedded import EmbeddedBackend
+from serving.errors import ModelLoadError, ModelNotFound
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
+from rollout_versions import copy_version  # noqa: E402 - the integration helpers' version builder
+
+
+@pytest.fixture()
+def repo(tiny_run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "repo"
+    shutil.copytree(tiny_run / "model_repository", out)
+    return out
+
+
+def test_a_version_exported_after_start_loads_beside_the_serving_one_and_unloads(repo: Path):
+    backend = EmbeddedBackend(repo)
+    backend.load()
+    v1 = backend.resolve("vm", 1)
+    copy_version(repo, "vm", 1, 2, p_ctr_factor=2.0)
+    assert backend.models() == {"vm": [1]}  # nothing rescans on its own
+    warmed = []
+    original = backend._session
+
+    class Counting:  # counts the runs a session gets before the version is resolvable
+        def __init__(self, session) -> None:
+            self.session = session
+
+        def run(self, *args):
+            warmed.append(backend.models())
+            return self.session.run(*args)
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+    backend._session = lambda path: Counting(original(path))
+    handle = asyncio.run(backend.load_version("vm", 2))
+    assert backend.models() == {"vm": [1, 2]} and handle.version == 2
+    assert warmed == [{"vm": [1]}] * 3  # three warm-up runs, all before v2 could be resolved
+    inputs = warm_inputs(v1.manifest)
+    one = asyncio.run(backend.infer(v1, inputs)).p_ctr
+    two = asyncio.run(backend.infer(handle, inputs)).p_ctr
+    np.testing.assert_allclose(two, np.minimum(one * 2.0, 1.0), rtol=1e-5)
+    asyncio.run(backend.unload_version("vm", 1))
+    assert backend.models() == {"vm": [2]}
+    with pytest.raises(ModelNotFound, match="not loaded"):
+        asyncio.run(backend.infer(v1, inputs))
+
+
+def test_a_broken_export_is_refused_naming_it_and_the_serving_versions_stay(repo: Path):
+    backend = EmbeddedBackend(repo)
+    backend.load()
+    target = copy_version(repo, "vm", 1, 2)
+    (target / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ModelLoadError, match="vm/2"):
+        asyncio.run(backend.load_version("vm", 2))
+    assert backend.models() == {"vm": [1]} and ("vm", 2) in backend.load_errors
+    with pytest.raises(ModelLoadError, match="vm/7"):
+        asyncio.run(backend.load_version("vm", 7))

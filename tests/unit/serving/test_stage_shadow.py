@@ -1,0 +1,102 @@
+"""Shadow scoring: sampled live requests are mirrored to the shadow version off the response path,
+the pair of score vectors is kept with its statistics, and a full queue drops mirrors instead of
+waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import serving_fakes as fakes
+
+from serving.config import ServerConfig
+from serving.history import HistoryProvider
+from serving.pipeline import Pipeline, RequestContext
+from serving.pipeline.route import RouteStage
+from serving.pipeline.shadow import ShadowScorer, spearman, top_k_overlap
+from serving.rollout.routing import RoutingTable, ShadowRoute
+
+
+class Tables:
+    def __init__(self, *tables: RoutingTable) -> None:
+        self.tables = {t.model: t for t in tables}
+
+    def table(self, model: str) -> RoutingTable | None:
+        return self.tables.get(model)
+
+
+def test_statistics_of_a_pair():
+    a = np.array([0.1, 0.4, 0.2, 0.3])
+    assert spearman(a, a * 2) == pytest.approx(1.0) and spearman(a, -a) == pytest.approx(-1.0)
+    assert spearman(a[:1], a[:1]) is None and spearman(a, np.ones(4)) is None
+    assert top_k_overlap(a, a, k=2) == 1.0 and top_k_overlap(a, -a, k=2) == 0.0
+
+
+def _request(n: int, i: int):
+    req = fakes.request(n)
+    req.request_id = f"r{i}"
+    for j, c in enumerate(req.candidates):
+        c.dense_features.extend([0.3 * j - 1.0, 0.0])
+    return req.SerializeToString()
+
+
+def _run(scorer: ShadowScorer | None, backend, router, requests, *, start=True):
+    async def go():
+        pipeline = Pipeline.build(ServerConfig(), backend, HistoryProvider())
+        pipeline = pipeline.replace(route=RouteStage(backend, HistoryProvider(), router))
+        if scorer is not None:
+            pipeline = pipeline.wrap("infer", scorer.wrap)
+            if start:
+                await scorer.start()
+        out = [await pipeline.run(r, RequestContext.begin()) for r in requests]
+        if scorer is not None and start:
+            await asyncio.wait_for(scorer._queue.join(), 5)
+            await scorer.close()
+        return out
+    return asyncio.run(go())
+
+
+def test_sampled_live_requests_are_mirrored_and_paired_and_responses_are_live_only():
+    backend = fakes.FakeBackend(fakes.handle(version=1), fakes.handle(version=2))
+    router = Tables(RoutingTable(model="vm", live=1, shadow=ShadowRoute(version=2, sample_rate=0.5, salt="s")))
+    scorer = ShadowScorer(backend, HistoryProvider(), router, queue_size=1000)
+    responses = _run(scorer, backend, router, [_request(6, i) for i in range(400)])
+    assert {r.served_by.model_version for r in responses} == {1}
+    stats = scorer.stats("vm")
+    # about half the requests, by request id (4 sigma of a binomial(400, 0.5) is 40)
+    assert 160 <= stats["pairs"] <= 240 and stats["dropped"] == 0
+    pair = scorer.pairs[0]
+    assert (pair.live_version, pair.shadow_version) == (1, 2) and pair.live_p_ctr.shape == (6,)
+    # the fake model scores both versions alike: a perfect pair
+    assert stats["rank_correlation"] == pytest.approx(1.0) and stats["top_k_overlap"] == 1.0
+    assert stats["mean_abs_delta_p_ctr"] == 0.0
+    shadow_calls = [h.version for h, _ in backend.calls].count(2)
+    assert shadow_calls == stats["pairs"]
+
+
+def test_a_full_queue_drops_mirrors_and_never_waits():
+    backend = fakes.FakeBackend(fakes.handle(version=1), fakes.handle(version=2))
+    router = Tables(RoutingTable(model="vm", live=1, shadow=ShadowRoute(version=2, sample_rate=1.0, salt="s")))
+    scorer = ShadowScorer(backend, HistoryProvider(), router, queue_size=3)
+
+    async def go():
+        await scorer.start()
+        for t in scorer._tasks:  # no worker: the queue only fills
+            t.cancel()
+        pipeline = Pipeline.build(ServerConfig(), backend, HistoryProvider())
+        pipeline = pipeline.replace(route=RouteStage(backend, HistoryProvider(), router)).wrap("infer", scorer.wrap)
+        return [await pipeline.run(_request(4, i), RequestContext.begin()) for i in range(10)]
+
+    responses = asyncio.run(go())
+    assert len(responses) == 10 and scorer.stats("vm")["dropped"] == 7
+    assert scorer._queue.qsize() == 3
+
+
+def test_a_busy_server_drops_every_mirror():
+    backend = fakes.FakeBackend(fakes.handle(version=1), fakes.handle(version=2))
+    router = Tables(RoutingTable(model="vm", live=1, shadow=ShadowRoute(version=2, sample_rate=1.0, salt="s")))
+    scorer = ShadowScorer(backend, HistoryProvider(), router, busy=lambda: True)
+    responses = _run(scorer, backend, router, [_request(4, i) for i in range(20)])
+    assert len(responses) == 20 and scorer.stats("vm")["dropped"] == 20 and scorer.stats("vm")["pairs"] == 0
+    assert [h.version for h, _ in backend.calls] == [1] * 20
