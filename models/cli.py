@@ -64,6 +64,15 @@ def _cmd_das(a: argparse.Namespace) -> int:
 
     events = _load_events(a)
     data = prepare_vm_data(events, TrainConfig.for_dataset(events.source))
+    if a.out_of_sample:
+        from models.fm_pipeline import log_out_of_sample
+
+        path, oos = log_out_of_sample(a.fm_checkpoint, data, a.out, a.out_of_sample, folds=a.folds,
+                                      windows=a.windows)
+        print(f"DAS log ({a.out_of_sample}): {int(oos.logged.sum()):,} of {len(events):,} examples, each logged by "
+              f"an FM that did not train on it ({len(oos.teacher_ne)} FMs; test NE per FM "
+              + ", ".join(f"{k}: {v:.4f}" for k, v in oos.teacher_ne.items()) + f") → {path}")
+        return 0
     path = log_predictions(a.fm_checkpoint, data, a.out)
     print(f"DAS log: FM predictions for {len(events):,} examples → {path}")
     return 0
@@ -157,6 +166,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     events_flags(sp)
     sp.add_argument("--fm-checkpoint", default=f"{DEFAULT_RUN}/fm.pt")
     sp.add_argument("--out", default=f"{DEFAULT_RUN}/das.npz")
+    sp.add_argument("--out-of-sample", default=None, choices=("kfold", "progressive"),
+                    help="log each training example with an FM that did not train on it: K FMs on the other users' "
+                    "rows (kfold), or FMs on the earlier time windows (progressive); test rows with --fm-checkpoint")
+    sp.add_argument("--folds", type=int, default=3, help="kfold: user folds (one FM each)")
+    sp.add_argument("--windows", type=int, default=4, help="progressive: time windows (the first is not logged)")
     sp.set_defaults(func=_cmd_das)
 
     sp = sub.add_parser("embed", help="compute LoopFM codes for a data split and publish them to the cache")

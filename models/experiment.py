@@ -147,16 +147,16 @@ def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progr
     # KD reads the DAS log from disk, as `adrank train vm --kd` does: one FM pass per example, logged once
     das_info: dict = {"log": das_log}
     if das_log == "in-sample":
-        log_version, logged, logits = fm.fm_version, np.ones(len(events), bool), fm.logits
+        logged, logits = np.ones(len(events), bool), fm.logits
     else:
         oos = out_of_sample_log(replace(data, train_idx=train_rows_all), fm_config, das_log, main_logits=fm.logits,
-                                log=log)
+                                log=lambda m: log(f"[seed {seed}] {m.strip()}"))
         assert_out_of_sample(oos)
-        log_version, logged, logits = f"{fm.fm_version}/{das_log}", oos.logged, oos.logits
+        logged, logits = oos.logged, oos.logits
         das_info["teacher_test_ne"] = {str(k): v for k, v in oos.teacher_ne.items()}
-    das = write_das(work_dir / f"das-seed{seed}.npz", log_version, events["event_id"][logged], logits[logged],
-                    source=events.source)
-    data.fm_logits, data.fm_version = read_das(das, events, log_version), fm.fm_version
+    das = write_das(work_dir / f"das-seed{seed}.npz", fm.fm_version, events["event_id"][logged], logits[logged],
+                    source=events.source, log=das_log)
+    data.fm_logits, data.fm_version = read_das(das, events, fm.fm_version), fm.fm_version
     vm_train = data.train_idx
     has_log = np.isfinite(data.fm_logits[vm_train])
     das_info["logged_share_of_vm_train"] = float(has_log.mean())
