@@ -1,4 +1,4 @@
-"""`adrank` verbs of the offline side: data, train fm|vm, das, embed, experiment, fm-ablation.
+"""`adrank` verbs of the offline side: data, train fm|vm, das, embed, experiment, fm-ablation, fm-scaling.
 
 Each verb parses its flags and calls one `models` function; torch is imported inside the verb, so the
 dispatcher (adrank/cli.py) starts light. `register` adds the verbs to the dispatcher's parser.
@@ -117,6 +117,15 @@ def _cmd_fm_ablation(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fm_scaling(a: argparse.Namespace) -> int:
+    from models.fm_scaling import run_fm_scaling
+
+    command = f"adrank fm-scaling --dataset {a.dataset} --out {a.out}" + (" --quick" if a.quick else "")
+    run_fm_scaling(a.dataset, a.out, quick=a.quick, seed=a.seed, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """The offline verbs, on the dispatcher's subparsers."""
     def data_flags(sp: argparse.ArgumentParser) -> None:
@@ -204,3 +213,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("fm-ablation", help="FM with and without CompSkip / sliding window: FLOPs, time, NE")
     study_flags(sp, "runs/fm-ablation", 1)
     sp.set_defaults(func=_cmd_fm_ablation)
+
+    sp = sub.add_parser("fm-scaling", help="FM test NE against FLOPs per example at several sizes; power-law fit")
+    sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="runs/fm-scaling")
+    sp.add_argument("--quick", action="store_true", help="tiny profile (≈ 30 s) for tests")
+    sp.set_defaults(func=_cmd_fm_scaling)
