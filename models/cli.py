@@ -1,4 +1,5 @@
-"""`adrank` verbs of the offline side: data, train fm|vm, das, embed, experiment, fm-ablation, fm-scaling.
+"""`adrank` verbs of the offline side: data, train fm|vm, das, embed, experiment, fm-ablation,
+fm-scaling, fm-gap.
 
 Each verb parses its flags and calls one `models` function; torch is imported inside the verb, so the
 dispatcher (adrank/cli.py) starts light. `register` adds the verbs to the dispatcher's parser.
@@ -126,6 +127,15 @@ def _cmd_fm_scaling(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fm_gap(a: argparse.Namespace) -> int:
+    from models.fm_gap import run_fm_gap
+
+    command = f"adrank fm-gap --out {a.out}" + (" --quick" if a.quick else "")
+    run_fm_gap(a.out, quick=a.quick, seed=a.seed, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """The offline verbs, on the dispatcher's subparsers."""
     def data_flags(sp: argparse.ArgumentParser) -> None:
@@ -220,3 +230,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--out", default="runs/fm-scaling")
     sp.add_argument("--quick", action="store_true", help="tiny profile (≈ 30 s) for tests")
     sp.set_defaults(func=_cmd_fm_scaling)
+
+    sp = sub.add_parser("fm-gap", help="synthetic world: the FM's gap to the oracle with each world term removed; "
+                        "FM changes compared on validation")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default="runs/fm-gap")
+    sp.add_argument("--quick", action="store_true", help="tiny profile for tests")
+    sp.set_defaults(func=_cmd_fm_gap)
