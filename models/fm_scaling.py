@@ -151,7 +151,8 @@ def write_results(out_dir: Path, payload: dict) -> None:
     lines = [f"# FM scaling ({payload['dataset']}, {payload['profile_name']} profile, seed {payload['seed']})", "",
              f"Command: `{payload['command']}`  ", f"Wall time: {payload['seconds'] / 60:.1f} min on this machine."
              + (f" Oracle test NE {oracle:.4f}." if oracle is not None else ""), "",
-             "| architecture | d | layers | T | FLOPs/example | params | test NE | test AUC |", "|---|---|---|---|---|---|---|---|"]
+             "| architecture | d | layers | T | FLOPs/example | params | test NE | test AUC |",
+             "|---|---|---|---|---|---|---|---|"]
     for arch, r in payload["architectures"].items():
         lines += [f"| {arch} | {p['d_model']} | {p['n_layers']} | {p['history_len']} | "
                   f"{p['flops_per_example'] / 1e6:.3f} M | {p['params']:,} | {p['ne']:.4f} | {p['auc']:.4f} |"
