@@ -31,8 +31,11 @@ class DasLogError(ValueError):
 
 
 def write_das(path: str | Path, fm_version: str, event_ids: np.ndarray, logits: np.ndarray, *,
-              source: str) -> Path:
-    """Writes one prediction per unique event id (the first occurrence wins) atomically (temp file + rename)."""
+              source: str, log: str = "in-sample", producer: np.ndarray | None = None) -> Path:
+    """Writes one prediction per unique event id (the first occurrence wins) atomically (temp file + rename).
+
+    `log` names how the predictions were made (in-sample, or an out-of-sample method of models.das_oos);
+    `producer` (int32, one per event) records which FM logged each one, so the log can be audited."""
     event_ids = np.asarray(event_ids, np.int64)
     logits = np.asarray(logits, np.float32)
     if event_ids.shape != logits.shape or event_ids.ndim != 1:
@@ -42,10 +45,12 @@ def write_das(path: str | Path, fm_version: str, event_ids: np.ndarray, logits: 
     ids, first = np.unique(event_ids, return_index=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = json.dumps({"format": _FORMAT, "fm_version": fm_version, "source": source, "n": int(len(ids))})
+    header = json.dumps({"format": _FORMAT, "fm_version": fm_version, "source": source, "n": int(len(ids)),
+                         "log": log})
+    extra = {} if producer is None else {"producer": np.asarray(producer, np.int32)[first]}
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, header=np.frombuffer(header.encode(), np.uint8), event_id=ids, fm_logit=logits[first])
+        np.savez(fh, header=np.frombuffer(header.encode(), np.uint8), event_id=ids, fm_logit=logits[first], **extra)
     tmp.replace(path)
     return path
 

@@ -8,20 +8,26 @@ predictions once per example (DAS) and a code per event → train each VM varian
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from models.data import load_dataset
 from models.das import read_das, write_das
+from models.das_oos import OUT_OF_SAMPLE, assert_out_of_sample, out_of_sample_log
+from models.data import load_dataset
 from models.data.schema import EventLog
 from models.distill import DistillConfig
 from models.embed import open_history, publish_codes
 from models.fm_pipeline import SMALL_FM, FMTrainConfig, fm_metrics, train_fm, validation_split
 from models.metrics import summarize, transfer_ratio
+from models.stats import HOLDS, paired_interval
 from models.train import HistorySource, TrainConfig, TrainResult, VMData, fit_vm, prepare_vm_data
 from models.vm import VMConfig
 
@@ -119,25 +125,44 @@ def _run_variant(data: VMData, name: str, overrides: dict, distill: DistillConfi
 
 
 def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progress: bool = True,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, threads: int = 2, das_log: str = "in-sample") -> dict:
+    """One seed: FM, DAS log (`das_log`: in-sample, kfold or progressive; see models.das_oos), every VM
+    variant and the ablations, all on that seed's split."""
     events = load_dataset(dataset, n_events=profile.n_events, seed=seed)
-    tc = TrainConfig.for_dataset(dataset, epochs=profile.vm_epochs, seed=seed)
+    tc = TrainConfig.for_dataset(dataset, epochs=profile.vm_epochs, seed=seed, threads=threads)
     data = prepare_vm_data(events, tc)
     log(f"[seed {seed}] {len(events):,} events, train {len(data.train_idx):,} / test {len(data.test_idx):,}")
     t0 = time.perf_counter()
-    fm = train_fm(data, FMTrainConfig(history_len=profile.fm_history_len, epochs=profile.fm_epochs, seed=seed,
-                                      batch_size=profile.fm_batch_size, lr=profile.fm_lr, fm=dict(profile.fm_size)),
-                  progress=progress)
+    fm_config = FMTrainConfig(history_len=profile.fm_history_len, epochs=profile.fm_epochs, seed=seed,
+                              batch_size=profile.fm_batch_size, lr=profile.fm_lr, fm=dict(profile.fm_size),
+                              threads=threads)
+    fm = train_fm(data, fm_config, progress=progress)
     log(f"[seed {seed}] FM {fm.fm_version}: test AUC {fm.metrics['test']['ctr_auc']:.4f} "
         f"NE {fm.metrics['test']['ctr_ne']:.4f}; kept epoch {fm.best_epoch} of {fm.epochs_run} "
         f"(validation NE {', '.join(f'{v:.4f}' for v in fm.validation_ne)}) ({time.perf_counter() - t0:.0f} s)")
     cache = CodeCache(work_dir / f"cache-seed{seed}", fm.fm_version, events, fm.codes)
     full_train = len(data.train_idx)
+    train_rows_all = data.train_idx
     data = vertical_view(data, profile.vm_placements)
     # KD reads the DAS log from disk, as `adrank train vm --kd` does: one FM pass per example, logged once
-    das = write_das(work_dir / f"das-seed{seed}.npz", fm.fm_version, events["event_id"], fm.logits,
-                    source=events.source)
+    das_info: dict = {"log": das_log}
+    if das_log == "in-sample":
+        logged, logits = np.ones(len(events), bool), fm.logits
+    else:
+        oos = out_of_sample_log(replace(data, train_idx=train_rows_all), fm_config, das_log, main_logits=fm.logits,
+                                log=lambda m: log(f"[seed {seed}] {m.strip()}"))
+        assert_out_of_sample(oos)
+        logged, logits = oos.logged, oos.logits
+        das_info["teacher_test_ne"] = {str(k): v for k, v in oos.teacher_ne.items()}
+    das = write_das(work_dir / f"das-seed{seed}.npz", fm.fm_version, events["event_id"][logged], logits[logged],
+                    source=events.source, log=das_log)
     data.fm_logits, data.fm_version = read_das(das, events, fm.fm_version), fm.fm_version
+    vm_train = data.train_idx
+    has_log = np.isfinite(data.fm_logits[vm_train])
+    das_info["logged_share_of_vm_train"] = float(has_log.mean())
+    das_info["teacher_ne_on_vm_train"] = fm_metrics(events, vm_train[has_log], data.fm_logits[vm_train[has_log]])["ne"]
+    log(f"[seed {seed}] DAS log {das_log}: {has_log.mean():.1%} of the VM training rows logged; teacher NE on them "
+        f"{das_info['teacher_ne_on_vm_train']:.4f}")
     data.history = cache.history("int4")  # served codes are int4 (LoopFM), from the user's events on every placement
     scope = f"placements {profile.vm_placements}" if len(data.train_idx) < full_train else "every row (one placement)"
     log(f"[seed {seed}] VM vertical: {scope}, train {len(data.train_idx):,} / test {len(data.test_idx):,}")
@@ -148,7 +173,7 @@ def run_seed(dataset: str, seed: int, profile: Profile, work_dir: Path, *, progr
                         "calibration": fm_test["calibration"], "loss_curve": fm.loss_curve,
                         "all_placements": {"auc": fm.metrics["test"]["ctr_auc"], "ne": fm.metrics["test"]["ctr_ne"]},
                         "best_epoch": fm.best_epoch, "epochs_run": fm.epochs_run, "validation_ne": fm.validation_ne},
-                 "fm_version": fm.fm_version}
+                 "fm_version": fm.fm_version, "das": das_info}
     test = events.take(data.test_idx)
     if test.has_ground_truth:
         o = summarize(test["click"], test["p_click"])
@@ -206,8 +231,37 @@ def run_ablations(data: VMData, cache: CodeCache, base: VMConfig, tc: TrainConfi
     return results
 
 
+CLAIMS: dict[str, str] = {
+    "fm_beats_baseline": "NE(vm_baseline) − NE(fm)",
+    "loopfm_beats_baseline": "NE(vm_baseline) − NE(vm_loopfm_sum)",
+    "kd_loopfm_beats_kd": "NE(vm_kd) − NE(vm_kd_loopfm)",
+    "tr_kd_loopfm_ge_1.5x_tr_kd": "TR(vm_kd_loopfm) − 1.5·TR(vm_kd)",
+    "aux_kd_beats_single_kd": "NE(vm_kd) − NE(vm_kd_aux)",
+}
+"""Each LoopFM / ExFM claim as a paired difference per seed (same split, same FM, same DAS log), signed
+so that > 0 is the claim's direction; it holds only when the 95% interval of the mean lies above zero."""
+
+
+def claim_differences(seed: dict) -> dict[str, float]:
+    """One seed's paired difference per claim (NaN for the TR claim where TR is undefined on that seed)."""
+    ne = {n: seed[n]["ne"] for n in ("fm", *VARIANTS)}
+    tr = {n: transfer_ratio(ne["vm_baseline"], ne[n], ne["fm"]) for n in ("vm_kd", "vm_kd_loopfm")}
+    return {"fm_beats_baseline": ne["vm_baseline"] - ne["fm"],
+            "loopfm_beats_baseline": ne["vm_baseline"] - ne["vm_loopfm_sum"],
+            "kd_loopfm_beats_kd": ne["vm_kd"] - ne["vm_kd_loopfm"],
+            "tr_kd_loopfm_ge_1.5x_tr_kd": tr["vm_kd_loopfm"] - 1.5 * tr["vm_kd"],
+            "aux_kd_beats_single_kd": ne["vm_kd"] - ne["vm_kd_aux"]}
+
+
+def claim_intervals(per_seed: list[dict]) -> dict[str, dict]:
+    """Per claim: the mean paired difference, its 95% paired t interval over seeds, n and the verdict."""
+    diffs = [claim_differences(s) for s in per_seed]
+    return {k: {"difference": CLAIMS[k], **paired_interval([d[k] for d in diffs]).to_dict()} for k in CLAIMS}
+
+
 def aggregate(per_seed: list[dict]) -> dict:
-    """mean ± std per variant, transfer ratios per seed, and the acceptance checks as booleans."""
+    """mean ± std per variant, transfer ratios per seed, and each claim's paired interval and verdict
+    (`checks`: claim → True only when its interval excludes zero on the claim's side)."""
     names = ["fm", *VARIANTS]
     summary: dict = {"variants": {}, "transfer_ratio": {}, "checks": {}}
     for n in names:
@@ -232,15 +286,8 @@ def aggregate(per_seed: list[dict]) -> dict:
             "validation_ne": [s[n]["selection"]["validation_ne"] for s in per_seed]}
         for n in VARIANTS if "selection" in per_seed[0][n]
     }
-    v = summary["variants"]
-    tr = summary["transfer_ratio"]
-    summary["checks"] = {
-        "fm_beats_baseline": v["fm"]["ne_mean"] < v["vm_baseline"]["ne_mean"],
-        "loopfm_beats_baseline": v["vm_loopfm_sum"]["ne_mean"] < v["vm_baseline"]["ne_mean"],
-        "kd_loopfm_beats_kd_every_seed": all(s["vm_kd_loopfm"]["ne"] < s["vm_kd"]["ne"] for s in per_seed),
-        "tr_kd_loopfm_ge_1.5x_tr_kd": tr["vm_kd_loopfm"]["mean"] >= 1.5 * tr["vm_kd"]["mean"],
-        "aux_kd_ge_single_kd": v["vm_kd_aux"]["ne_mean"] <= v["vm_kd"]["ne_mean"],
-    }
+    summary["claims"] = claim_intervals(per_seed)
+    summary["checks"] = {k: c["verdict"] == HOLDS for k, c in summary["claims"].items()}
     if any("ablations" in s for s in per_seed):
         labels = per_seed[0]["ablations"].keys()
         summary["ablations"] = {
@@ -273,8 +320,11 @@ def write_results(out_dir: Path, dataset: str, seeds: list[int], profile_name: s
                   "test rows unseen):", "", "| variant | knob | chosen per seed |", "|---|---|---|"]
         lines += [f"| {n} | {'λ' if k['knob'] == 'weight' else 'β'} | {', '.join(f'{x:g}' for x in k['per_seed'])} |"
                   for n, k in summary["kd_selection"].items()]
-    lines += ["", "Checks (acceptance of the LoopFM / ExFM claims on this data):", ""]
-    lines += [f"- {k}: {'yes' if ok else 'NO'}" for k, ok in summary["checks"].items()]
+    lines += ["", "Claims as paired differences per seed (> 0 is the claim's direction; mean and 95% paired t "
+              "interval over seeds; a claim holds only when the interval lies above zero):", "",
+              "| claim | difference | mean | 95% interval | n | verdict |", "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {c['difference']} | {c['mean']:+.4f} | {_interval_text(c)} | {c['n']} | {c['verdict']} |"
+              for k, c in summary["claims"].items()]
     if "ablations" in summary:
         lines += ["", "Ablations (L / width / codec: VM + LoopFM sum pooling, no KD; kd_*: KD without history at each "
                   "strength, test NE for reading only):",
@@ -284,6 +334,12 @@ def write_results(out_dir: Path, dataset: str, seeds: list[int], profile_name: s
                   for k, a in summary["ablations"].items()]
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     plot_results(out_dir, summary, per_seed)
+
+
+def _interval_text(c: dict) -> str:
+    if not (np.isfinite(c["low"]) and np.isfinite(c["high"])):
+        return "none (n < 2)"
+    return f"[{c['low']:+.4f}, {c['high']:+.4f}]"
 
 
 def plot_results(out_dir: Path, summary: dict, per_seed: list[dict]) -> None:
@@ -314,17 +370,60 @@ def plot_results(out_dir: Path, summary: dict, per_seed: list[dict]) -> None:
     plt.close(fig)
 
 
+DAS_LOGS = ("in-sample", *OUT_OF_SAMPLE)
+
+
+def default_jobs() -> int:
+    """One seed per core: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _seed_job(dataset: str, seed: int, profile: Profile, work_dir: str, threads: int, das_log: str,
+              progress: bool) -> dict:
+    """One seed in its own process (spawned: a fresh interpreter, no forked torch state); torch runs
+    `threads` intra-op threads so N processes on N cores do not oversubscribe them."""
+    import torch
+
+    torch.set_num_threads(threads)
+    log = partial(print, flush=True)
+    return run_seed(dataset, seed, profile, Path(work_dir), progress=progress, log=log, threads=threads,
+                    das_log=das_log)
+
+
 def run_experiment(dataset: str, seeds: int, out_dir: str | Path, *, quick: bool = False, progress: bool = True,
-                   command: str = "") -> dict:
+                   command: str = "", jobs: int | None = None, das_log: str = "in-sample") -> dict:
+    """Runs `seeds` seeds (0 … seeds-1), `jobs` at a time in spawned processes (default: one per core;
+    1 runs them in this process), aggregates them and writes results.json / results.md / results.png."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if das_log not in DAS_LOGS:
+        raise ValueError(f"--das-log must be one of {DAS_LOGS}, got {das_log!r}")
+    jobs = min(jobs or default_jobs(), seeds)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     profile_name = "quick" if quick else "default"
     profile = PROFILES[profile_name]
     t0 = time.perf_counter()
     seed_list = list(range(seeds))
+    threads = max(1, default_jobs() // jobs) if jobs > 1 else TrainConfig().threads
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="adrank-exp-") as work:
-        per_seed = [run_seed(dataset, s, profile, Path(work), progress=progress) for s in seed_list]
+        if jobs == 1:
+            per_seed = [run_seed(dataset, s, profile, Path(work), progress=progress, threads=threads, das_log=das_log)
+                        for s in seed_list]
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(_seed_job, dataset, s, profile, work, threads, das_log, False)
+                           for s in seed_list]
+                per_seed = [f.result() for f in futures]  # in seed order, whatever order they finish in
     summary = aggregate(per_seed)
+    summary["das_log"] = das_log
+    summary["jobs"] = jobs
     write_results(Path(out_dir), dataset, seed_list, profile_name, per_seed, summary,
                   command or f"adrank experiment --dataset {dataset} --seeds {seeds}{' --quick' if quick else ''}",
                   time.perf_counter() - t0)

@@ -355,3 +355,27 @@ def log_predictions(fm_path: str | Path, data: VMData, path: str | Path, *, prog
     batcher = FMBatcher(data, payload["train_config"]["history_len"], shared_vocab=model.cfg.shared_target_vocab)
     logits, _ = infer_fm(model, ae, batcher, np.arange(len(data.events)), progress=progress)
     return write_das(path, payload["fm_version"], data.events["event_id"], logits, source=data.events.source)
+
+
+def log_out_of_sample(fm_path: str | Path, data: VMData, path: str | Path, method: str, *, folds: int = 3,
+                      windows: int = 4, progress: bool = True):
+    """`adrank das --out-of-sample kfold|progressive`: the FM at `fm_path` logs the test rows; the training
+    rows are logged by fold / window FMs trained with the same training config on rows other than theirs
+    (models.das_oos). Returns (path, OutOfSampleLog); the log keeps the FM's version, so `train vm --kd`
+    reads it in place of the in-sample one, and its header and `producer` array say how it was made."""
+    from models.das import write_das
+    from models.das_oos import assert_out_of_sample, out_of_sample_log
+
+    model, ae, payload = load_fm(fm_path)
+    check_feature_schema(fm_path, payload, data)
+    tc = payload["train_config"]
+    config = FMTrainConfig(**{**tc, "matryoshka": tuple(tc["matryoshka"])})
+    batcher = FMBatcher(data, config.history_len, shared_vocab=model.cfg.shared_target_vocab)
+    main = np.full(len(data.events), np.nan, np.float32)
+    main[data.test_idx], _ = infer_fm(model, ae, batcher, data.test_idx, progress=progress)
+    oos = out_of_sample_log(data, config, method, main_logits=main, folds=folds, windows=windows)
+    assert_out_of_sample(oos)
+    logged = oos.logged
+    out = write_das(path, payload["fm_version"], data.events["event_id"][logged], oos.logits[logged],
+                    source=data.events.source, log=method, producer=oos.producer[logged])
+    return out, oos

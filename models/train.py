@@ -179,6 +179,8 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
     click = torch.from_numpy(events["click"].astype(np.float32)).to(dev)
     conv = torch.from_numpy(events["conversion"].astype(np.float32)).to(dev)
     fm_logits = torch.from_numpy(data.fm_logits.astype(np.float32)).to(dev) if data.fm_logits is not None else None
+    # an out-of-sample DAS log may leave rows unlogged (the progressive log's first window): KD skips them
+    has_gaps = fm_logits is not None and not bool(torch.isfinite(fm_logits[torch.from_numpy(data.train_idx)]).all())
     model = VerticalModel(data.spec, vm_config).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     adapter = StudentAdapter().to(dev) if distill.adapter else None
@@ -195,16 +197,27 @@ def fit_vm(data: VMData, vm_config: VMConfig = VMConfig(), train_config: TrainCo
         loss = esmm_loss(ctr_logit, cvr_logit, click[rows], conv[rows])
         if distill.mode != "none":
             fm = fm_logits[rows]
+            student = ctr_logit if distill.mode == "single" else kd[0]
+            labels = click[rows]
+            if has_gaps:  # distil only the logged rows; the soft loss stays a mean over the batch
+                logged = torch.isfinite(fm)
+                keep = logged.to(fm.dtype)
+                fm, student, labels = torch.where(logged, fm, 0.0), student[logged], labels[logged]
             if adapter is not None:  # fit the adapter to fresh labels first, then distil from it
-                a_loss = F.binary_cross_entropy_with_logits(adapter_step(fm), click[rows])
-                adapter_opt.zero_grad(set_to_none=True)
-                a_loss.backward()
-                adapter_opt.step()
+                a_in = fm[logged] if has_gaps else fm
+                if len(a_in):
+                    a_loss = F.binary_cross_entropy_with_logits(adapter_step(a_in), labels)
+                    adapter_opt.zero_grad(set_to_none=True)
+                    a_loss.backward()
+                    adapter_opt.step()
                 with torch.no_grad():
                     fm = adapter(fm)
             target = distill.label_scale * torch.sigmoid(fm)
-            student = ctr_logit if distill.mode == "single" else kd[0]
-            loss = loss + distill.weight * soft_bce(student, target)
+            if has_gaps:
+                soft = soft_bce(student, target[logged]) * keep.mean() if len(student) else student.sum()
+            else:
+                soft = soft_bce(student, target)
+            loss = loss + distill.weight * soft
         return StepLoss(loss)
 
     loop = run_epochs(data.train_idx, step, opt,
