@@ -93,6 +93,9 @@ def run_worker(task: str, job_file: str | Path, parts_dir: str | Path) -> int:
             summary = run_embed_job(job, world=world, parts_dir=parts_dir)
         if summary:
             print(summary, flush=True)
+        # both ranks leave the group together: a rank that tears gloo down while its peer is still
+        # closing connections can abort at exit ("terminate called without an active exception")
+        dist.barrier()
     except Exception as exc:
         if type(exc).__module__.split(".")[0] not in _PROJECT_PACKAGES:
             raise  # a bug: torchrun reports the traceback

@@ -35,7 +35,15 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         return 2
     workers = resolved_workers(config)
     if workers > 1:  # N processes on one port (serving/workers.py)
+        from serving.security.auth import TokenTable
+        from serving.security.tls import ServerTls
         from serving.workers import serve_workers
+
+        # the files each worker reads at start, checked once here: a bad one is the caller's error
+        # (exit 2 naming the flag), not N workers failing one after another
+        ServerTls.from_config(config)
+        if config.auth_tokens:
+            TokenTable.load(config.auth_tokens)
 
         return serve_workers(config, workers, ready_file=a.ready_file)
     from serving.server import serve_forever

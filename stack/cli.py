@@ -9,8 +9,9 @@ from stack.config import BALANCERS, REDIS_MODES, StackConfig
 
 
 def _cmd_up(a: argparse.Namespace) -> int:
-    from stack.launch import up
+    from stack.launch import refuse_if_up, up
 
+    refuse_if_up(Path(a.run_dir))
     config = StackConfig(run_dir=Path(a.run_dir), replicas=a.replicas, port=a.port, balancer=a.balancer,
                          redis=a.redis, redis_shards=a.redis_shards, repository=Path(a.repository),
                          cache_dir=Path(a.cache_dir) if a.cache_dir else None, model=a.model, triton=a.triton,

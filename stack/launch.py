@@ -79,18 +79,26 @@ def live_processes(state: StackState) -> list[ProcessRecord]:
     return [p for p in state.processes if procs.alive(p)]
 
 
+def refuse_if_up(run_dir: Path) -> None:
+    """StackAlreadyUp when a recorded process of the stack in `run_dir` is alive (checked before the
+    rest of the configuration, so a second `up` says that first)."""
+    current = read_state(run_dir.resolve())
+    if current is None:
+        return
+    live = live_processes(current)
+    if live:
+        raise StackAlreadyUp(f"a stack is already up in {run_dir.resolve()} (balancer {current.target}, "
+                             f"{len(live)} live processes): run `adrank down --run-dir {run_dir}` first")
+
+
 def up(config: StackConfig, say=print) -> StackState:  # noqa: ANN001 - a print-like callable
     """Starts the stack and returns its state once every part is healthy. On any failure everything started so
     far is stopped again and StackError says which part failed (with its log's tail)."""
     run_dir = config.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    current = read_state(run_dir)
-    if current is not None:
-        live = live_processes(current)
-        if live:
-            raise StackAlreadyUp(f"a stack is already up in {run_dir} (balancer {current.target}, "
-                                 f"{len(live)} live processes): run `adrank down --run-dir {config.run_dir}` first")
-        down(run_dir, config.stop_timeout_s, say=lambda *_: None)  # a stale record: clear it
+    refuse_if_up(config.run_dir)
+    if read_state(run_dir) is not None:  # a stale record: clear it
+        down(run_dir, config.stop_timeout_s, say=lambda *_: None)
     port = config.port or free_port()
     if not _port_free(port):
         raise StackError(f"--port {port}: 127.0.0.1:{port} is in use; pass another --port (0 picks a free one)")
