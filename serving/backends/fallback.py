@@ -71,6 +71,10 @@ class FallbackBackend(InferenceBackend):
         return both or primary
 
     @property
+    def repository(self):  # -> Path: both sides read the same model repository
+        return getattr(self.primary, "repository", None) or getattr(self.fallback, "repository", None)
+
+    @property
     def load_errors(self) -> dict[tuple[str, int], str]:
         return {**getattr(self.fallback, "load_errors", {}), **getattr(self.primary, "load_errors", {})}
 

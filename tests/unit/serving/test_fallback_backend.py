@@ -170,3 +170,10 @@ def test_a_primary_load_that_is_not_an_outage_propagates() -> None:
     primary.load_error = ModelLoadError("m/2: manifest invalid")
     with pytest.raises(ModelLoadError, match="manifest invalid"):
         asyncio.run(backend.load_version("m", 2))
+
+
+def test_the_repository_both_sides_read_is_the_backends_repository(tmp_path) -> None:
+    backend, primary, fallback = _loading()
+    assert backend.repository is None  # sides without one
+    primary.repository = tmp_path / "repo"
+    assert backend.repository == tmp_path / "repo"  # the rollout reads unloaded versions' manifests there
