@@ -184,6 +184,11 @@ class RequestLogSink:
         """`offer(build())` for a request in the sample; a request outside it is counted as sampled out
         without building its record (building is most of what logging costs the request path)."""
         if self.config.sample_rate >= 1.0 or sampled(request_id, self.config.sample_rate):
+            with self._lock:  # a full queue drops the record anyway: do not pay for building it
+                if not self._closed and len(self._queue) >= self._max:
+                    self._offered += 1
+                    self._queue_full += 1
+                    return False
             return self.offer(build())
         with self._lock:
             self._offered += 1

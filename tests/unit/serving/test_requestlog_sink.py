@@ -173,3 +173,22 @@ def test_an_unexpected_writer_failure_is_counted_and_the_writer_goes_on(tmp_path
     stats = sink.close()
     assert stats.dropped["write_error"] == 1 and stats.written == 1 and stats.offered == 2
     assert read_request_log(tmp_path).column("request_id").to_pylist() == ["kept"]
+
+
+def test_a_full_queue_drops_a_lazy_record_without_building_it(tmp_path: Path) -> None:
+    """Under overload most records are dropped: offer_lazy must not pay for building them."""
+    sink = RequestLogSink(SinkConfig(folder=str(tmp_path), queue_size=4, poll_interval_s=10))
+    built = []
+
+    def build(i: int):
+        built.append(i)
+        return make_record(f"r{i}", n=5)
+
+    try:
+        accepted = [sink.offer_lazy(f"r{i}", lambda i=i: build(i)) for i in range(20)]
+    finally:
+        stats = sink.close()
+    assert accepted.count(True) <= 4 + 1  # the writer may have taken one batch off the queue meanwhile
+    assert len(built) == accepted.count(True)  # a refused record was never built
+    assert stats.offered == 20 and stats.written + stats.dropped_total == 20
+    assert stats.dropped["queue_full"] == 20 - accepted.count(True)
