@@ -13,23 +13,18 @@ the dense matrix is built only when a row carries dense features.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from protos.adrank.v1 import ranking_pb2
 from serving.config import ServerConfig
-from serving.errors import InvalidRequest
 from serving.pipeline.context import RequestContext
 from serving.pipeline.decode_columns import ColumnsPayload, decode_columns, parse_columns_wire
 from serving.pipeline.values import DecodedRequest
-from serving.security.throttled_log import ThrottledLog
+from serving.pipeline.wire import parse_message
 
 ScorePayload = bytes | ranking_pb2.ScoreRequest | ColumnsPayload | ranking_pb2.ScoreColumnsRequest
 
-_TYPE = ranking_pb2.ScoreRequest.DESCRIPTOR.full_name
 SCORE_METHOD = "/adrank.v1.AdRanking/Score"
-_bad_input = ThrottledLog(logging.getLogger(__name__), interval_s=10.0)
 _NO_INTS = np.zeros(0, np.int64)
 _NO_FLOATS = np.zeros(0, np.float64)
 _NO_DENSE = np.zeros((0, 0), np.float32)
@@ -37,15 +32,7 @@ _NO_DENSE = np.zeros((0, 0), np.float32)
 
 def parse_wire(payload: ScorePayload) -> ranking_pb2.ScoreRequest:
     """The ScoreRequest in `payload`; InvalidRequest when the bytes are not one."""
-    if isinstance(payload, ranking_pb2.ScoreRequest):
-        return payload
-    try:
-        return ranking_pb2.ScoreRequest.FromString(payload)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse is the caller's bad input, never INTERNAL
-        # repeated bad input is logged at most once per interval, never with a traceback
-        _bad_input.warning("undecodable", "undecodable request to %s: %d bytes are not a valid %s (%s)",
-                           SCORE_METHOD, len(payload), _TYPE, type(exc).__name__)
-        raise InvalidRequest(f"request body is not a valid {_TYPE} ({len(payload)} bytes)") from None
+    return parse_message(payload, ranking_pb2.ScoreRequest, SCORE_METHOD)
 
 
 def decode_rows(req: ranking_pb2.ScoreRequest, *, max_candidates: int, max_dense_features: int) -> DecodedRequest:

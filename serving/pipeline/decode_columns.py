@@ -13,19 +13,15 @@ the one column whose row field is narrower than the pipeline's arrays (category,
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from protos.adrank.v1 import ranking_pb2
 from serving.columns import CANDIDATE_COLUMNS, column_view
 from serving.errors import InvalidRequest
 from serving.pipeline.values import DecodedRequest
-from serving.security.throttled_log import ThrottledLog
+from serving.pipeline.wire import parse_message
 
-_TYPE = ranking_pb2.ScoreColumnsRequest.DESCRIPTOR.full_name
 SCORE_COLUMNS_METHOD = "/adrank.v1.AdRanking/ScoreColumns"
-_bad_input = ThrottledLog(logging.getLogger(__name__), interval_s=10.0)
 _NO_INTS = np.zeros(0, np.int64)
 _NO_FLOATS = np.zeros(0, np.float64)
 
@@ -38,14 +34,7 @@ class ColumnsPayload(bytes):
 
 def parse_columns_wire(payload: bytes | ranking_pb2.ScoreColumnsRequest) -> ranking_pb2.ScoreColumnsRequest:
     """The ScoreColumnsRequest in `payload`; InvalidRequest when the bytes are not one."""
-    if isinstance(payload, ranking_pb2.ScoreColumnsRequest):
-        return payload
-    try:
-        return ranking_pb2.ScoreColumnsRequest.FromString(payload)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse is the caller's bad input, never INTERNAL
-        _bad_input.warning("undecodable", "undecodable request to %s: %d bytes are not a valid %s (%s)",
-                           SCORE_COLUMNS_METHOD, len(payload), _TYPE, type(exc).__name__)
-        raise InvalidRequest(f"request body is not a valid {_TYPE} ({len(payload)} bytes)") from None
+    return parse_message(payload, ranking_pb2.ScoreColumnsRequest, SCORE_COLUMNS_METHOD)
 
 
 def decode_columns(req: ranking_pb2.ScoreColumnsRequest, *, max_candidates: int,
