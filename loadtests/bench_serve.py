@@ -47,7 +47,8 @@ def _request(run_dir: Path, seed: int = 0):
                          request_time_ms=int(catalog["max_ts_ms"][0]) + 1)
 
 
-def _us(fn, n: int, warmup: int = 20) -> np.ndarray:
+def timed_us(fn, n: int, warmup: int = 20) -> np.ndarray:
+    """µs per call of `fn` over `n` calls, after `warmup` untimed ones (the benches' one timing loop)."""
     for _ in range(warmup):
         fn()
     out = np.empty(n)
@@ -106,11 +107,11 @@ def in_process(run_dir: Path, request, n: int) -> dict:
         stage_s.append([ctx.timings[name] for name in STAGE_NAMES])
 
     out = {
-        "ort_run": _stats(_us(lambda: session.run(["p_ctr", "p_cvr"], inputs), n)),
-        "request_parse_wire": _stats(_us(lambda: ranking_pb2.ScoreRequest.FromString(payload), n)),
-        "parse_request": _stats(_us(lambda: parse_request(request, config, config.default_model), n)),
-        "score_in_process": _stats(_us(score, n)),
-        "response_serialize": _stats(_us(response.SerializeToString, n)),
+        "ort_run": _stats(timed_us(lambda: session.run(["p_ctr", "p_cvr"], inputs), n)),
+        "request_parse_wire": _stats(timed_us(lambda: ranking_pb2.ScoreRequest.FromString(payload), n)),
+        "parse_request": _stats(timed_us(lambda: parse_request(request, config, config.default_model), n)),
+        "score_in_process": _stats(timed_us(score, n)),
+        "response_serialize": _stats(timed_us(response.SerializeToString, n)),
         "batch_shapes": {k: list(v.shape) for k, v in inputs.items()},
         "request_bytes": len(payload), "response_bytes": len(response.SerializeToString()),
     }
@@ -172,7 +173,7 @@ def end_to_end(run_dir: Path, serve_args: list[str], quick: bool, capacity: bool
             def call() -> None:
                 server_us.append(stub.Score(request, timeout=5).timing.total_us)
 
-            client = _us(call, n, warmup=30)
+            client = timed_us(call, n, warmup=30)
         out.update({"calls": n, **percentiles(client, key="client_p{q}_us"),
                     **percentiles(server_us[-n:], key="server_p{q}_us")})
         if capacity:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from loadtests.bench_serve import timed_us
 from protos.adrank.v1 import ranking_pb2
 
 COLUMNS = (("ad_id", "<i8", descriptor_pb2.FieldDescriptorProto.TYPE_INT64, ranking_pb2.DTYPE_INT64),
@@ -40,14 +40,8 @@ def packed_message_class():
 
 
 def _us(fn, n: int) -> float:
-    for _ in range(min(n, 50)):
-        fn()
-    out = np.empty(n)
-    for i in range(n):
-        t = time.perf_counter()
-        fn()
-        out[i] = time.perf_counter() - t
-    return float(np.median(out) * 1e6)
+    """Median µs per call."""
+    return float(np.median(timed_us(fn, n, warmup=min(n, 50))))
 
 
 def measure(candidates: int = 200, n: int = 2000, seed: int = 0) -> dict:
