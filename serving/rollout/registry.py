@@ -296,6 +296,29 @@ class RolloutRegistry(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    # -- shared analysis state (not audited, no change-counter bump: nothing here moves traffic) ---------
+    @abc.abstractmethod
+    def put_shared(self, key: str, value: str, ttl_ms: int | None = None) -> None:
+        """Store `value` under `key`, expiring after `ttl_ms` (None: kept until overwritten or deleted).
+        Replicas publish their window statistics here, and the analysis its rollout state."""
+
+    @abc.abstractmethod
+    def get_shared(self, prefix: str) -> dict[str, str]:
+        """Every unexpired key starting with `prefix`, with its value."""
+
+    @abc.abstractmethod
+    def delete_shared(self, key: str) -> None:
+        """Forget `key` (absent is fine)."""
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take lease `name` for `ttl_ms` if it is free, expired or already `holder`'s (a renewal); True
+        when `holder` holds it now. Atomic: of replicas racing for a free lease exactly one wins."""
+
+    @abc.abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give lease `name` up if `holder` holds it, so a successor need not wait for its expiry."""
+
     # -- operations ----------------------------------------------------------------------------------------
     def register(self, manifest: ModelManifest, *, actor: str, reason: str = "exported") -> VersionRecord:
         """Record a new version as staged. Registering the same version again with the same checksum is a

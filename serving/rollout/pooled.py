@@ -1,0 +1,168 @@
+"""Per-arm window statistics every replica publishes, and the pooled window the leading replica judges.
+
+Why: behind a balancer each replica serves only its share of the canary's users, so a window judged on
+one replica's traffic sees a fraction of the evidence (and one replica per rollout would have to be
+reached by the admin call). Every replica therefore keeps, per model with a canary route, cumulative
+counts since that canary appeared — calls, errors, a latency histogram, a histogram of served p_ctr and
+its sum — and publishes them to the shared registry every poll with a time to live. The replica holding
+the rollout's analysis lease sums them, subtracts what it had already judged (the baseline, stored with
+the rollout so a successor starts where it stopped), and decides.
+
+Histograms over fixed log-spaced edges merge by addition, which quantile samples do not: the pooled p99
+is read from the latency histogram (bins 2% wide, so within 2% of the exact quantile), and the PSI uses
+the p_ctr histogram, its fine bins merged into `psi_bins` bins at live's quantiles, as the single-replica
+check cuts raw samples. Scores are histogrammed for every call up to `FULL_SCORE_CALLS` calls per arm,
+then for a 1-in-`SCORE_STRIDE` subsample chosen by call count (never by score, so the histogram and the
+mean stay unbiased).
+
+    stats = ArmStats()
+    stats.add(latency_ms=3.2, ok=True, p_ctr=np.array([0.01, 0.2]))
+    window = pooled_window({"a": {"live": s1, "canary": s2}, "b": {...}}, baseline={}, psi_bins=10)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.rollout.analysis import ArmWindow, WindowMetrics
+
+LATENCY_EDGES_MS = np.geomspace(0.01, 120_000.0, int(math.log(1.2e7) / math.log(1.02)) + 1)
+"""Latency bin edges: 10 µs to 2 minutes, each bin 2% wider than the last (under- and overflow bins beside)."""
+P_CTR_EDGES = np.geomspace(1e-6, 1.0, int(math.log(1e6) / math.log(1.05)) + 1)
+"""p_ctr bin edges: 1e-6 to 1, 5% apart (p_ctr lives near 0, where linear bins would lump everything)."""
+FULL_SCORE_CALLS = 2_000
+SCORE_STRIDE = 20
+
+
+def _bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bin index per value: 0 below the first edge, len(edges) above the last."""
+    return np.searchsorted(edges, values, side="right")
+
+
+@dataclass
+class ArmStats:
+    """One arm's cumulative counts on one replica. Sparse histograms: bin index → count."""
+
+    calls: int = 0
+    errors: int = 0
+    latency: dict[int, int] = field(default_factory=dict)
+    scores: dict[int, int] = field(default_factory=dict)
+    score_sum: float = 0.0
+    score_n: int = 0
+
+    def add(self, latency_ms: float, ok: bool, p_ctr: np.ndarray | None = None) -> None:
+        self.calls += 1
+        self.errors += 0 if ok else 1
+        b = int(_bins(LATENCY_EDGES_MS, np.float64(latency_ms)))
+        self.latency[b] = self.latency.get(b, 0) + 1
+        if p_ctr is not None and p_ctr.size:
+            p = np.asarray(p_ctr, np.float64)
+            p = p[np.isfinite(p)]
+            for b, n in zip(*np.unique(_bins(P_CTR_EDGES, p), return_counts=True), strict=True):
+                self.scores[int(b)] = self.scores.get(int(b), 0) + int(n)
+            self.score_sum += float(p.sum())
+            self.score_n += int(p.size)
+
+    def wants_scores(self) -> bool:
+        """Whether this call's scores should be histogrammed (decided by call count, before the call counts)."""
+        return self.calls < FULL_SCORE_CALLS or self.calls % SCORE_STRIDE == 0
+
+    def to_dict(self) -> dict:
+        return {"calls": self.calls, "errors": self.errors, "latency": sorted(self.latency.items()),
+                "scores": sorted(self.scores.items()), "score_sum": self.score_sum, "score_n": self.score_n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ArmStats:
+        return cls(calls=int(d["calls"]), errors=int(d["errors"]),
+                   latency={int(b): int(n) for b, n in d["latency"]}, scores={int(b): int(n) for b, n in d["scores"]},
+                   score_sum=float(d["score_sum"]), score_n=int(d["score_n"]))
+
+    def minus(self, earlier: ArmStats | None) -> ArmStats:
+        """What was added since `earlier` (a snapshot of this same accumulator)."""
+        if earlier is None:
+            return self
+
+        def sub(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+            return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0) > 0}
+
+        if earlier.calls > self.calls:  # not an earlier snapshot of this accumulator: start over
+            return self
+        return ArmStats(self.calls - earlier.calls, self.errors - earlier.errors, sub(self.latency, earlier.latency),
+                        sub(self.scores, earlier.scores), self.score_sum - earlier.score_sum,
+                        self.score_n - earlier.score_n)
+
+    def plus(self, other: ArmStats) -> ArmStats:
+        def add(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = out.get(k, 0) + v
+            return out
+
+        return ArmStats(self.calls + other.calls, self.errors + other.errors, add(self.latency, other.latency),
+                        add(self.scores, other.scores), self.score_sum + other.score_sum, self.score_n + other.score_n)
+
+    def p99_ms(self) -> float | None:
+        """The 99th percentile latency, as the upper edge of the bin holding it (an over-estimate by < 2%)."""
+        if not self.latency:
+            return None
+        bins = sorted(self.latency)
+        counts = np.array([self.latency[b] for b in bins], np.float64)
+        at = int(np.searchsorted(np.cumsum(counts), 0.99 * counts.sum(), side="left"))
+        b = bins[min(at, len(bins) - 1)]
+        return float(LATENCY_EDGES_MS[min(b, len(LATENCY_EDGES_MS) - 1)])
+
+    def score_counts(self) -> np.ndarray:
+        out = np.zeros(len(P_CTR_EDGES) + 1, np.int64)
+        for b, n in self.scores.items():
+            out[b] = n
+        return out
+
+
+Snapshot = Mapping[str, Mapping[str, ArmStats]]
+"""replica id → arm → cumulative stats."""
+
+
+def coarse_bins(live: np.ndarray, canary: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge fine histogram bins into about `bins` groups holding equal shares of live's mass."""
+    total = live.sum()
+    if total <= 0:
+        return live, canary
+    group = np.minimum((np.cumsum(live) - live / 2) / total * bins, bins - 1).astype(np.int64)
+    group = np.maximum.accumulate(group)
+    return np.bincount(group, weights=live, minlength=bins), np.bincount(group, weights=canary, minlength=bins)
+
+
+def pooled_window(current: Snapshot, baseline: Snapshot, psi_bins: int) -> tuple[WindowMetrics, dict]:
+    """The window since `baseline`, summed over every replica in `current`, and per-replica call counts."""
+    arms = {"live": ArmStats(), "canary": ArmStats()}
+    per_replica = {}
+    for replica, stats in sorted(current.items()):
+        counted = {}
+        for arm in arms:
+            if arm in stats:
+                delta = stats[arm].minus(baseline.get(replica, {}).get(arm))
+                arms[arm] = arms[arm].plus(delta)
+                counted[arm] = delta.calls
+        per_replica[replica] = counted
+    live, can = arms["live"], arms["canary"]
+    lc, cc = coarse_bins(live.score_counts(), can.score_counts(), psi_bins)
+    has_scores = live.score_n > 0 and can.score_n > 0
+
+    def window(a: ArmStats, counts: np.ndarray) -> ArmWindow:
+        return ArmWindow(requests=a.calls, errors=a.errors, p99_ms=a.p99_ms(),
+                         score_counts=counts if has_scores else None,
+                         mean_p_ctr=a.score_sum / a.score_n if a.score_n else None)
+
+    return WindowMetrics(live=window(live, lc), canary=window(can, cc)), per_replica
+
+
+def snapshot_to_dict(s: Snapshot) -> dict:
+    return {r: {arm: st.to_dict() for arm, st in arms.items()} for r, arms in s.items()}
+
+
+def snapshot_from_dict(d: Mapping) -> dict[str, dict[str, ArmStats]]:
+    return {r: {arm: ArmStats.from_dict(st) for arm, st in arms.items()} for r, arms in d.items()}
