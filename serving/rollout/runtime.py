@@ -455,7 +455,8 @@ class RolloutRuntime:
                 rollout.ended = rollout.ended or "handed_over"
                 break
             window, per_replica = pooled
-            window = replace(window, pooled={"replicas": per_replica, "live_calls": window.live.requests,
+            window = replace(window, pooled={"decided_by": self.replica, "replicas": per_replica,
+                                             "live_calls": window.live.requests,
                                              "canary_calls": window.canary.requests})
             record = await asyncio.to_thread(self.registry.get, spec.model, spec.version)
             if record.state is not S.CANARY:  # an operator promoted, rolled back or aborted meanwhile
