@@ -67,6 +67,9 @@ class ArmStats:
             self.score_sum += float(p.sum())
             self.score_n += int(p.size)
 
+    def copy(self) -> ArmStats:
+        return ArmStats(self.calls, self.errors, dict(self.latency), dict(self.scores), self.score_sum, self.score_n)
+
     def wants_scores(self) -> bool:
         """Whether this call's scores should be histogrammed (decided by call count, before the call counts)."""
         return self.calls < FULL_SCORE_CALLS or self.calls % SCORE_STRIDE == 0

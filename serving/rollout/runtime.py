@@ -34,12 +34,12 @@ from serving.backends.base import InferenceBackend
 from serving.errors import RankingError
 from serving.rollout.analysis import AnalysisState, ArmWindow, CheckResult, Decision, WindowMetrics
 from serving.rollout.controller import RolloutController
+from serving.rollout.errors import RolloutError, StateConflict, UnknownVersion
 from serving.rollout.labels import with_labels
 from serving.rollout.pooled import ArmStats, pooled_window
-from serving.rollout.shared import RolloutDoc, SharedAnalysis, canary_key, new_replica_id
-from serving.rollout.errors import RolloutError, StateConflict, UnknownVersion
 from serving.rollout.preflight import CacheOpener, PreflightReport, preflight
 from serving.rollout.registry import RolloutRegistry
+from serving.rollout.shared import RolloutDoc, SharedAnalysis, canary_key, new_replica_id
 from serving.rollout.spec import RolloutSpec
 from serving.rollout.states import VersionState
 from serving.rollout.watcher import RoutingWatcher
@@ -257,20 +257,26 @@ class RolloutRuntime:
         await self.sync_versions()
         self.synced.set()
         try:
-            await asyncio.to_thread(self.share)
+            await asyncio.to_thread(self.share, self._stats_snapshot())
         except RolloutError as exc:  # the registry is down: counts keep accumulating, published next time
             log.warning("rollout: publishing window statistics failed: %s", exc)
 
-    def share(self) -> None:
-        """Publish this replica's counts, renew the leases of the rollouts it leads, and take over a
-        rollout whose leader stopped renewing."""
+    def _stats_snapshot(self) -> dict[str, tuple[str, dict[str, ArmStats]]]:
+        """A copy of the counts of models whose canary is still routed (taken on the event loop, which
+        `observe` mutates them on, so a worker thread can serialise it); the others are forgotten."""
         tables = self.watcher.tables()
         for model in list(self.stats):
             table = tables.get(model)
-            key, arms = self.stats[model]
-            if table is None or table.canary is None or canary_key(table.canary.version, table.canary.salt) != key:
-                self.stats.pop(model, None)
-                continue
+            if table is None or table.canary is None or \
+                    canary_key(table.canary.version, table.canary.salt) != self.stats[model][0]:
+                del self.stats[model]
+        return {m: (k, {a: s.copy() for a, s in arms.items()}) for m, (k, arms) in self.stats.items()}
+
+    def share(self, snapshot: Mapping[str, tuple[str, Mapping[str, ArmStats]]]) -> None:
+        """Publish this replica's counts, renew the leases of the rollouts it leads, and take over a
+        rollout whose leader stopped renewing."""
+        tables = self.watcher.tables()
+        for model, (key, arms) in snapshot.items():
             self.shared.publish(model, key, arms)
         for model, table in tables.items():
             if table.canary is None:
@@ -403,31 +409,32 @@ class RolloutRuntime:
         controller = RolloutController(self.registry, spec, actor=actor)
         state = await asyncio.to_thread(controller.start, report, reason=reason or "rollout started")
         doc = RolloutDoc(spec, int(time.time() * 1000), state, leader=self.replica)
-        await asyncio.to_thread(self._begin, doc)
+        await asyncio.to_thread(self._begin, doc, self._stats_snapshot())
         rollout = ActiveRollout(spec, controller, state, doc=doc)
         self.rollouts[spec.model] = rollout
         rollout.task = asyncio.create_task(self._analyse(rollout))
         await self.poll_once()
         return rollout
 
-    def _begin(self, doc: RolloutDoc) -> None:
+    def _begin(self, doc: RolloutDoc, snapshot: Mapping[str, tuple[str, Mapping[str, ArmStats]]]) -> None:
         """Store the new rollout, lead it, and judge only traffic from now on (the baseline)."""
         if not self.shared.hold(doc):
             raise StateConflict(f"{doc.spec.model}: another replica leads this rollout's analysis")
         doc.baseline = dict(self.shared.snapshot(doc.spec.model, doc.canary))
-        held = self.stats.get(doc.spec.model)
+        held = snapshot.get(doc.spec.model)
         if held is not None and held[0] == doc.canary:
-            doc.baseline[self.replica] = {a: ArmStats.from_dict(s.to_dict()) for a, s in held[1].items()}
+            doc.baseline[self.replica] = dict(held[1])
         self.shared.save(doc)
 
-    def _pooled(self, rollout: ActiveRollout) -> tuple[WindowMetrics, dict] | None:
+    def _pooled(self, rollout: ActiveRollout, snapshot: Mapping[str, tuple[str, Mapping[str, ArmStats]]]
+                ) -> tuple[WindowMetrics, dict] | None:
         """The window since the last decision over every replica's counts, with labels; None when this
         replica no longer holds the lease."""
         doc = rollout.doc
         spec = rollout.spec
         if doc is None or not self.shared.hold(doc):
             return None
-        held = self.stats.get(spec.model)
+        held = snapshot.get(spec.model)
         if held is not None and held[0] == doc.canary:
             self.shared.publish(spec.model, held[0], held[1])  # this replica's counts as of now
         current = self.shared.snapshot(spec.model, doc.canary)
@@ -446,7 +453,7 @@ class RolloutRuntime:
             if rollout.paused:
                 continue
             try:
-                pooled = await asyncio.to_thread(self._pooled, rollout)
+                pooled = await asyncio.to_thread(self._pooled, rollout, self._stats_snapshot())
             except RolloutError as exc:
                 log.warning("rollout %s/%s: could not pool the window: %s", spec.model, spec.version, exc)
                 continue

@@ -2,11 +2,11 @@
 
 Keys (`RolloutRegistry.put_shared`, none audited, none moving traffic):
 
-| key                                      | holds                                                    | expiry |
-|------------------------------------------|----------------------------------------------------------|--------|
-| `stats:<model>:<canary key>:<replica>`   | a replica's cumulative per-arm `ArmStats` for this canary | 3 × lease or 10 s |
-| `rollout:<model>`                        | the rollout: spec, analysis state, pause flag, baseline   | none |
-| lease `analysis:<model>:<started_ms>`    | the replica deciding for the rollout                      | `lease_s` |
+| key                                    | holds                                                  | expiry          |
+|----------------------------------------|--------------------------------------------------------|-----------------|
+| `stats:<model>:<canary key>:<replica>` | a replica's cumulative per-arm `ArmStats` (this canary) | 3 × lease, ≥10 s |
+| `rollout:<model>`                      | the rollout: spec, analysis state, pause flag, baseline | none            |
+| lease `analysis:<model>:<started_ms>`  | the replica deciding for the rollout                    | `lease_s`       |
 
 The canary key is the canary's version and a digest of its salt, so a replica's counts restart whenever
 the canary changes. A replica id is host, pid and a random suffix: a restarted replica is a new one, with
@@ -20,6 +20,7 @@ was already judged, so the first window it judges is everything since the last d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ def new_replica_id() -> str:
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+@functools.lru_cache(maxsize=256)
 def canary_key(version: int, salt: str) -> str:
     return f"{version}.{hashlib.sha256(salt.encode()).hexdigest()[:12]}"
 
