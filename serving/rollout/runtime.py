@@ -95,7 +95,9 @@ class _ArmAccumulator:
 
 
 class ArmWindows:
-    """Per (model, arm): calls, errors, latency and p_ctr samples since the last `take` (bounded)."""
+    """Per (model, arm): calls, errors, latency and p_ctr samples since the last `take` (bounded). Exact
+    quantiles of one process's calls; the server pools `serving.rollout.pooled.ArmStats` instead, whose
+    histograms merge across replicas."""
 
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
@@ -176,7 +178,6 @@ class RolloutRuntime:
         self.newest_ready = newest_ready or (lambda name: self.backend.models()[name][-1])
         self.poll_s, self.unload_grace_s, self.open_cache = poll_s, unload_grace_s, open_cache
         self.watcher = watcher or RoutingWatcher(registry)
-        self.windows = ArmWindows()
         self.replica = replica_id or new_replica_id()
         self.shared = SharedAnalysis(registry, self.replica, lease_s)
         self.stats: dict[str, tuple[str, dict[str, ArmStats]]] = {}
@@ -288,7 +289,8 @@ class RolloutRuntime:
                     self._end(model, "handed_over")
                 continue
             doc = self.shared.load(model)
-            if doc is None or doc.state.phase != "progressing" or doc.spec.version != table.canary.version:
+            if doc is None or doc.ended or doc.state.phase != "progressing" \
+                    or doc.spec.version != table.canary.version:
                 continue
             if self.shared.hold(doc):
                 self._take_over(doc)
@@ -468,6 +470,7 @@ class RolloutRuntime:
             record = await asyncio.to_thread(self.registry.get, spec.model, spec.version)
             if record.state is not S.CANARY:  # an operator promoted, rolled back or aborted meanwhile
                 rollout.ended = rollout.ended or "superseded"
+                await asyncio.to_thread(self._end_shared, spec.model, "superseded")
                 break
             rollout.deciding = True
             try:
@@ -544,6 +547,20 @@ class RolloutRuntime:
         rollout = self.rollouts.get(model)
         if rollout is not None and not rollout.ended:
             rollout.ended = how
+        if how != "handed_over":
+            self._end_shared(model, how)
+
+    def _end_shared(self, model: str, how: str) -> None:
+        """Mark the stored rollout ended (an operator verb may reach any replica), so no replica ever
+        takes over an analysis whose canary left through an operator."""
+        try:
+            doc = self.shared.load(model)
+            if doc is not None and not doc.ended:
+                doc.ended = how
+                self.shared.save(doc)
+                self.shared.release(doc)
+        except RolloutError as exc:
+            log.warning("rollout %s: could not mark the stored rollout ended: %s", model, exc)
 
     def promote(self, model: str, *, actor: str, reason: str) -> None:
         """The canary (else the shadow) becomes live now, skipping the remaining steps."""

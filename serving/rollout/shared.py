@@ -53,6 +53,8 @@ class RolloutDoc:
     state: AnalysisState
     paused: bool = False
     leader: str = ""
+    ended: str = ""
+    """Set when an operator verb (or a change made elsewhere) ended the rollout: never taken over."""
     baseline: dict[str, dict[str, ArmStats]] = field(default_factory=dict)
 
     @property
@@ -66,7 +68,7 @@ class RolloutDoc:
     def to_json(self) -> str:
         s = self.state
         return json.dumps({"spec": self.spec.to_dict(), "started_ms": self.started_ms, "paused": self.paused,
-                           "leader": self.leader, "baseline": snapshot_to_dict(self.baseline),
+                           "leader": self.leader, "ended": self.ended, "baseline": snapshot_to_dict(self.baseline),
                            "state": {"step": s.step, "failed_windows": s.failed_windows, "windows": s.windows,
                                      "phase": s.phase}}, default=float)
 
@@ -76,6 +78,7 @@ class RolloutDoc:
         spec = RolloutSpec.from_dict(d["spec"])
         st = d["state"]
         return cls(spec=spec, started_ms=int(d["started_ms"]), paused=bool(d["paused"]), leader=str(d["leader"]),
+                   ended=str(d.get("ended", "")),
                    baseline=snapshot_from_dict(d["baseline"]),
                    state=AnalysisState(spec, step=int(st["step"]), failed_windows=int(st["failed_windows"]),
                                        windows=int(st["windows"]), phase=st["phase"]))
