@@ -22,6 +22,7 @@ mean stay unbiased).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,86 +44,93 @@ def _bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, values, side="right")
 
 
-@dataclass
+_LATENCY_EDGES = LATENCY_EDGES_MS.tolist()  # bisect on a list: the per-call lookup costs no numpy dispatch
+N_LATENCY_BINS = len(LATENCY_EDGES_MS) + 1
+N_P_CTR_BINS = len(P_CTR_EDGES) + 1
+
+
+@dataclass(eq=False)
 class ArmStats:
-    """One arm's cumulative counts on one replica. Sparse histograms: bin index → count."""
+    """One arm's cumulative counts on one replica: dense histograms in memory (an add is a bin lookup and
+    an increment), sparse [bin, count] pairs on the wire."""
 
     calls: int = 0
     errors: int = 0
-    latency: dict[int, int] = field(default_factory=dict)
-    scores: dict[int, int] = field(default_factory=dict)
+    latency: np.ndarray = field(default_factory=lambda: np.zeros(N_LATENCY_BINS, np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(N_P_CTR_BINS, np.int64))
     score_sum: float = 0.0
     score_n: int = 0
 
     def add(self, latency_ms: float, ok: bool, p_ctr: np.ndarray | None = None) -> None:
         self.calls += 1
         self.errors += 0 if ok else 1
-        b = int(_bins(LATENCY_EDGES_MS, np.float64(latency_ms)))
-        self.latency[b] = self.latency.get(b, 0) + 1
+        self.latency[bisect.bisect_right(_LATENCY_EDGES, latency_ms)] += 1
         if p_ctr is not None and p_ctr.size:
             p = np.asarray(p_ctr, np.float64)
-            p = p[np.isfinite(p)]
-            for b, n in zip(*np.unique(_bins(P_CTR_EDGES, p), return_counts=True), strict=True):
-                self.scores[int(b)] = self.scores.get(int(b), 0) + int(n)
+            if not np.isfinite(p).all():
+                p = p[np.isfinite(p)]
+            np.add.at(self.scores, _bins(P_CTR_EDGES, p), 1)
             self.score_sum += float(p.sum())
             self.score_n += int(p.size)
 
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ArmStats) and (self.calls, self.errors, self.score_n) ==
+                (other.calls, other.errors, other.score_n) and self.score_sum == other.score_sum
+                and np.array_equal(self.latency, other.latency) and np.array_equal(self.scores, other.scores))
+
     def copy(self) -> ArmStats:
-        return ArmStats(self.calls, self.errors, dict(self.latency), dict(self.scores), self.score_sum, self.score_n)
+        return ArmStats(self.calls, self.errors, self.latency.copy(), self.scores.copy(), self.score_sum,
+                        self.score_n)
 
     def wants_scores(self) -> bool:
         """Whether this call's scores should be histogrammed (decided by call count, before the call counts)."""
         return self.calls < FULL_SCORE_CALLS or self.calls % SCORE_STRIDE == 0
 
     def to_dict(self) -> dict:
-        return {"calls": self.calls, "errors": self.errors, "latency": sorted(self.latency.items()),
-                "scores": sorted(self.scores.items()), "score_sum": self.score_sum, "score_n": self.score_n}
+        def sparse(a: np.ndarray) -> list[list[int]]:
+            nz = np.flatnonzero(a)
+            return [[int(b), int(a[b])] for b in nz]
+
+        return {"calls": self.calls, "errors": self.errors, "latency": sparse(self.latency),
+                "scores": sparse(self.scores), "score_sum": self.score_sum, "score_n": self.score_n}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ArmStats:
+        def dense(pairs, n: int, what: str) -> np.ndarray:
+            out = np.zeros(n, np.int64)
+            for b, c in pairs:
+                if not 0 <= int(b) < n or int(c) < 0:
+                    raise ValueError(f"{what}: bin {b} count {c} outside [0, {n})")
+                out[int(b)] = int(c)
+            return out
+
         return cls(calls=int(d["calls"]), errors=int(d["errors"]),
-                   latency={int(b): int(n) for b, n in d["latency"]}, scores={int(b): int(n) for b, n in d["scores"]},
+                   latency=dense(d["latency"], N_LATENCY_BINS, "latency"),
+                   scores=dense(d["scores"], N_P_CTR_BINS, "scores"),
                    score_sum=float(d["score_sum"]), score_n=int(d["score_n"]))
 
     def minus(self, earlier: ArmStats | None) -> ArmStats:
         """What was added since `earlier` (a snapshot of this same accumulator)."""
-        if earlier is None:
+        if earlier is None or earlier.calls > self.calls:  # none, or not an earlier snapshot of this one
             return self
-
-        def sub(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
-            return {k: v - b.get(k, 0) for k, v in a.items() if v - b.get(k, 0) > 0}
-
-        if earlier.calls > self.calls:  # not an earlier snapshot of this accumulator: start over
-            return self
-        return ArmStats(self.calls - earlier.calls, self.errors - earlier.errors, sub(self.latency, earlier.latency),
-                        sub(self.scores, earlier.scores), self.score_sum - earlier.score_sum,
-                        self.score_n - earlier.score_n)
+        return ArmStats(self.calls - earlier.calls, self.errors - earlier.errors,
+                        np.maximum(self.latency - earlier.latency, 0), np.maximum(self.scores - earlier.scores, 0),
+                        self.score_sum - earlier.score_sum, self.score_n - earlier.score_n)
 
     def plus(self, other: ArmStats) -> ArmStats:
-        def add(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
-            out = dict(a)
-            for k, v in b.items():
-                out[k] = out.get(k, 0) + v
-            return out
-
-        return ArmStats(self.calls + other.calls, self.errors + other.errors, add(self.latency, other.latency),
-                        add(self.scores, other.scores), self.score_sum + other.score_sum, self.score_n + other.score_n)
+        return ArmStats(self.calls + other.calls, self.errors + other.errors, self.latency + other.latency,
+                        self.scores + other.scores, self.score_sum + other.score_sum, self.score_n + other.score_n)
 
     def p99_ms(self) -> float | None:
         """The 99th percentile latency, as the upper edge of the bin holding it (an over-estimate by < 2%)."""
-        if not self.latency:
+        total = int(self.latency.sum())
+        if total == 0:
             return None
-        bins = sorted(self.latency)
-        counts = np.array([self.latency[b] for b in bins], np.float64)
-        at = int(np.searchsorted(np.cumsum(counts), 0.99 * counts.sum(), side="left"))
-        b = bins[min(at, len(bins) - 1)]
+        b = int(np.searchsorted(np.cumsum(self.latency), 0.99 * total, side="left"))
         return float(LATENCY_EDGES_MS[min(b, len(LATENCY_EDGES_MS) - 1)])
 
     def score_counts(self) -> np.ndarray:
-        out = np.zeros(len(P_CTR_EDGES) + 1, np.int64)
-        for b, n in self.scores.items():
-            out[b] = n
-        return out
+        return self.scores
 
 
 Snapshot = Mapping[str, Mapping[str, ArmStats]]
