@@ -17,11 +17,12 @@ Keys, under `prefix` (default "adrank:rollout:"):
 | `audit`          | list   | audit entries as JSON, in seq order                           |
 | `audit_seq`      | string | the last audit seq                                           |
 | `shared:<key>`   | string | analysis state: replicas' window statistics (with a TTL), rollout state |
+| `shared_index:<group>` | set | the keys of one group (a key up to its last ':'), so reads never SCAN |
 | `lease:<name>`   | string | the replica holding an analysis lease (with a TTL)           |
 
 Redis cannot refuse a rewrite of the audit list the way SQLite's triggers do; give the registry's Redis
 user ACLs that allow only the commands used here (WATCH, MULTI, EXEC, HGETALL, HSET, SADD, SMEMBERS,
-RPUSH, LRANGE, GET, SET, INCR, and for the shared analysis state SCAN, MGET, DEL, EVALSHA/EVAL).
+RPUSH, LRANGE, GET, SET, INCR, and for the shared analysis state SREM, MGET, DEL, EVALSHA/EVAL).
 
     registry = RedisRegistry("redis://:PASSWORD@adrank-redis:6379/1")
 """
@@ -190,20 +191,37 @@ class RedisRegistry(RolloutRegistry):
         except redis.exceptions.RedisError as exc:
             raise RegistryUnavailable(f"rollout registry unreachable: {exc}") from exc
 
+    # Keys are found through an index set per group (the key up to its last ':'), never by SCAN: the
+    # registry's database may hold many other keys, and every replica reads a group every poll.
+    def _index(self, key: str) -> str:
+        return self._key("shared_index:" + key[: key.rfind(":") + 1])
+
     def put_shared(self, key: str, value: str, ttl_ms: int | None = None) -> None:
-        self._call(self._client.set, self._key(f"shared:{key}"), value, px=None if ttl_ms is None else int(ttl_ms))
+        def write() -> None:
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self._key(f"shared:{key}"), value, px=None if ttl_ms is None else int(ttl_ms))
+                pipe.sadd(self._index(key), key)
+                pipe.execute()
+
+        self._call(write)
 
     def get_shared(self, prefix: str) -> dict[str, str]:
-        head = self._key("shared:")
-        match = head + prefix.replace("\\", "\\\\").replace("*", "\\*").replace("?", "\\?").replace("[", "\\[") + "*"
-        keys = sorted(self._call(lambda: list(self._client.scan_iter(match=match, count=500))))
+        """`prefix` must be a group: everything up to and including the last ':' of the keys wanted."""
+        if not prefix.endswith(":"):
+            raise ValueError(f"prefix: must end with ':' (a key group), got {prefix!r}")
+        index = self._index(prefix)
+        keys = sorted(self._call(self._client.smembers, index))
         if not keys:
             return {}
-        values = self._call(self._client.mget, keys)
-        return {k[len(head):]: v for k, v in zip(keys, values, strict=True) if v is not None}
+        values = self._call(self._client.mget, [self._key(f"shared:{k}") for k in keys])
+        gone = [k for k, v in zip(keys, values, strict=True) if v is None]
+        if gone:  # expired (a replica that stopped publishing): drop from the index
+            self._call(self._client.srem, index, *gone)
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
     def delete_shared(self, key: str) -> None:
         self._call(self._client.delete, self._key(f"shared:{key}"))
+        self._call(self._client.srem, self._index(key), key)
 
     def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
         return bool(self._call(self._acquire, keys=[self._key(f"lease:{name}")], args=[holder, int(ttl_ms)]))

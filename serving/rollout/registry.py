@@ -304,7 +304,8 @@ class RolloutRegistry(abc.ABC):
 
     @abc.abstractmethod
     def get_shared(self, prefix: str) -> dict[str, str]:
-        """Every unexpired key starting with `prefix`, with its value."""
+        """Every unexpired key of the group `prefix` (the keys' text up to and including their last ':'),
+        with its value."""
 
     @abc.abstractmethod
     def delete_shared(self, key: str) -> None:

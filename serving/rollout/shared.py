@@ -107,7 +107,7 @@ class SharedAnalysis:
         self.registry.put_shared(f"rollout:{doc.spec.model}", doc.to_json())
 
     def load(self, model: str) -> RolloutDoc | None:
-        raw = self.registry.get_shared(f"rollout:{model}").get(f"rollout:{model}")
+        raw = self.registry.get_shared("rollout:").get(f"rollout:{model}")
         return RolloutDoc.from_json(raw) if raw is not None else None
 
     def hold(self, doc: RolloutDoc) -> bool:

@@ -322,12 +322,12 @@ def test_shared_values_expire_and_match_by_prefix_only(open_registry):
     b.put_shared("stats:vm:2.x:r2", "two", ttl_ms=None)
     a.put_shared("stats:vm2:2.x:r3", "other model", ttl_ms=None)
     a.put_shared("stats:v_:2.x:r4", "a prefix wildcard must not match", ttl_ms=None)
-    assert b.get_shared("stats:vm:") == {"stats:vm:2.x:r1": "one", "stats:vm:2.x:r2": "two"}
-    assert a.get_shared("stats:v_:") == {"stats:v_:2.x:r4": "a prefix wildcard must not match"}
+    assert b.get_shared("stats:vm:2.x:") == {"stats:vm:2.x:r1": "one", "stats:vm:2.x:r2": "two"}
+    assert a.get_shared("stats:v_:2.x:") == {"stats:v_:2.x:r4": "a prefix wildcard must not match"}
     time.sleep(0.45)
-    assert b.get_shared("stats:vm:") == {"stats:vm:2.x:r2": "two"}
+    assert b.get_shared("stats:vm:2.x:") == {"stats:vm:2.x:r2": "two"}
     a.delete_shared("stats:vm:2.x:r2")
-    assert b.get_shared("stats:vm:") == {}
+    assert b.get_shared("stats:vm:2.x:") == {}
     assert a.change_counter() == 0  # shared state moves no traffic: replicas do not rebuild tables for it
 
 
