@@ -3,7 +3,7 @@ with a SQLite registry, simulated users of the synthetic world whose clicks are 
 (`loadtests.simulate`, labels minutes after the impression in simulated time), `adrank logs join`, and
 `adrank monitor --serve-metrics`, whose /metrics page is the spec's label source.
 
-The canary v2 scores p_ctr × 3: with the PSI and mean-ratio checks opened wide, only calibration can
+The canary v2 scores p_ctr × 2: with the PSI and mean-ratio checks opened wide, only calibration can
 catch it. Before labels exist the check is skipped, and says so in `status`, and the last step holds
 instead of promoting; once the join has ≥ min_labelled impressions per arm, the canary/live ratio is
 out of bound and the canary is rolled back with "calibration" in the audited reason. A copy of the live
@@ -35,7 +35,7 @@ from serving.client import build_request
 from serving.process import ServerProcess
 from serving.security.auth import hash_token
 
-pytestmark = pytest.mark.slow  # a server, 2 × 1,200 simulated requests, two joins and a monitor (~40 s)
+pytestmark = pytest.mark.slow  # a server, 150 + 2 × 1,200 simulated requests, three joins, a monitor (~25 s)
 
 TOKEN = "calibration-operator-token-0123456789"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
@@ -117,16 +117,16 @@ class Traffic:
         self.thread.join(10)
 
 
-def _simulate(srv: ServerProcess, out: Path, seed: int, start_ms: int | None):
+def _simulate(srv: ServerProcess, out: Path, seed: int, start_ms: int | None, n: int = N_REQUESTS):
     """Simulated users scored through an authenticated channel; their labels land in out/labels.parquet."""
     world = SyntheticConfig(n_events=20_000, seed=0)  # the world tiny_run's VM was trained on
     config = SimulationConfig(world=world, seed=seed, n_candidates=40, paced=False, time_scale=3_600,
                               start_ms=start_ms)
     with srv.channel() as ch:
         stub = ranking_pb2_grpc.AdRankingStub(ch)
-        result = run_simulation(None, 100, N_REQUESTS / 100, out=out, config=config,
+        result = run_simulation(None, 100, n / 100, out=out, config=config,
                                 score=lambda r: stub.Score(r, timeout=10, metadata=AUTH))
-    assert result.ok == N_REQUESTS and result.errors == {}
+    assert result.ok == n and result.errors == {}
     return result
 
 
@@ -145,14 +145,19 @@ def _join(log_dir: Path, label_files: list[str], out: Path) -> None:
                  "--conversion-window", "604800", "--out", str(out)]) == 0
 
 
-def _until_done(srv: ServerProcess, timeout_s: float) -> str:
+def _until(srv: ServerProcess, timeout_s: float, *texts: str) -> str:
+    """`status` once it shows one of `texts` (or the last one seen at the timeout)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         out = _cli(srv, "status", "--model", "vm").stdout
-        if "phase rolled_back" in out or "phase promoted" in out:
+        if any(t in out for t in texts):
             return out
         time.sleep(0.5)
     return out
+
+
+def _until_done(srv: ServerProcess, timeout_s: float) -> str:
+    return _until(srv, timeout_s, "phase rolled_back", "phase promoted")
 
 
 def test_calibration_rolls_back_a_miscalibrated_canary_and_passes_a_calibrated_one(tiny_run: Path, tmp_path: Path):
@@ -168,17 +173,24 @@ def test_calibration_rolls_back_a_miscalibrated_canary_and_passes_a_calibrated_o
             str(tmp_path / "tokens"), "--rollout-poll-s", "0.2", "--request-log", str(log_dir),
             "--request-log-rotate-s", "0.3", "--drain-delay-s", "0"]
     with ServerProcess(args) as srv:
-        copy_version(repo, "vm", 1, 2, p_ctr_factor=3.0)  # exported while v1 serves: only a rollout loads them
+        copy_version(repo, "vm", 1, 2, p_ctr_factor=2.0)  # exported while v1 serves: only a rollout loads them
         copy_version(repo, "vm", 1, 3)
         started = _cli(srv, "start", str(tmp_path / "v2.toml"))
         assert started.returncode == 0, started.stderr
-        first = _simulate(srv, tmp_path / "sim1", seed=11, start_ms=None)
+        few = _simulate(srv, tmp_path / "sim0", seed=10, start_ms=None, n=150)
         # labels not joined yet and the monitor not up: skipped, said so, and the last step does not promote
-        status = _cli(srv, "status", "--model", "vm").stdout
-        assert "phase progressing" in status and "calibration" in status and "unreadable" in status, status
+        with Traffic(srv, catalog):
+            status = _until(srv, 10, "unreadable")
+        assert "phase progressing" in status and "skipped calibration" in status and "unreadable" in status, status
 
-        _join(log_dir, [first.labels_path], joined)
+        _join(log_dir, [few.labels_path], joined)
         with Monitor(port, ["--joined", str(joined), "--request-log", str(log_dir)]):
+            # the monitor answers, but fewer than min_labelled impressions per arm have joined: still skipped
+            with Traffic(srv, catalog):
+                status = _until(srv, 10, "waiting for delayed labels")
+            assert "phase progressing" in status and f"need {MIN_LABELLED} each" in status, status
+            first = _simulate(srv, tmp_path / "sim1", seed=11, start_ms=few.last_ms + 60_000)
+            _join(log_dir, [few.labels_path, first.labels_path], joined)
             with Traffic(srv, catalog) as traffic:
                 status = _until_done(srv, 20)
             assert traffic.failed == 0
@@ -190,12 +202,13 @@ def test_calibration_rolls_back_a_miscalibrated_canary_and_passes_a_calibrated_o
             assert cal["status"] == "failed" and cal["value"] > 1.5
             assert entry[0]["metrics"]["psi"]["status"] == "passed"  # only calibration caught it
             assert entry[0]["metrics"]["p_ctr_ratio"]["status"] == "passed"
-            print(f"miscalibrated canary: calibration canary/live {cal['value']:.2f} → rolled back")
+            psi = entry[0]["metrics"]["psi"]["value"]
+            print(f"miscalibrated canary: calibration canary/live {cal['value']:.2f} (PSI {psi:.2f}) → rolled back")
 
             started = _cli(srv, "start", str(tmp_path / "v3.toml"))
             assert started.returncode == 0, started.stderr
             second = _simulate(srv, tmp_path / "sim2", seed=12, start_ms=first.last_ms + 60_000)
-            _join(log_dir, [first.labels_path, second.labels_path], joined)
+            _join(log_dir, [few.labels_path, first.labels_path, second.labels_path], joined)
             with Traffic(srv, catalog) as traffic:
                 status = _until_done(srv, 20)
             assert traffic.failed == 0
