@@ -212,6 +212,12 @@ class RolloutRuntime:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for r in self.rollouts.values():  # a graceful stop hands the analysis on at once, not at lease expiry
+            if r.doc is not None and not r.ended:
+                try:
+                    await asyncio.to_thread(self.shared.release, r.doc)
+                except RolloutError as exc:
+                    log.warning("rollout %s: could not release the analysis lease: %s", r.spec.model, exc)
         self.registry.close()
 
     def bootstrap(self, actor: str = "server") -> None:
@@ -348,7 +354,8 @@ class RolloutRuntime:
 
     # -- windows -----------------------------------------------------------------------------------------
     def observe(self, ctx, code: str, response) -> None:
-        """A servicer observer: counts the call on its arm (only models with an active rollout)."""
+        """A servicer observer: counts the call on its arm (models with a canary route; a rollout's
+        analysis, on whichever replica leads it, pools every replica's counts)."""
         if ctx.arm not in ANALYSED_ARMS:
             return
         table = self.watcher.table(ctx.model)

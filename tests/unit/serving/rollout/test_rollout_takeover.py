@@ -73,3 +73,18 @@ def test_published_counts_are_pooled_by_the_leader(tmp_path):
     assert window.labels_note.startswith("no label source")
     again, _ = a._pooled(a.rollouts["vm"], {"vm": (doc.canary, mine)})  # nothing new since: an empty window
     assert again.canary.requests == 0 and again.live.requests == 0
+
+
+def test_a_graceful_stop_hands_the_analysis_on_without_waiting_for_the_lease(tmp_path):
+    import asyncio
+
+    _canary(tmp_path)
+    a, b = _runtime(tmp_path, "a"), _runtime(tmp_path, "b")
+    a.shared.save(RolloutDoc(SPEC, 3, AnalysisState(SPEC), leader="gone"))
+    a.share({})
+    assert "vm" in a.rollouts
+    b.share({})
+    assert "vm" not in b.rollouts  # the lease lasts 30 s
+    asyncio.run(a.close())
+    b.share({})
+    assert "vm" in b.rollouts and b.shared.load("vm").leader == "b"
