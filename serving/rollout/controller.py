@@ -73,8 +73,9 @@ class RolloutController:
             self.registry.set_route(spec.model, canary_weight=decision.weight, actor=self.actor,
                                     reason=decision.reason, metrics=metrics)
         elif decision.action == "promote":
-            self.registry.promote(spec.model, spec.version, actor=self.actor, reason=decision.reason, metrics=metrics)
+            self.registry.promote(spec.model, spec.version, actor=self.actor, reason=decision.reason, metrics=metrics,
+                                  expect=VersionState.CANARY)
         elif decision.action == "rollback":
             self.registry.rollback(spec.model, spec.version, actor=self.actor, reason=decision.reason,
-                                   metrics=metrics)
+                                   metrics=metrics, expect=VersionState.CANARY)
         return decision

@@ -363,3 +363,16 @@ def test_racing_replicas_elect_exactly_one(open_registry):
     for t in threads:
         t.join()
     assert len(won) == 1, won
+
+
+def test_a_decision_for_a_canary_that_moved_on_is_refused_in_the_transaction(registry):
+    live_v1(registry)
+    registry.register(make_manifest(2), actor="ci")
+    registry.transition("vm", 2, "canary", actor="ci", reason="start")
+    registry.promote("vm", 2, actor="leader-b", reason="all checks passed", expect=VersionState.CANARY)
+    before = len(registry.audit("vm"))
+    with pytest.raises(StateConflict, match="vm/2: is live, not canary"):  # a stale leader's late rollback
+        registry.rollback("vm", 2, actor="leader-a", reason="late", expect=VersionState.CANARY)
+    with pytest.raises(StateConflict, match="not canary"):
+        registry.promote("vm", 2, actor="leader-a", reason="late", expect=VersionState.CANARY)
+    assert registry.routing("vm").live == 2 and len(registry.audit("vm")) == before
