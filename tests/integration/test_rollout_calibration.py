@@ -23,8 +23,8 @@ import grpc
 import pyarrow as pa
 import pytest
 from rollout_versions import copy_version
-from test_monitors import free_port
 
+from embedding_cache.redis_local import free_port
 from loadtests.simulate import SimulationConfig, run_simulation
 from models.catalog import load_catalog
 from models.data.labels import read_labels, write_labels
