@@ -131,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--request-log-rotate-s", type=float, metavar="S", help=flag_help("request_log_rotate_s"))
     sp.add_argument("--transfer-sample", type=float, metavar="R", help=flag_help("transfer_sample"))
     sp.add_argument("--rollout-registry", metavar="DIR|URL", help=flag_help("rollout_registry"))
-    for name in ("rollout_poll_s", "rollout_unload_grace_s"):
+    for name in ("rollout_poll_s", "rollout_unload_grace_s", "rollout_lease_s"):
         sp.add_argument("--" + name.replace("_", "-"), type=float, help=flag_help(name))
     sp.add_argument("--reflection", action=argparse.BooleanOptionalAction, default=None, help=flag_help("reflection"))
     security = sp.add_argument_group("security (docs/security.md)")

@@ -182,6 +182,9 @@ class ServerConfig:
                                    "this replica may lag a routing change.", between=(0.05, 60))
     rollout_unload_grace_s: float = _field(5.0, "Seconds a retired version stays loaded after the last route left it "
                                            "(calls that resolved it just before finish on it).", between=(0, 3600))
+    rollout_lease_s: float = _field(10.0, "Seconds a replica's lease on a rollout's analysis lasts unrenewed: when "
+                                    "the replica leading it dies, another takes the analysis over within about "
+                                    "this (docs/rollouts.md).", between=(0.5, 600))
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

@@ -97,6 +97,7 @@ def make_rollout(config: ServerConfig, backend: InferenceBackend, service: AdRan
     shadow = ShadowScorer(backend, service.history, router, busy=busy, registry=service.metrics.registry)
     runtime = RolloutRuntime(registry, backend, watcher=router, shadow_scorer=shadow, poll_s=config.rollout_poll_s,
                              unload_grace_s=config.rollout_unload_grace_s, open_cache=open_cache,
+                             lease_s=config.rollout_lease_s,
                              newest_ready=lambda name: resolve(backend, service.history, name, None).version)
     service.pipeline = service.pipeline.replace(route=RouteStage(backend, service.history, router)).wrap(
         "infer", shadow.wrap)

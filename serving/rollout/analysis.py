@@ -20,7 +20,7 @@ fewer than `checks.min_requests` calls on either arm holds without counting: thi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -91,6 +91,11 @@ class WindowMetrics:
     canary: ArmWindow
     hooks: tuple[HookOutcome, ...] = ()
     """Step webhooks called for this window; a veto counts as a failed check."""
+    labels_note: str = ""
+    """Why the arms carry no labelled impressions (no label source in the spec, or it was unreadable);
+    the calibration check is skipped with this message."""
+    pooled: Mapping | None = None
+    """Where the window's calls came from (per replica), recorded with the decision in the audit log."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ class Decision:
 
     def audit_metrics(self) -> dict:
         """What the audit log records as 'the metrics that decided it'."""
-        out: dict = {c.name: {"status": c.status, "value": c.value, "bound": c.bound} for c in self.checks}
+        out: dict = {c.name: {"status": c.status, "value": c.value, "bound": c.bound, "message": c.message}
+                     for c in self.checks}
         out["failed_windows"] = self.state.failed_windows
         out["windows"] = self.state.windows
         return out
@@ -195,7 +201,7 @@ def evaluate(checks: Checks, window: WindowMetrics) -> tuple[CheckResult, ...]:
     mean_ratio = (can.mean_p_ctr / live.mean_p_ctr
                   if can.mean_p_ctr is not None and live.mean_p_ctr else None)
     out.append(_ratio_check("p_ctr_ratio", mean_ratio, *checks.p_ctr_ratio, "canary/live mean p_ctr"))
-    out.append(_calibration_check(checks, can))
+    out.append(_calibration_check(checks, live, can, window.labels_note))
     for h in window.hooks:
         out.append(CheckResult(f"webhook:{h.name}", "passed" if h.allowed else "failed", None, "2xx", h.message))
     return tuple(out)
@@ -214,15 +220,36 @@ def _psi_check(checks: Checks, live: ArmWindow, can: ArmWindow) -> CheckResult:
                        f"PSI of p_ctr {value:.3f} {'<=' if ok else '>'} {checks.max_psi:g}")
 
 
-def _calibration_check(checks: Checks, can: ArmWindow) -> CheckResult:
+def _calibration_check(checks: Checks, live: ArmWindow, can: ArmWindow, note: str = "") -> CheckResult:
+    """Canary calibration (predicted / observed clicks over its labelled impressions) over live's.
+    Against live, not against 1: position and selection effects bias every arm's observed CTR alike, so
+    the ratio isolates what the canary's model changed."""
     low, high = checks.calibration
     bound = f"[{low:g}, {high:g}]"
-    if can.labeled == 0:
+    need = checks.min_labelled
+    if note:
+        return CheckResult("calibration", "skipped", None, bound, note)
+    if can.labeled < need or live.labeled < need:
         return CheckResult("calibration", "skipped", None, bound,
-                           "no delayed labels have joined yet (needs the request log and label join)")
-    if can.clicks == 0:
-        return CheckResult("calibration", "skipped", None, bound, f"no clicks among {can.labeled} labeled impressions")
-    return _ratio_check("calibration", can.predicted_clicks / can.clicks, low, high, "canary predicted/observed CTR")
+                           f"waiting for delayed labels: canary {can.labeled}, live {live.labeled} labelled "
+                           f"impressions joined (need {need} each)")
+    if can.clicks == 0 or live.clicks == 0 or live.predicted_clicks <= 0:
+        return CheckResult("calibration", "skipped", None, bound,
+                           f"no clicks yet among labelled impressions (canary {can.clicks} of {can.labeled}, "
+                           f"live {live.clicks} of {live.labeled})")
+    can_cal, live_cal = can.predicted_clicks / can.clicks, live.predicted_clicks / live.clicks
+    ratio = can_cal / live_cal
+    ok = low <= ratio <= high
+    return CheckResult("calibration", "passed" if ok else "failed", ratio, bound,
+                       f"calibration canary/live {ratio:.3f} {'within' if ok else 'outside'} {bound} (canary "
+                       f"{can_cal:.3f} over {can.labeled} labelled impressions, live {live_cal:.3f} over "
+                       f"{live.labeled})")
+
+
+def waiting_for_labels(checks: Sequence[CheckResult]) -> CheckResult | None:
+    """The calibration check when it was skipped for want of labels (not for want of a source)."""
+    return next((c for c in checks if c.name == "calibration" and c.status == "skipped"
+                 and not c.message.startswith("no label source")), None)
 
 
 # -- the state machine --------------------------------------------------------------------------------------
@@ -251,6 +278,11 @@ def advance(state: AnalysisState, window: WindowMetrics) -> Decision:
     skipped = [c.name for c in results if c.status == "skipped"]
     note = f"{passed} checks passed" + (f" ({', '.join(skipped)} skipped)" if skipped else "")
     if state.at_last_step:
+        waiting = waiting_for_labels(results) if spec.labels is not None and spec.labels.hold_promotion else None
+        if waiting is not None:
+            return Decision("hold", replace(state, windows=windows),
+                            f"{note} at weight {state.weight:g}, the last step; promotion waits for calibration: "
+                            f"{waiting.message}", results)
         return Decision("promote", replace(state, windows=windows, phase="promoted"),
                         f"{note} at weight {state.weight:g}, the last step", results)
     nxt = replace(state, windows=windows, step=state.step + 1)

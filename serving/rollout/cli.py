@@ -49,7 +49,8 @@ def render_status(s) -> str:
                      f"canary {last.canary_requests} calls")
         for c in last.checks:
             value = f"{c.value:.4g}" if c.has_value else "-"
-            lines.append(f"  {c.status:<7} {c.name:<18} {value:>10}  {c.bound}")
+            why = f"  ({c.message})" if c.status != "passed" and c.message else ""
+            lines.append(f"  {c.status:<7} {c.name:<18} {value:>10}  {c.bound}{why}")
         series = {
             "weight %": [w.weight for w in s.windows],
             "canary p99 ms": [w.canary_p99_ms for w in s.windows],

@@ -14,6 +14,8 @@ and calls `tick`, which keeps the controller testable with synthetic windows.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from serving.rollout.analysis import AnalysisState, Decision, WindowMetrics, advance, veto_promotion
 from serving.rollout.errors import RolloutError
 from serving.rollout.preflight import PreflightReport
@@ -60,17 +62,20 @@ class RolloutController:
         spec = self.spec
         payload = {"weight": state.weight, "window": state.windows + 1}
         hooks = run_hooks(spec, "step", payload, self._call)
-        decision = advance(state, WindowMetrics(window.live, window.canary, window.hooks + hooks))
+        decision = advance(state, replace(window, hooks=window.hooks + hooks))
         if decision.action == "promote" and spec.hooks("promotion"):
             gate = run_hooks(spec, "promotion", {**payload, "checks": decision.audit_metrics()}, self._call)
             decision = veto_promotion(state, decision, gate)
         metrics = decision.audit_metrics()
+        if window.pooled is not None:
+            metrics["window"] = dict(window.pooled)
         if decision.action == "step_up":
             self.registry.set_route(spec.model, canary_weight=decision.weight, actor=self.actor,
                                     reason=decision.reason, metrics=metrics)
         elif decision.action == "promote":
-            self.registry.promote(spec.model, spec.version, actor=self.actor, reason=decision.reason, metrics=metrics)
+            self.registry.promote(spec.model, spec.version, actor=self.actor, reason=decision.reason, metrics=metrics,
+                                  expect=VersionState.CANARY)
         elif decision.action == "rollback":
             self.registry.rollback(spec.model, spec.version, actor=self.actor, reason=decision.reason,
-                                   metrics=metrics)
+                                   metrics=metrics, expect=VersionState.CANARY)
         return decision

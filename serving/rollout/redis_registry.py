@@ -16,10 +16,13 @@ Keys, under `prefix` (default "adrank:rollout:"):
 | `model:<name>`   | hash   | `v:<version>` → record JSON; `settings` → route settings JSON |
 | `audit`          | list   | audit entries as JSON, in seq order                           |
 | `audit_seq`      | string | the last audit seq                                           |
+| `shared:<key>`   | string | analysis state: replicas' window statistics (with a TTL), rollout state |
+| `shared_index:<group>` | set | the keys of one group (a key up to its last ':'), so reads never SCAN |
+| `lease:<name>`   | string | the replica holding an analysis lease (with a TTL)           |
 
 Redis cannot refuse a rewrite of the audit list the way SQLite's triggers do; give the registry's Redis
 user ACLs that allow only the commands used here (WATCH, MULTI, EXEC, HGETALL, HSET, SADD, SMEMBERS,
-RPUSH, LRANGE, GET, SET, INCR).
+RPUSH, LRANGE, GET, SET, INCR, and for the shared analysis state SREM, MGET, DEL, EVALSHA/EVAL).
 
     registry = RedisRegistry("redis://:PASSWORD@adrank-redis:6379/1")
 """
@@ -46,6 +49,18 @@ from serving.rollout.states import VersionState
 
 DEFAULT_PREFIX = "adrank:rollout:"
 MAX_RETRIES = 50
+_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def _entry_json(e: AuditEntry) -> str:
@@ -70,6 +85,8 @@ class RedisRegistry(RolloutRegistry):
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout_s,
                                             socket_connect_timeout=socket_timeout_s, decode_responses=True)
         self._p = prefix
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._release = self._client.register_script(_RELEASE)
 
     def close(self) -> None:
         self._client.close()
@@ -166,3 +183,48 @@ class RedisRegistry(RolloutRegistry):
             return int(self._client.get(self._key("counter")) or 0)
         except redis.exceptions.RedisError as exc:
             raise RegistryUnavailable(f"rollout registry unreachable: {exc}") from exc
+
+    # -- shared analysis state: Redis expires the keys itself ------------------------------------------------
+    def _call(self, fn: Callable, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise RegistryUnavailable(f"rollout registry unreachable: {exc}") from exc
+
+    # Keys are found through an index set per group (the key up to its last ':'), never by SCAN: the
+    # registry's database may hold many other keys, and every replica reads a group every poll.
+    def _index(self, key: str) -> str:
+        return self._key("shared_index:" + key[: key.rfind(":") + 1])
+
+    def put_shared(self, key: str, value: str, ttl_ms: int | None = None) -> None:
+        def write() -> None:
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self._key(f"shared:{key}"), value, px=None if ttl_ms is None else int(ttl_ms))
+                pipe.sadd(self._index(key), key)
+                pipe.execute()
+
+        self._call(write)
+
+    def get_shared(self, prefix: str) -> dict[str, str]:
+        """`prefix` must be a group: everything up to and including the last ':' of the keys wanted."""
+        if not prefix.endswith(":"):
+            raise ValueError(f"prefix: must end with ':' (a key group), got {prefix!r}")
+        index = self._index(prefix)
+        keys = sorted(self._call(self._client.smembers, index))
+        if not keys:
+            return {}
+        values = self._call(self._client.mget, [self._key(f"shared:{k}") for k in keys])
+        gone = [k for k, v in zip(keys, values, strict=True) if v is None]
+        if gone:  # expired (a replica that stopped publishing): drop from the index
+            self._call(self._client.srem, index, *gone)
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    def delete_shared(self, key: str) -> None:
+        self._call(self._client.delete, self._key(f"shared:{key}"))
+        self._call(self._client.srem, self._index(key), key)
+
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        return bool(self._call(self._acquire, keys=[self._key(f"lease:{name}")], args=[holder, int(ttl_ms)]))
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._call(self._release, keys=[self._key(f"lease:{name}")], args=[holder])

@@ -248,6 +248,15 @@ def plan_route(view: ModelView, *, canary_weight: float | None, shadow_sample_ra
     return Plan(settings=settings, audit=tuple(drafts))
 
 
+def _expecting(view: ModelView, version: int, expect: VersionState | None) -> ModelView:
+    if expect is not None:
+        state = _record(view, version).state
+        if state is not expect:
+            raise StateConflict(f"{view.model}/{version}: is {state.value}, not {expect.value}; the change was "
+                                "decided for a state that has moved on")
+    return view
+
+
 def routing_from_view(view: ModelView) -> RoutingTable | None:
     """The table every replica serves for this model; None while it has no live version."""
     live = view.in_state(S.LIVE)
@@ -296,6 +305,30 @@ class RolloutRegistry(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
+    # -- shared analysis state (not audited, no change-counter bump: nothing here moves traffic) ---------
+    @abc.abstractmethod
+    def put_shared(self, key: str, value: str, ttl_ms: int | None = None) -> None:
+        """Store `value` under `key`, expiring after `ttl_ms` (None: kept until overwritten or deleted).
+        Replicas publish their window statistics here, and the analysis its rollout state."""
+
+    @abc.abstractmethod
+    def get_shared(self, prefix: str) -> dict[str, str]:
+        """Every unexpired key of the group `prefix` (the keys' text up to and including their last ':'),
+        with its value."""
+
+    @abc.abstractmethod
+    def delete_shared(self, key: str) -> None:
+        """Forget `key` (absent is fine)."""
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        """Take lease `name` for `ttl_ms` if it is free, expired or already `holder`'s (a renewal); True
+        when `holder` holds it now. Atomic: of replicas racing for a free lease exactly one wins."""
+
+    @abc.abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give lease `name` up if `holder` holds it, so a successor need not wait for its expiry."""
+
     # -- operations ----------------------------------------------------------------------------------------
     def register(self, manifest: ModelManifest, *, actor: str, reason: str = "exported") -> VersionRecord:
         """Record a new version as staged. Registering the same version again with the same checksum is a
@@ -322,14 +355,19 @@ class RolloutRegistry(abc.ABC):
         return self._transact(model, lambda v: plan_transition(v, version, to_state, reason, metrics, salt), actor)
 
     def promote(self, model: str, version: int, *, actor: str, reason: str,
-                metrics: Mapping | None = None) -> list[AuditEntry]:
-        """Make `version` live and retire the previous live version, in one transaction."""
-        return self._transact(model, lambda v: plan_promote(v, version, reason, metrics), actor)
+                metrics: Mapping | None = None, expect: VersionState | None = None) -> list[AuditEntry]:
+        """Make `version` live and retire the previous live version, in one transaction. `expect`: refuse
+        (StateConflict) unless the version is in that state when the transaction reads it."""
+        return self._transact(model, lambda v: plan_promote(_expecting(v, version, expect), version, reason,
+                                                            metrics), actor)
 
     def rollback(self, model: str, version: int, *, actor: str, reason: str,
-                 metrics: Mapping | None = None) -> list[AuditEntry]:
-        """Take `version` out of traffic (restoring the previous live one if `version` is live)."""
-        return self._transact(model, lambda v: plan_rollback(v, version, reason, metrics), actor)
+                 metrics: Mapping | None = None, expect: VersionState | None = None) -> list[AuditEntry]:
+        """Take `version` out of traffic (restoring the previous live one if `version` is live). `expect`
+        as for `promote`: the analysis passes canary, so a decision that arrives after the canary left
+        (through an operator or another replica) can never roll back what is live now."""
+        return self._transact(model, lambda v: plan_rollback(_expecting(v, version, expect), version, reason,
+                                                             metrics), actor)
 
     def set_route(self, model: str, *, actor: str, reason: str, canary_weight: float | None = None,
                   shadow_sample_rate: float | None = None, metrics: Mapping | None = None) -> list[AuditEntry]:

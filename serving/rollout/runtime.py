@@ -9,11 +9,13 @@ One `RolloutRuntime` per server process, started when `rollout_registry` is conf
   back version is unloaded only once no route has pointed at it for `unload_grace_s` (calls that
   resolved it just before may still be running) — except the model's previous live version, which a
   rollback of live restores and so stays loaded. Versions the registry does not know are left alone.
-- **Windows**: `observe` (a servicer observer) keeps, per model and arm, the latency and errors of every
-  call and the served p_ctr of a bounded sample of calls; every `interval_s` the analysis task of an active rollout
-  takes the live and canary windows, asks its RolloutController for a decision, and keeps the window for
-  `status`. The windows are this replica's traffic: run the rollout's analysis on one replica (the one
-  the admin call reached) — the registry makes every replica follow its decisions.
+- **Windows**: `observe` (a servicer observer) keeps, per model with a canary route and per arm,
+  cumulative counts (`serving.rollout.pooled.ArmStats`: calls, errors, latency and p_ctr histograms),
+  which every poll publishes to the registry (`serving.rollout.shared`). The replica holding the
+  rollout's analysis lease — the one the start call reached, or whichever took over when it died —
+  pools every replica's counts every `interval_s`, adds the delayed labels of the spec's label source,
+  asks its RolloutController for a decision, stores the rollout state for a successor and keeps the
+  window for `status`. The registry makes every replica follow its decisions.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,8 +35,11 @@ from serving.errors import RankingError
 from serving.rollout.analysis import AnalysisState, ArmWindow, CheckResult, Decision, WindowMetrics
 from serving.rollout.controller import RolloutController
 from serving.rollout.errors import RolloutError, StateConflict, UnknownVersion
+from serving.rollout.labels import with_labels
+from serving.rollout.pooled import ArmStats, pooled_window
 from serving.rollout.preflight import CacheOpener, PreflightReport, preflight
 from serving.rollout.registry import RolloutRegistry
+from serving.rollout.shared import RolloutDoc, SharedAnalysis, canary_key, new_replica_id
 from serving.rollout.spec import RolloutSpec
 from serving.rollout.states import VersionState
 from serving.rollout.watcher import RoutingWatcher
@@ -90,7 +95,9 @@ class _ArmAccumulator:
 
 
 class ArmWindows:
-    """Per (model, arm): calls, errors, latency and p_ctr samples since the last `take` (bounded)."""
+    """Per (model, arm): calls, errors, latency and p_ctr samples since the last `take` (bounded). Exact
+    quantiles of one process's calls; the server pools `serving.rollout.pooled.ArmStats` instead, whose
+    histograms merge across replicas."""
 
     def __init__(self, seed: int = 0) -> None:
         self._rng = random.Random(seed)
@@ -140,12 +147,15 @@ class ActiveRollout:
     state: AnalysisState
     paused: bool = False
     ended: str = ""
-    """"" while running; otherwise promoted | rolled_back | aborted | superseded."""
+    """"" while running; otherwise promoted | rolled_back | aborted | superseded | handed_over (another
+    replica leads the analysis now)."""
     deciding: bool = False
     """True while the analysis applies a decision (its registry writes are under way, so a canary that
     just became live is this rollout's own promotion, not a change made elsewhere)."""
     windows: list[WindowRecord] = field(default_factory=list)
     task: asyncio.Task | None = None
+    doc: RolloutDoc | None = None
+    """The shared copy of this rollout (registry key rollout:<model>), saved after every decision."""
 
     @property
     def phase(self) -> str:
@@ -161,13 +171,17 @@ class RolloutRuntime:
                  poll_s: float = 1.0,
                  unload_grace_s: float = 5.0, open_cache: CacheOpener | None = None,
                  newest_ready: Callable[[str], int] | None = None, shadow_scorer=None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, lease_s: float = 10.0,
+                 replica_id: str | None = None) -> None:
         self.registry, self.backend = registry, backend
         self.shadow_scorer = shadow_scorer  # serving.pipeline.shadow.ShadowScorer: started and closed with this
         self.newest_ready = newest_ready or (lambda name: self.backend.models()[name][-1])
         self.poll_s, self.unload_grace_s, self.open_cache = poll_s, unload_grace_s, open_cache
         self.watcher = watcher or RoutingWatcher(registry)
-        self.windows = ArmWindows()
+        self.replica = replica_id or new_replica_id()
+        self.shared = SharedAnalysis(registry, self.replica, lease_s)
+        self.stats: dict[str, tuple[str, dict[str, ArmStats]]] = {}
+        """model → (canary key, arm → cumulative counts) while the model has a canary route."""
         self.rollouts: dict[str, ActiveRollout] = {}
         self.load_errors: dict[tuple[str, int], str] = {}
         self._clock = clock
@@ -176,12 +190,14 @@ class RolloutRuntime:
         self._poller: asyncio.Task | None = None
         self._stop = asyncio.Event()
         self.synced = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def shadow_stats(self, model: str) -> dict | None:
         return self.shadow_scorer.stats(model) if self.shadow_scorer is not None else None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.shadow_scorer is not None:
             await self.shadow_scorer.start()
         await asyncio.to_thread(self.bootstrap)
@@ -196,6 +212,12 @@ class RolloutRuntime:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for r in self.rollouts.values():  # a graceful stop hands the analysis on at once, not at lease expiry
+            if r.doc is not None and not r.ended:
+                try:
+                    await asyncio.to_thread(self.shared.release, r.doc)
+                except RolloutError as exc:
+                    log.warning("rollout %s: could not release the analysis lease: %s", r.spec.model, exc)
         self.registry.close()
 
     def bootstrap(self, actor: str = "server") -> None:
@@ -241,6 +263,56 @@ class RolloutRuntime:
         await asyncio.to_thread(self.watcher.refresh)
         await self.sync_versions()
         self.synced.set()
+        try:
+            await asyncio.to_thread(self.share, self._stats_snapshot())
+        except RolloutError as exc:  # the registry is down: counts keep accumulating, published next time
+            log.warning("rollout: publishing window statistics failed: %s", exc)
+
+    def _stats_snapshot(self) -> dict[str, tuple[str, dict[str, ArmStats]]]:
+        """A copy of the counts of models whose canary is still routed (taken on the event loop, which
+        `observe` mutates them on, so a worker thread can serialise it); the others are forgotten."""
+        tables = self.watcher.tables()
+        for model in list(self.stats):
+            table = tables.get(model)
+            if table is None or table.canary is None or \
+                    canary_key(table.canary.version, table.canary.salt) != self.stats[model][0]:
+                del self.stats[model]
+        return {m: (k, {a: s.copy() for a, s in arms.items()}) for m, (k, arms) in self.stats.items()}
+
+    def share(self, snapshot: Mapping[str, tuple[str, Mapping[str, ArmStats]]]) -> None:
+        """Publish this replica's counts, renew the leases of the rollouts it leads, and take over a
+        rollout whose leader stopped renewing."""
+        tables = self.watcher.tables()
+        for model, (key, arms) in snapshot.items():
+            self.shared.publish(model, key, arms)
+        for model, table in tables.items():
+            if table.canary is None:
+                continue
+            mine = self.rollouts.get(model)
+            if mine is not None and not mine.ended:
+                if mine.doc is not None and not self.shared.hold(mine.doc):
+                    log.warning("rollout %s: lost the analysis lease to another replica", model)
+                    self._end(model, "handed_over")
+                continue
+            doc = self.shared.load(model)
+            if doc is None or doc.ended or doc.state.phase != "progressing" \
+                    or doc.spec.version != table.canary.version:
+                continue
+            if self.shared.hold(doc):
+                self._take_over(doc)
+
+    def _take_over(self, doc: RolloutDoc) -> None:
+        """Continue the analysis of `doc` here (its leader stopped renewing the lease)."""
+        spec = doc.spec
+        log.warning("rollout %s/%s: taking the analysis over from %s", spec.model, spec.version, doc.leader or "?")
+        doc.leader = self.replica
+        self.shared.save(doc)
+        rollout = ActiveRollout(spec, RolloutController(self.registry, spec, actor="analysis"), doc.state,
+                                paused=doc.paused, doc=doc)
+        self.rollouts[spec.model] = rollout
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: setattr(rollout, "task", loop.create_task(self._analyse(rollout))))
 
     # -- hot loading -------------------------------------------------------------------------------------
     async def sync_versions(self) -> None:
@@ -282,11 +354,19 @@ class RolloutRuntime:
 
     # -- windows -----------------------------------------------------------------------------------------
     def observe(self, ctx, code: str, response) -> None:
-        """A servicer observer: counts the call on its arm (only models with an active rollout)."""
-        rollout = self.rollouts.get(ctx.model)
-        if rollout is None or rollout.ended or ctx.arm not in ANALYSED_ARMS:
+        """A servicer observer: counts the call on its arm (models with a canary route; a rollout's
+        analysis, on whichever replica leads it, pools every replica's counts)."""
+        if ctx.arm not in ANALYSED_ARMS:
+            return
+        table = self.watcher.table(ctx.model)
+        if table is None or table.canary is None:
             return
         latency_ms = (time.perf_counter() - ctx.started) * 1e3
+        key = canary_key(table.canary.version, table.canary.salt)
+        held = self.stats.get(ctx.model)
+        if held is None or held[0] != key:
+            held = self.stats[ctx.model] = (key, {a: ArmStats() for a in ANALYSED_ARMS})
+        acc = held[1][ctx.arm]
         scores = None
         if response is not None:
             def scores() -> np.ndarray:
@@ -295,7 +375,7 @@ class RolloutRuntime:
 
                     return np.array(ranked_arrays(response)["p_ctr"], np.float32)
                 return np.fromiter((c.p_ctr for c in response.candidates), np.float32, len(response.candidates))
-        self.windows.add(ctx.model, ctx.arm, latency_ms, code == "OK", scores)
+        acc.add(latency_ms, code == "OK", scores() if scores is not None and acc.wants_scores() else None)
 
     # -- rollouts ----------------------------------------------------------------------------------------
     def manifest(self, model: str, version: int) -> ModelManifest:
@@ -337,23 +417,67 @@ class RolloutRuntime:
         await self.poll_once()  # loads (and warms) the version here before any weight reaches it
         controller = RolloutController(self.registry, spec, actor=actor)
         state = await asyncio.to_thread(controller.start, report, reason=reason or "rollout started")
-        rollout = ActiveRollout(spec, controller, state)
-        self.windows.take(spec.model)  # judge only traffic from now on
+        doc = RolloutDoc(spec, int(time.time() * 1000), state, leader=self.replica)
+        await asyncio.to_thread(self._begin, doc, self._stats_snapshot())
+        rollout = ActiveRollout(spec, controller, state, doc=doc)
         self.rollouts[spec.model] = rollout
         rollout.task = asyncio.create_task(self._analyse(rollout))
         await self.poll_once()
         return rollout
 
+    def _begin(self, doc: RolloutDoc, snapshot: Mapping[str, tuple[str, Mapping[str, ArmStats]]]) -> None:
+        """Store the new rollout, lead it, and judge only traffic from now on (the baseline)."""
+        if not self.shared.hold(doc):
+            raise StateConflict(f"{doc.spec.model}: another replica leads this rollout's analysis")
+        doc.baseline = dict(self.shared.snapshot(doc.spec.model, doc.canary))
+        held = snapshot.get(doc.spec.model)
+        if held is not None and held[0] == doc.canary:
+            doc.baseline[self.replica] = dict(held[1])
+        self.shared.save(doc)
+
+    def _pooled(self, rollout: ActiveRollout, snapshot: Mapping[str, tuple[str, Mapping[str, ArmStats]]]
+                ) -> tuple[WindowMetrics, dict] | None:
+        """The window since the last decision over every replica's counts, with labels; None when this
+        replica no longer holds the lease."""
+        doc = rollout.doc
+        spec = rollout.spec
+        if doc is None or not self.shared.hold(doc):
+            return None
+        held = snapshot.get(spec.model)
+        if held is not None and held[0] == doc.canary:
+            self.shared.publish(spec.model, held[0], held[1])  # this replica's counts as of now
+        current = self.shared.snapshot(spec.model, doc.canary)
+        window, per_replica = pooled_window(current, doc.baseline, spec.checks.psi_bins)
+        table = self.watcher.table(spec.model)
+        window = with_labels(window, spec, table.live if table is not None else None)
+        doc.baseline = {**doc.baseline, **current}
+        return window, per_replica
+
     async def _analyse(self, rollout: ActiveRollout) -> None:
         spec = rollout.spec
         while not rollout.ended:
             await asyncio.sleep(spec.interval_s)
-            window = self.windows.take(spec.model)
-            if rollout.paused or rollout.ended:
+            if rollout.ended:
+                break
+            if rollout.paused:
                 continue
+            try:
+                pooled = await asyncio.to_thread(self._pooled, rollout, self._stats_snapshot())
+            except RolloutError as exc:
+                log.warning("rollout %s/%s: could not pool the window: %s", spec.model, spec.version, exc)
+                continue
+            if pooled is None:
+                log.warning("rollout %s/%s: another replica leads the analysis now", spec.model, spec.version)
+                rollout.ended = rollout.ended or "handed_over"
+                break
+            window, per_replica = pooled
+            window = replace(window, pooled={"decided_by": self.replica, "replicas": per_replica,
+                                             "live_calls": window.live.requests,
+                                             "canary_calls": window.canary.requests})
             record = await asyncio.to_thread(self.registry.get, spec.model, spec.version)
             if record.state is not S.CANARY:  # an operator promoted, rolled back or aborted meanwhile
                 rollout.ended = rollout.ended or "superseded"
+                await asyncio.to_thread(self._end_shared, spec.model, "superseded")
                 break
             rollout.deciding = True
             try:
@@ -367,6 +491,12 @@ class RolloutRuntime:
                                                 window.live, window.canary, decision.checks))
             del rollout.windows[:-MAX_WINDOWS]
             rollout.state = decision.state
+            if rollout.doc is not None:
+                rollout.doc.state = decision.state
+                try:
+                    await asyncio.to_thread(self._store, rollout)
+                except RolloutError as exc:
+                    log.warning("rollout %s/%s: could not store the analysis state: %s", spec.model, spec.version, exc)
             log.info("rollout %s/%s: %s at weight %g (%s)", spec.model, spec.version, decision.action,
                      decision.weight, decision.reason)
             if decision.state.phase != "progressing":
@@ -397,6 +527,7 @@ class RolloutRuntime:
     def pause(self, model: str, *, actor: str, reason: str) -> ActiveRollout:
         rollout = self._rollout(model)
         rollout.paused = True
+        self._store(rollout)
         self.registry.set_route(model, canary_weight=rollout.state.weight, actor=actor,
                                 reason=f"paused: {reason or 'by operator'}")
         return rollout
@@ -404,14 +535,39 @@ class RolloutRuntime:
     def resume(self, model: str, *, actor: str, reason: str) -> ActiveRollout:
         rollout = self._rollout(model)
         rollout.paused = False
+        self._store(rollout)
         self.registry.set_route(model, canary_weight=rollout.state.weight, actor=actor,
                                 reason=f"resumed: {reason or 'by operator'}")
         return rollout
+
+    def _store(self, rollout: ActiveRollout) -> None:
+        """Save the rollout for a successor; an ended one gives its lease up."""
+        doc = rollout.doc
+        if doc is None:
+            return
+        doc.state, doc.paused = rollout.state, rollout.paused
+        self.shared.save(doc)
+        if doc.state.phase != "progressing":
+            self.shared.release(doc)
 
     def _end(self, model: str, how: str) -> None:
         rollout = self.rollouts.get(model)
         if rollout is not None and not rollout.ended:
             rollout.ended = how
+        if how != "handed_over":
+            self._end_shared(model, how)
+
+    def _end_shared(self, model: str, how: str) -> None:
+        """Mark the stored rollout ended (an operator verb may reach any replica), so no replica ever
+        takes over an analysis whose canary left through an operator."""
+        try:
+            doc = self.shared.load(model)
+            if doc is not None and not doc.ended:
+                doc.ended = how
+                self.shared.save(doc)
+                self.shared.release(doc)
+        except RolloutError as exc:
+            log.warning("rollout %s: could not mark the stored rollout ended: %s", model, exc)
 
     def promote(self, model: str, *, actor: str, reason: str) -> None:
         """The canary (else the shadow) becomes live now, skipping the remaining steps."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,10 @@ class Checks:
     p_ctr_ratio: tuple[float, float] = (0.9, 1.1)
     """Allowed range of mean canary p_ctr over mean live p_ctr."""
     calibration: tuple[float, float] = (0.8, 1.25)
-    """Allowed range of mean predicted over observed CTR on the canary arm; skipped until labels join."""
+    """Allowed range of the canary's calibration (mean predicted / observed CTR over its labelled
+    impressions) over the live arm's; skipped until `min_labelled` impressions per arm have joined."""
+    min_labelled: int = 200
+    """Fewest labelled (joined) impressions per arm before calibration is judged: labels arrive late."""
     min_requests: int = 200
     """Fewest calls per arm in a window for it to be judged; a thinner window holds without counting."""
 
@@ -110,6 +113,7 @@ class Checks:
         _int("checks.psi_bins", self.psi_bins, 2, 100)
         _bounds("checks.p_ctr_ratio", self.p_ctr_ratio, 0, 100)
         _bounds("checks.calibration", self.calibration, 0, 100)
+        _int("checks.min_labelled", self.min_labelled, 1, 10**9)
         _int("checks.min_requests", self.min_requests, 1, 10**9)
 
     @classmethod
@@ -120,6 +124,27 @@ class Checks:
             if key in values:
                 values[key] = _bounds(f"checks.{key}", values[key], 0, 100)
         return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Labels:
+    """Where delayed labels come from: the `/metrics` page of `adrank monitor --serve-metrics`, whose
+    `adrank_monitor_impressions`, `_clicks` and `_mean_p_ctr` gauges are per (model, version, arm) over
+    the joined log of every replica. Read at every interval; a page that cannot be read skips the
+    calibration check with the reason (it never fails a canary on its own)."""
+
+    monitor_url: str
+    timeout_s: float = 5.0
+    hold_promotion: bool = True
+    """At the last step, hold instead of promoting while calibration is skipped for want of labels, so a
+    canary is never promoted before its delayed labels have been judged."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.monitor_url, str) or not self.monitor_url.startswith(("http://", "https://")):
+            raise SpecError("labels.monitor_url", f"must be an http:// or https:// URL, got {self.monitor_url!r}")
+        _number("labels.timeout_s", self.timeout_s, 0, 60, low_open=True)
+        if not isinstance(self.hold_promotion, bool):
+            raise SpecError("labels.hold_promotion", f"expected true or false, got {self.hold_promotion!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +164,8 @@ class RolloutSpec:
     checks: Checks = field(default_factory=Checks)
     webhooks: tuple[Webhook, ...] = ()
     preflight: PreflightLimits = field(default_factory=PreflightLimits)
+    labels: Labels | None = None
+    """The delayed-label source of the calibration check; None: calibration is skipped, saying so."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -189,7 +216,24 @@ class RolloutSpec:
             _known("preflight", pre, PreflightLimits)
             values["preflight"] = PreflightLimits(**pre)
         values["webhooks"] = tuple(_webhook(i, h) for i, h in enumerate(values.get("webhooks", ())))
+        if values.get("labels") is not None:
+            lab = values["labels"]
+            if not isinstance(lab, Mapping):
+                raise SpecError("labels", "must be a table")
+            _known("labels", lab, Labels)
+            if "monitor_url" not in lab:
+                raise SpecError("labels.monitor_url", "is required")
+            values["labels"] = Labels(**lab)
         return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain values `from_dict` reads back (stored in the registry, so another replica can
+        take the analysis over)."""
+        d = asdict(self)
+        d["steps"] = list(self.steps)
+        d["checks"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["checks"].items()}
+        d["webhooks"] = [{**h, "metadata": dict(h["metadata"])} for h in d["webhooks"]]
+        return {k: v for k, v in d.items() if v is not None}
 
 
 def _steps(values: dict[str, Any]) -> tuple[float, ...]:

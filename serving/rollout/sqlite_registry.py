@@ -50,6 +50,8 @@ CREATE INDEX IF NOT EXISTS audit_by_model ON audit (model, version, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('changes', 0);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 1);
+CREATE TABLE IF NOT EXISTS shared (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_ms INTEGER);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -150,6 +152,44 @@ class SqliteRegistry(RolloutRegistry):
                                       d.reason, dict(d.metrics), d.weight))
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'changes'")
         return entries
+
+    # -- shared analysis state ---------------------------------------------------------------------------
+    # Expiry uses the wall clock, which every process on the host shares.
+    def put_shared(self, key: str, value: str, ttl_ms: int | None = None) -> None:
+        expires = None if ttl_ms is None else self._clock_ms() + int(ttl_ms)
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO shared VALUES (?, ?, ?)", (key, value, expires))
+
+    def get_shared(self, prefix: str) -> dict[str, str]:
+        with self._lock:  # substr, not LIKE: a prefix with % or _ in it matches only itself
+            rows = self._db.execute("SELECT key, value FROM shared WHERE substr(key, 1, ?) = ? AND "
+                                    "(expires_ms IS NULL OR expires_ms > ?)",
+                                    (len(prefix), prefix, self._clock_ms())).fetchall()
+        return dict(rows)
+
+    def delete_shared(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM shared WHERE key = ?", (key,))
+
+    def acquire_lease(self, name: str, holder: str, ttl_ms: int) -> bool:
+        now = self._clock_ms()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT holder, expires_ms FROM leases WHERE name = ?", (name,)).fetchone()
+                won = row is None or row[0] == holder or row[1] <= now
+                if won:
+                    self._db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
+                                     (name, holder, now + int(ttl_ms)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return won
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     # -- reads -------------------------------------------------------------------------------------------
     def models(self) -> list[str]:

@@ -52,7 +52,7 @@ def test_a_good_canary_steps_up_then_promotes():
     statuses = {c.name: c.status for c in first.checks}
     assert statuses == {"error_rate": "passed", "p99_latency_ratio": "passed", "psi": "passed",
                         "p_ctr_ratio": "passed", "calibration": "skipped"}
-    assert "no delayed labels" in next(c.message for c in first.checks if c.name == "calibration")
+    assert "waiting for delayed labels" in next(c.message for c in first.checks if c.name == "calibration")
 
 
 def test_a_biased_canary_fails_psi_and_is_rolled_back_within_threshold_windows():
@@ -105,8 +105,27 @@ def test_calibration_is_checked_once_labels_exist():
     over = arm(2, labels=True)
     over = ArmWindow(requests=over.requests, p99_ms=over.p99_ms, scores=over.scores, mean_p_ctr=over.mean_p_ctr,
                      labeled=over.labeled, clicks=over.clicks, predicted_clicks=over.predicted_clicks * 2)
-    cal = next(c for c in evaluate(SPEC.checks, WindowMetrics(arm(1), over)) if c.name == "calibration")
-    assert cal.status == "failed"
+    cal = next(c for c in evaluate(SPEC.checks, WindowMetrics(arm(1, labels=True), over)) if c.name == "calibration")
+    assert cal.status == "failed" and cal.value == pytest.approx(2.0, rel=0.2)  # canary/live, not canary alone
+    assert "calibration canary/live" in cal.message
+
+
+def test_calibration_waits_for_min_labelled_per_arm_and_holds_promotion():
+    from dataclasses import replace
+
+    from serving.rollout.spec import Labels
+
+    few = WindowMetrics(live=arm(1, labels=True), canary=arm(2, labels=True, n=150))
+    cal = next(c for c in evaluate(SPEC.checks, few) if c.name == "calibration")
+    assert cal.status == "skipped" and "canary 150, live 2000 labelled" in cal.message and "need 200" in cal.message
+    last = replace(SPEC, steps=(50.0,), labels=Labels(monitor_url="http://127.0.0.1:1/metrics"))
+    waiting = WindowMetrics(live=arm(1), canary=arm(2))  # no labels yet: every other check passes
+    d = advance(AnalysisState(last), waiting)
+    assert d.action == "hold" and d.state.failed_windows == 0 and "promotion waits for calibration" in d.reason
+    no_source = replace(waiting, labels_note="no label source in the spec")
+    assert advance(AnalysisState(replace(last, labels=None)), no_source).action == "promote"
+    d = advance(AnalysisState(last), WindowMetrics(live=arm(1, labels=True), canary=arm(2, labels=True)))
+    assert d.action == "promote"
 
 
 def test_histograms_work_where_samples_are_not_kept():

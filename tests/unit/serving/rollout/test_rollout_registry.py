@@ -311,3 +311,68 @@ def test_an_unreachable_registry_is_unavailable_and_replicas_keep_their_tables(t
     asyncio.run(briefly())
     assert watcher.table("vm") == RoutingTable(model="vm", live=1)
     registry.close()
+
+
+# -- shared analysis state: window statistics with a TTL, the analysis lease ---------------------------------
+def test_shared_values_expire_and_match_by_prefix_only(open_registry):
+    import time
+
+    a, b = open_registry(), open_registry()
+    a.put_shared("stats:vm:2.x:r1", "one", ttl_ms=300)
+    b.put_shared("stats:vm:2.x:r2", "two", ttl_ms=None)
+    a.put_shared("stats:vm2:2.x:r3", "other model", ttl_ms=None)
+    a.put_shared("stats:v_:2.x:r4", "a prefix wildcard must not match", ttl_ms=None)
+    assert b.get_shared("stats:vm:2.x:") == {"stats:vm:2.x:r1": "one", "stats:vm:2.x:r2": "two"}
+    assert a.get_shared("stats:v_:2.x:") == {"stats:v_:2.x:r4": "a prefix wildcard must not match"}
+    time.sleep(0.45)
+    assert b.get_shared("stats:vm:2.x:") == {"stats:vm:2.x:r2": "two"}
+    a.delete_shared("stats:vm:2.x:r2")
+    assert b.get_shared("stats:vm:2.x:") == {}
+    assert a.change_counter() == 0  # shared state moves no traffic: replicas do not rebuild tables for it
+
+
+def test_one_replica_holds_a_lease_until_it_expires_or_is_released(open_registry):
+    import time
+
+    a, b = open_registry(), open_registry()
+    assert a.acquire_lease("analysis:vm:1", "replica-a", 400)
+    assert not b.acquire_lease("analysis:vm:1", "replica-b", 400)
+    assert a.acquire_lease("analysis:vm:1", "replica-a", 400)  # a renewal
+    time.sleep(0.55)  # a stopped renewing: b takes over, and a's late renewal is refused
+    assert b.acquire_lease("analysis:vm:1", "replica-b", 400)
+    assert not a.acquire_lease("analysis:vm:1", "replica-a", 400)
+    a.release_lease("analysis:vm:1", "replica-a")  # not a's to release: b keeps it
+    assert not a.acquire_lease("analysis:vm:1", "replica-a", 400)
+    b.release_lease("analysis:vm:1", "replica-b")
+    assert a.acquire_lease("analysis:vm:1", "replica-a", 400)
+
+
+def test_racing_replicas_elect_exactly_one(open_registry):
+    regs = [open_registry() for _ in range(4)]
+    won: list[str] = []
+    barrier = threading.Barrier(len(regs))
+
+    def race(i: int) -> None:
+        barrier.wait()
+        if regs[i].acquire_lease("analysis:vm:9", f"r{i}", 5_000):
+            won.append(f"r{i}")
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(regs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, won
+
+
+def test_a_decision_for_a_canary_that_moved_on_is_refused_in_the_transaction(registry):
+    live_v1(registry)
+    registry.register(make_manifest(2), actor="ci")
+    registry.transition("vm", 2, "canary", actor="ci", reason="start")
+    registry.promote("vm", 2, actor="leader-b", reason="all checks passed", expect=VersionState.CANARY)
+    before = len(registry.audit("vm"))
+    with pytest.raises(StateConflict, match="vm/2: is live, not canary"):  # a stale leader's late rollback
+        registry.rollback("vm", 2, actor="leader-a", reason="late", expect=VersionState.CANARY)
+    with pytest.raises(StateConflict, match="not canary"):
+        registry.promote("vm", 2, actor="leader-a", reason="late", expect=VersionState.CANARY)
+    assert registry.routing("vm").live == 2 and len(registry.audit("vm")) == before
