@@ -109,7 +109,16 @@ def summarize_fm_gap(per_seed: list[dict]) -> dict:
             c["test_gain"] = _interval([p["candidates"][base]["test_ne"] - r["test_ne"]
                                         for p, r in zip(per_seed, rows, strict=True)])
         candidates[name] = c
-    return {"n_seeds": len(per_seed), "baseline_candidate": base, "worlds": worlds, "candidates": candidates}
+    out = {"n_seeds": len(per_seed), "baseline_candidate": base, "worlds": worlds, "candidates": candidates}
+    bounds = [p.get("history_bound") for p in per_seed]
+    if all(bounds):
+        out["history_bound"] = {
+            **{k: float(np.mean([b[k] for b in bounds])) for k in ("oracle_ne", "ne", "ne_category_only",
+                                                                  "ne_prior_only", "fm_ne")},
+            "information_share": _interval([b["information_share"] for b in bounds]),
+            "fm_minus_bound": _interval([b["fm_ne"] - b["ne"] for b in bounds]),
+            "fm_minus_category_bound": _interval([b["fm_ne"] - b["ne_category_only"] for b in bounds])}
+    return out
 
 
 def summarize_fm_scaling(per_seed: list[dict]) -> dict:
@@ -156,6 +165,19 @@ def summary_markdown(summary: dict) -> str:
                 f"{s['mean']:+.0%} [{s['low']:+.0%}, {s['high']:+.0%}]"
             lines.append(f"| {name} | {w['fm_ne']:.4f} | {w['oracle_ne']:.4f} | {w['gap']:.4f} | "
                          f"{w['ratio']:.3f} | {share} |")
+        b = summary.get("history_bound")
+        if b:
+            lines += ["", "History bound on the full world (`models/history_bound.py`; means over seeds):", "",
+                      "| reading | test NE |", "|---|---|",
+                      f"| oracle (knows the user's interest) | {b['oracle_ne']:.4f} |",
+                      f"| history bound (true ad vectors) | {b['ne']:.4f} |",
+                      f"| history bound, category centres only | {b['ne_category_only']:.4f} |",
+                      f"| prior only (segment mean, no history) | {b['ne_prior_only']:.4f} |",
+                      f"| FM | {b['fm_ne']:.4f} |", "",
+                      f"* FM − history bound: {_fmt(b['fm_minus_bound'])} (the part of the gap a history model "
+                      "could close);",
+                      f"* FM − category-only bound: {_fmt(b['fm_minus_category_bound'])};",
+                      f"* share of the FM's gap the bound leaves open: {_fmt(b['information_share'], 3)}."]
         lines += ["", f"FM candidates on the full world; gains are paired differences against "
                       f"*{summary['baseline_candidate']}* on the same seed (> 0: lower NE). The choice is made on "
                       "validation; test is shown, not used:", "",

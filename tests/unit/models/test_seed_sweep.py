@@ -19,7 +19,10 @@ def _gap_payload(seed: int, wide_val: float, wide_test: float) -> dict:
     cands = {"experiment FM": {"validation_ne": base_val, "test_ne": base_test},
              "wider": {"validation_ne": base_val - wide_val, "test_ne": base_test - wide_test}}
     chosen = min(cands, key=lambda n: cands[n]["validation_ne"])
-    return {"seed": seed, "worlds": worlds, "candidates": cands, "chosen_on_validation": chosen}
+    bound = {"oracle_ne": oracle, "ne": 0.76, "ne_category_only": 0.78, "ne_prior_only": 0.96, "fm_ne": base_test,
+             "information_share": (0.76 - oracle) / (base_test - oracle)}
+    return {"seed": seed, "worlds": worlds, "history_bound": bound, "candidates": cands,
+            "chosen_on_validation": chosen}
 
 
 def test_fm_gap_gains_are_paired_on_the_seed_and_the_verdict_reads_the_interval():
@@ -33,6 +36,8 @@ def test_fm_gap_gains_are_paired_on_the_seed_and_the_verdict_reads_the_interval(
     assert wide["test_gain"]["mean"] == pytest.approx(0.048)
     assert wide["test_gain"]["verdict"] == "holds" and wide["test_gain"]["n"] == 5
     assert wide["chosen_on_validation"] == 5
+    assert out["history_bound"]["fm_minus_bound"]["mean"] == pytest.approx(0.97 - 0.76)
+    assert out["history_bound"]["information_share"]["n"] == 5
     share = out["worlds"]["no interest"]["gap_share_removed"]
     assert share["mean"] == pytest.approx(0.89) and share["low"] < 0.89 < share["high"]
 
@@ -83,7 +88,7 @@ def test_run_sweep_runs_every_seed_into_its_own_folder_and_writes_the_summary(tm
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["candidates"]["wider"]["chosen_on_validation"] == 3
     md = (tmp_path / "results.md").read_text()
-    assert "adrank fm-gap --seeds 3 --jobs 1 --quick" in md and "3 of 3" in md
+    assert "adrank fm-gap --seeds 3 --jobs 1 --quick" in md and "3 of 3" in md and "history bound" in md
     assert not list(tmp_path.glob("*.tmp"))
 
 
