@@ -155,6 +155,18 @@ def _cmd_fm_gap(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_history_bound(a: argparse.Namespace) -> int:
+    from models.history_bound import run_history_bound
+
+    placements = tuple(int(p) for p in a.placements.split(",")) if a.placements else None
+    command = (f"adrank history-bound --n-events {a.n_events} --seeds {a.seeds}"
+               + (f" --placements {a.placements}" if a.placements else "")
+               + (f" --experiment {a.experiment}" if a.experiment else "") + f" --out {a.out}")
+    run_history_bound(a.n_events, a.seeds, a.out, placements=placements, experiment=a.experiment, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """The offline verbs, on the dispatcher's subparsers."""
     def data_flags(sp: argparse.ArgumentParser) -> None:
@@ -264,3 +276,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--jobs", type=int, default=None, help="seeds trained at once with --seeds (default: one per core)")
     sp.add_argument("--quick", action="store_true", help="tiny profile for tests")
     sp.set_defaults(func=_cmd_fm_gap)
+
+    sp = sub.add_parser("history-bound", help="synthetic world: the NE a model that knows the world but infers each "
+                        "user's interest from their history could reach (models/history_bound.py)")
+    sp.add_argument("--n-events", type=int, default=300_000)
+    sp.add_argument("--seeds", type=int, default=5)
+    sp.add_argument("--placements", default=None, help="comma-separated placements of the test rows (the VMs' "
+                    "vertical of `adrank experiment` is 0,1); default every placement")
+    sp.add_argument("--experiment", default=None, help="an `adrank experiment --dataset synthetic` results.json: "
+                    "pair its per-seed FM NE (on the same rows) with the bound")
+    sp.add_argument("--out", default="runs/history-bound")
+    sp.set_defaults(func=_cmd_history_bound)

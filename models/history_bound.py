@@ -17,7 +17,8 @@ Three readings come out of one pass:
 * `ne`: the bound itself (the FM's NE can be below it only by chance: it knows less);
 * `ne_category_only`: the same with each ad's vector replaced by its category's centre, i.e. what a
   model that learns user × *category* interest (and not the per-ad residual) could reach;
-* `ne_prior_only`: the interest set to its prior mean (the segment's), no history at all.
+* `ne_prior_only`: no history at all: the prior's own predictive (the segment's mean interest, with
+  the prior's spread).
 
 Cost: one batched 2k-dimensional Newton solve per test row (k = latent_dim), numpy only; about a minute
 per 10k test rows and reading on one core.
@@ -25,10 +26,15 @@ per 10k test rows and reading on one core.
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
 from models.data.schema import EventLog
-from models.data.synthetic import START_MS, SyntheticConfig, build_world
+from models.data.synthetic import START_MS, SyntheticConfig, build_world, generate_synthetic
 from models.metrics import summarize
 
 
@@ -77,9 +83,9 @@ def history_bound(events: EventLog, test_idx: np.ndarray, config: SyntheticConfi
                             for lo in range(0, len(test_idx), chunk)])
         out[name] = summarize(clicks[test_idx], p)["ne"]
         if name == "ne":
-            v_t = features[test_idx]
-            out["ne_prior_only"] = summarize(clicks[test_idx],
-                                             _sigmoid(known[test_idx] + (v_t * prior[test_idx]).sum(1)))["ne"]
+            v_t = features[test_idx]  # no history: the prior's own predictive (precision k·I)
+            mean, var = known[test_idx] + (v_t * prior[test_idx]).sum(1), (v_t * v_t).sum(1) / k
+            out["ne_prior_only"] = summarize(clicks[test_idx], _sigmoid(mean / np.sqrt(1.0 + np.pi * var / 8.0)))["ne"]
     return out
 
 
@@ -102,3 +108,83 @@ def _posterior_predictive(features: np.ndarray, known: np.ndarray, clicks: np.nd
     mean = known[rows] + (xt * theta).sum(1)
     var = np.einsum("rd,rd->r", xt, np.linalg.solve(precision, xt[..., None])[..., 0])
     return _sigmoid(mean / np.sqrt(1.0 + np.pi * var / 8.0))
+
+
+def run_history_bound(n_events: int, seeds: int, out_dir: str | Path, *, placements: tuple[int, ...] | None = None,
+                      experiment: str | Path | None = None, command: str = "",
+                      log: Callable[[str], None] = print) -> dict:
+    """The bound on the test rows of `adrank experiment`'s synthetic world (the same events and split per
+    seed; `placements` restricts to the VMs' vertical). With `experiment` (its results.json) each seed's
+    FM NE on the same rows is paired with the bound; the oracle NE must match the experiment's, which
+    checks that the rows are the same."""
+    from models.stats import paired_interval
+    from models.train import TrainConfig, prepare_vm_data
+
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    fm_runs = None
+    if experiment is not None:
+        saved = json.loads(Path(experiment).read_text())
+        if saved.get("dataset") != "synthetic" or saved.get("profile", {}).get("n_events") != n_events:
+            raise ValueError(f"--experiment {experiment} is not a synthetic run of {n_events:,} events")
+        fm_runs = {s: r for s, r in zip(saved["seeds"], saved["per_seed"], strict=True)}
+        missing = [s for s in range(seeds) if s not in fm_runs]
+        if missing:
+            raise ValueError(f"--experiment {experiment} lacks seeds {missing}")
+    t0 = time.perf_counter()
+    per_seed = []
+    for seed in range(seeds):
+        config = SyntheticConfig(n_events=n_events, seed=seed)
+        events = generate_synthetic(config)
+        test_idx = prepare_vm_data(events, TrainConfig.for_dataset("synthetic", seed=seed)).test_idx
+        if placements is not None:
+            test_idx = test_idx[np.isin(events["placement"][test_idx], np.asarray(placements))]
+        oracle = summarize(events["click"][test_idx], events["p_click"][test_idx])["ne"]
+        if fm_runs is not None and abs(fm_runs[seed]["oracle"]["ne"] - oracle) > 1e-6:
+            raise ValueError(f"seed {seed}: the experiment's oracle NE {fm_runs[seed]['oracle']['ne']:.6f} is not "
+                             f"this one's {oracle:.6f}: different rows (check --placements)")
+        r = history_bound(events, test_idx, config)
+        r.update(seed=seed, n_test=int(len(test_idx)), oracle_ne=oracle)
+        if fm_runs is not None:
+            r["fm_ne"] = fm_runs[seed]["fm"]["ne"]
+            r["information_share"] = (r["ne"] - r["oracle_ne"]) / (r["fm_ne"] - r["oracle_ne"])
+        per_seed.append(r)
+        log(f"[seed {seed}] {len(test_idx):,} test rows: oracle {r['oracle_ne']:.4f}  bound {r['ne']:.4f}  "
+            f"category-only {r['ne_category_only']:.4f}  prior-only {r['ne_prior_only']:.4f}"
+            + (f"  FM {r['fm_ne']:.4f}" if "fm_ne" in r else ""))
+    keys = ["oracle_ne", "ne", "ne_category_only", "ne_prior_only"] + (["fm_ne"] if fm_runs else [])
+    summary = {"n_events": n_events, "seeds": list(range(seeds)), "placements": placements,
+               "experiment": str(experiment) if experiment else None, "per_seed": per_seed,
+               "mean": {k: float(np.mean([r[k] for r in per_seed])) for k in keys},
+               "seconds": time.perf_counter() - t0,
+               "command": command or f"adrank history-bound --n-events {n_events} --seeds {seeds} --out {out_dir}"}
+    if fm_runs:
+        summary["fm_minus_bound"] = paired_interval([r["fm_ne"] - r["ne"] for r in per_seed]).to_dict()
+        summary["fm_minus_category_bound"] = paired_interval([r["fm_ne"] - r["ne_category_only"]
+                                                              for r in per_seed]).to_dict()
+        summary["information_share"] = paired_interval([r["information_share"] for r in per_seed]).to_dict()
+    _write(Path(out_dir), summary)
+    return summary
+
+
+def _write(out_dir: Path, summary: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = summary["mean"]
+    rows = [("oracle (knows the user's interest)", "oracle_ne"), ("history bound (true ad vectors)", "ne"),
+            ("history bound, category centres only", "ne_category_only"),
+            ("prior only (segment mean, no history)", "ne_prior_only"), ("FM (from the experiment)", "fm_ne")]
+    lines = [f"# History bound (synthetic, {summary['n_events']:,} events, seeds {summary['seeds']})", "",
+             f"Command: `{summary['command']}`  ", f"Wall time: {summary['seconds'] / 60:.1f} min.", "",
+             "| reading | test NE, mean over seeds | per seed |", "|---|---|---|"]
+    lines += [f"| {label} | {m[k]:.4f} | {', '.join(f'{r[k]:.4f}' for r in summary['per_seed'])} |"
+              for label, k in rows if k in m]
+    for key, label in (("fm_minus_bound", "FM − history bound"), ("fm_minus_category_bound",
+                                                                   "FM − category-only bound"),
+                       ("information_share", "share of the FM's gap the bound leaves open")):
+        if key in summary:
+            i = summary[key]
+            lines.append(f"\n{label}: {i['mean']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}] (95% t, n = {i['n']})")
+    for name, text in (("results.json", json.dumps(summary, indent=2)), ("results.md", "\n".join(lines) + "\n")):
+        tmp = out_dir / f"{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_dir / name)

@@ -3,6 +3,7 @@ the interest term is switched off, lies between the oracle and the prior otherwi
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -62,3 +63,21 @@ def test_bad_arguments_name_the_field(kwargs, field):
     args = {"test_idx": test_idx[:10], **kwargs}
     with pytest.raises(ValueError, match=field):
         history_bound(events, args.pop("test_idx"), CONFIG, **args)
+
+
+def test_run_pairs_the_experiment_fm_on_the_same_rows_and_refuses_other_rows(tmp_path):
+    from models.history_bound import run_history_bound
+
+    first = run_history_bound(10_000, 2, tmp_path / "a", placements=(0, 1), log=lambda _: None)
+    fm_ne = [0.9, 0.95]
+    experiment = {"dataset": "synthetic", "profile": {"n_events": 10_000}, "seeds": [0, 1],
+                  "per_seed": [{"oracle": {"ne": r["oracle_ne"]}, "fm": {"ne": f}}
+                               for r, f in zip(first["per_seed"], fm_ne, strict=True)]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(experiment))
+    paired = run_history_bound(10_000, 2, tmp_path / "b", placements=(0, 1), experiment=path, log=lambda _: None)
+    assert paired["fm_minus_bound"]["per_seed"] == pytest.approx([f - r["ne"] for f, r in
+                                                                  zip(fm_ne, first["per_seed"], strict=True)])
+    assert "FM − history bound" in (tmp_path / "b" / "results.md").read_text()
+    with pytest.raises(ValueError, match="placements"):  # every placement: other rows, another oracle NE
+        run_history_bound(10_000, 2, tmp_path / "c", experiment=path, log=lambda _: None)
