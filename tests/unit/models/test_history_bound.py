@@ -70,7 +70,7 @@ def test_run_pairs_the_experiment_fm_on_the_same_rows_and_refuses_other_rows(tmp
 
     first = run_history_bound(10_000, 2, tmp_path / "a", placements=(0, 1), log=lambda _: None)
     fm_ne = [0.9, 0.95]
-    experiment = {"dataset": "synthetic", "profile": {"n_events": 10_000}, "seeds": [0, 1],
+    experiment = {"dataset": "synthetic", "profile": "default", "seeds": [0, 1],
                   "per_seed": [{"oracle": {"ne": r["oracle_ne"]}, "fm": {"ne": f}}
                                for r, f in zip(first["per_seed"], fm_ne, strict=True)]}
     path = tmp_path / "results.json"
