@@ -121,8 +121,24 @@ def _cmd_fm_ablation(a: argparse.Namespace) -> int:
 def _cmd_fm_scaling(a: argparse.Namespace) -> int:
     from models.fm_scaling import run_fm_scaling
 
-    command = f"adrank fm-scaling --dataset {a.dataset} --out {a.out}" + (" --quick" if a.quick else "")
+    if a.seeds is not None:
+        return _sweep("fm-scaling", a)
+    command = (f"adrank fm-scaling --dataset {a.dataset}" + (f" --seed {a.seed}" if a.seed else "")
+               + f" --out {a.out}" + (" --quick" if a.quick else ""))
     run_fm_scaling(a.dataset, a.out, quick=a.quick, seed=a.seed, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
+def _sweep(study: str, a: argparse.Namespace) -> int:
+    """`--seeds N`: the study over seeds 0 … N-1 in parallel processes, summarised with 95% t intervals."""
+    from models.seed_sweep import run_sweep
+
+    dataset = getattr(a, "dataset", "synthetic")
+    command = (f"adrank {study}" + (f" --dataset {dataset}" if study == "fm-scaling" else "")
+               + f" --seeds {a.seeds}" + (f" --jobs {a.jobs}" if a.jobs else "") + f" --out {a.out}"
+               + (" --quick" if a.quick else ""))
+    run_sweep(study, a.seeds, a.out, dataset=dataset, quick=a.quick, jobs=a.jobs, command=command)
     print(Path(a.out, "results.md").read_text())
     return 0
 
@@ -130,8 +146,23 @@ def _cmd_fm_scaling(a: argparse.Namespace) -> int:
 def _cmd_fm_gap(a: argparse.Namespace) -> int:
     from models.fm_gap import run_fm_gap
 
-    command = f"adrank fm-gap --out {a.out}" + (" --quick" if a.quick else "")
+    if a.seeds is not None:
+        return _sweep("fm-gap", a)
+    command = ("adrank fm-gap" + (f" --seed {a.seed}" if a.seed else "") + f" --out {a.out}"
+               + (" --quick" if a.quick else ""))
     run_fm_gap(a.out, quick=a.quick, seed=a.seed, command=command)
+    print(Path(a.out, "results.md").read_text())
+    return 0
+
+
+def _cmd_history_bound(a: argparse.Namespace) -> int:
+    from models.history_bound import run_history_bound
+
+    placements = tuple(int(p) for p in a.placements.split(",")) if a.placements else None
+    command = (f"adrank history-bound --n-events {a.n_events} --seeds {a.seeds}"
+               + (f" --placements {a.placements}" if a.placements else "")
+               + (f" --experiment {a.experiment}" if a.experiment else "") + f" --out {a.out}")
+    run_history_bound(a.n_events, a.seeds, a.out, placements=placements, experiment=a.experiment, command=command)
     print(Path(a.out, "results.md").read_text())
     return 0
 
@@ -228,6 +259,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--dataset", default="synthetic", choices=("synthetic", "movielens"))
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="runs/fm-scaling")
+    sp.add_argument("--seeds", type=int, default=None,
+                    help="run seeds 0 … N-1 (N >= 2) in parallel processes and report 95%% t intervals "
+                         "(models/seed_sweep.py); --seed is then ignored")
+    sp.add_argument("--jobs", type=int, default=None, help="seeds trained at once with --seeds (default: one per core)")
     sp.add_argument("--quick", action="store_true", help="tiny profile (≈ 30 s) for tests")
     sp.set_defaults(func=_cmd_fm_scaling)
 
@@ -235,5 +270,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "FM changes compared on validation")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default="runs/fm-gap")
+    sp.add_argument("--seeds", type=int, default=None,
+                    help="run seeds 0 … N-1 (N >= 2) in parallel processes and report 95%% t intervals "
+                         "(models/seed_sweep.py); --seed is then ignored")
+    sp.add_argument("--jobs", type=int, default=None, help="seeds trained at once with --seeds (default: one per core)")
     sp.add_argument("--quick", action="store_true", help="tiny profile for tests")
     sp.set_defaults(func=_cmd_fm_gap)
+
+    sp = sub.add_parser("history-bound", help="synthetic world: the NE a model that knows the world but infers each "
+                        "user's interest from their history could reach (models/history_bound.py)")
+    sp.add_argument("--n-events", type=int, default=300_000)
+    sp.add_argument("--seeds", type=int, default=5)
+    sp.add_argument("--placements", default=None, help="comma-separated placements of the test rows (the VMs' "
+                    "vertical of `adrank experiment` is 0,1); default every placement")
+    sp.add_argument("--experiment", default=None, help="an `adrank experiment --dataset synthetic` results.json: "
+                    "pair its per-seed FM NE (on the same rows) with the bound")
+    sp.add_argument("--out", default="runs/history-bound")
+    sp.set_defaults(func=_cmd_history_bound)

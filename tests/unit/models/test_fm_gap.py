@@ -41,6 +41,9 @@ def test_every_world_term_is_removed_once_and_the_choice_is_made_on_validation(t
     assert out["chosen_on_validation"] == "experiment FM"
     short = [c for c in fake_fm if c["overrides"].get("history_len") == fm_gap.PROFILES["quick"].short_history]
     assert len(short) == 1  # the long-history probe: the full world read through a short history
+    bound = out["history_bound"]  # computed on the real quick world, beside the (fake) FM
+    assert bound["oracle_ne"] == worlds["full world"]["oracle_ne"] < bound["ne"] < bound["ne_prior_only"]
+    assert bound["information_share"] == pytest.approx((bound["ne"] - bound["oracle_ne"]) / worlds["full world"]["gap"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["chosen_on_validation"] == "experiment FM"
     assert "**(chosen)**" in (tmp_path / "results.md").read_text()
