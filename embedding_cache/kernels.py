@@ -201,7 +201,9 @@ MODE_FLOAT32 = 3  # served kernel only: raw float32 rows copied as float32
 # Counters the served kernel adds to (CacheMetrics.kernel_counts): lookups, hits, fallbacks, staleness sum
 # (ms), then one count per staleness bucket (len(bounds) + 1).
 S_LOOKUPS, S_HITS, S_FALLBACKS, S_STALE_SUM, S_BUCKETS = range(5)
-ERR_USER_ID, ERR_T, ERR_SHAPE = -1, -2, -3  # the served kernel's refusals (see ServedHistory.lookup)
+ERR_USER_ID, ERR_T, ERR_SHAPE = -1, -2, -3  # the served kernel's refusals (see served_history.HistoryLookup)
+# numba.carray and an int -> void* intrinsic; ensure_compiled binds them before it compiles the served kernel
+_address = _carray = None
 
 
 def _served_history(desc_address, user_id, t, out):

@@ -49,6 +49,15 @@ _INT64 = np.dtype(np.int64)  # a dtype object: numpy resolves it faster than the
 # sharing it cannot leak anything between requests, and a consumer that tried to write would fail loudly.
 _ZERO_INDEX = np.zeros(4096, np.int64)
 _ZERO_INDEX.flags.writeable = False
+_ZERO_VIEWS: list[np.ndarray | None] = [None] * (len(_ZERO_INDEX) + 1)  # n -> _ZERO_INDEX[:n], made once
+
+
+def _zero_index(n: int) -> np.ndarray:
+    """user_index of a request with n candidates: a read-only view, made once per n (fresh beyond 4096)."""
+    if n >= len(_ZERO_VIEWS):
+        return np.zeros(n, _INT64)
+    view = _ZERO_VIEWS[n] = _ZERO_INDEX[:n]
+    return view
 _clock_ns = time.perf_counter_ns
 _new_tuple = tuple.__new__  # a NamedTuple without its generated __new__ frame (one fewer Python call)
 
@@ -263,7 +272,9 @@ class HistoryProvider:
             if got is not None:
                 codes, n_found, snapshot_id = got
                 cache_us = (_clock_ns() - t0) // 1000
-                index = _ZERO_INDEX[:n_candidates] if n_candidates <= 4096 else np.zeros(n_candidates, _INT64)
+                index = _ZERO_VIEWS[n_candidates] if n_candidates < 4097 else None
+                if index is None:
+                    index = _zero_index(n_candidates)
                 if n_found:
                     tensors = request_tensors(codes, fast[2][n_found], index)
                     return _new_tuple(HistoryInputs, (tensors, (), cache_us, snapshot_id))
