@@ -1,4 +1,4 @@
-"""Fused numba kernel for one request's lookup over one snapshot's CSR arrays (the serving hot path).
+"""Fused numba kernels for one request's lookup over one snapshot's CSR arrays.
 
 One compiled call does what `csr.user_history_one` + `csr.ad_codes` do in about ten numpy calls: it finds
 the user's row range, binary-searches t in the user's timestamps, copies the L most recent rows (newest
@@ -12,6 +12,13 @@ per row in Python.
 Ids are found through an `IdIndex` built once per snapshot: dense ids (min..max all present) are their own
 row numbers; other ids go through a radix index of bucket starts, so a lookup is one or two probes instead of
 a ~20-step binary search whose misses cannot overlap.
+
+The serving path calls a second, narrower kernel (`_served_history`, through served_history.HistoryLookup):
+one user's rows strictly before t decoded straight into the model's float32 [1, L, d] input, the prior
+for a cold user, and the reader's counters, with no ads. Its arguments are three ints and the output:
+the snapshot's arrays travel as addresses in a per-snapshot descriptor (`ServedHistory`, which keeps them
+alive), because numba unboxes every array argument on every call (1.3 us for RequestKernel's tuple of
+arrays, as long as the search and decode themselves).
 
 The numpy path in csr.py stays the reference and the fallback: the kernel's results are bit-identical to it
 (the same float32 multiply per value; tests/unit/embedding_cache/test_cache_kernels.py checks every codec).
@@ -195,7 +202,7 @@ MODE_FLOAT32 = 3  # served kernel only: raw float32 rows copied as float32
 # Layout of a served-history descriptor (`ServedHistory`): addresses and sizes of one snapshot's arrays,
 # so the compiled call receives one small int64 array instead of a tuple of snapshot arrays (numba unboxes
 # every array argument on every call: 1.3 us for the seventeen-field tuple, 0.2 us for this).
-(D_USER_IDS, D_N_USERS, D_U_STARTS, D_N_STARTS, D_U_LOW, D_U_SHIFT, D_U_DENSE, D_HEADS, D_TS, D_CODES,
+(D_USER_IDS, D_N_USERS, D_U_STARTS, D_N_STARTS, D_U_LOW, D_U_SHIFT, D_U_DENSE, D_OFFSETS, D_TS, D_CODES,
  D_N_ROWS, D_BPR, D_SCALES, D_DIM, D_MODE, D_PRIOR, D_STATS, D_BOUNDS, D_N_BOUNDS, D_ROW_BYTES, D_SINK,
  D_SIZE) = range(22)
 # Counters the served kernel adds to (CacheMetrics.kernel_counts): lookups, hits, fallbacks, staleness sum
@@ -230,7 +237,7 @@ def _served_history(desc_address, user_id, t, out):
     n_rows = desc[D_N_ROWS]
     user_ids = _carray(_address(desc[D_USER_IDS]), (n_users,), np.int64)
     starts = _carray(_address(desc[D_U_STARTS]), (desc[D_N_STARTS],), np.int64)
-    heads = _carray(_address(desc[D_HEADS]), (n_users + 1, 2), np.int64)
+    offsets = _carray(_address(desc[D_OFFSETS]), (n_users + 1,), np.int64)
     ts = _carray(_address(desc[D_TS]), (n_rows,), np.int64)
     stats = _carray(_address(desc[D_STATS]), (S_BUCKETS + desc[D_N_BOUNDS] + 1,), np.int64)
     mode = desc[D_MODE]
@@ -238,11 +245,11 @@ def _served_history(desc_address, user_id, t, out):
     newest = 0
     u = _find(user_ids, starts, desc[D_U_LOW], desc[D_U_SHIFT], desc[D_U_DENSE] != 0, user_id)
     if u >= 0:
-        start = heads[u, 0]
-        a, b = start, heads[u + 1, 0]
-        if heads[u, 1] < t:  # the usual request: after all of the user's rows, so ts is not read at all
-            a = b
-            newest = heads[u, 1]
+        start = offsets[u]
+        a, b = start, offsets[u + 1]
+        if a < b and ts[b - 1] < t:  # the usual request, after all of the user's rows: no search, and a
+            a = b                    # predictable branch, so the rows' loads start before ts[b - 1] arrives
+            newest = ts[b - 1]
         else:
             while a < b:  # first row with ts >= t: the rows before it are strictly before t
                 mid = (a + b) >> 1
@@ -254,8 +261,8 @@ def _served_history(desc_address, user_id, t, out):
                 newest = ts[a - 1]
         n_found = min(a - start, max_len)
         # Touch every cache line of the rows first: independent loads the CPU overlaps, where the decode
-        # loop alone reaches each line only after decoding the one before (measured: 0.55 -> 0.25 us of
-        # misses for 32 int4 rows among 200k users).
+        # loop alone reaches each line only after decoding the one before (32 int4 rows among 200k users:
+        # about 0.1 us of a 0.75 us call, on a shared 2-core machine).
         lo = (a - n_found) * desc[D_ROW_BYTES]
         hi = a * desc[D_ROW_BYTES]
         raw = _carray(_address(desc[D_CODES]), (n_rows * desc[D_ROW_BYTES],), np.uint8)
@@ -562,26 +569,12 @@ class ServedHistory:
             raise ValueError("ServedHistory: the snapshot's offsets, timestamps, codes and scales disagree")
         if mode == MODE_INT8 and len(scales) != len(codes):
             raise ValueError("ServedHistory: int8 codes need one scale per row")
-        heads = user_heads(offsets, ts)
-        desc[D_HEADS], desc[D_TS], desc[D_N_ROWS] = heads.ctypes.data, ts.ctypes.data, len(ts)
+        desc[D_OFFSETS], desc[D_TS], desc[D_N_ROWS] = offsets.ctypes.data, ts.ctypes.data, len(ts)
         desc[D_CODES], desc[D_BPR], desc[D_ROW_BYTES] = codes.ctypes.data, codes.shape[1], codes.strides[0]
         desc[D_SCALES] = scales.ctypes.data
         desc[D_DIM], desc[D_MODE] = kernel._dim, mode
         desc[D_PRIOR], desc[D_STATS] = prior.ctypes.data, stats.ctypes.data
         desc[D_BOUNDS], desc[D_N_BOUNDS] = bounds.ctypes.data, len(bounds)
-        keep = (user_ids, u_starts, heads, ts, codes, scales, prior, stats, bounds)
+        keep = (user_ids, u_starts, offsets, ts, codes, scales, prior, stats, bounds)
         return cls(_served, desc, kernel._dim, kernel._codec.name, keep)
 
-
-def user_heads(offsets: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """int64 [users + 1, 2]: each user's first row and newest timestamp (0 for a user without rows), then
-    (row count, 0). Built once per snapshot (16 bytes per user, in process memory) so that a request after
-    all of its user's rows, the usual case, reads one cache line before the codes instead of the offsets,
-    then the timestamps: on 200k users it halves the kernel's time (cache misses, not arithmetic)."""
-    offsets = np.asarray(offsets, np.int64)
-    heads = np.zeros((len(offsets), 2), np.int64)
-    heads[:, 0] = offsets
-    ends = offsets[1:]
-    has = ends > offsets[:-1]
-    heads[:-1, 1][has] = np.asarray(ts, np.int64)[ends[has] - 1]
-    return heads

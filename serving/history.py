@@ -3,15 +3,20 @@
 Each model version names the fm_version it was trained with (manifest); the provider opens one cache
 reader per fm_version and never serves a model codes of another version, codec or width. A model whose
 codes are absent from the cache is refused at load (FAILED_PRECONDITION) rather than served without
-history. A request is one `CacheReader.lookup` call (the compiled one-request kernel on the embedded
-store, one MGET on Redis); its result becomes model inputs through `models.history.history_tensors`, the
-function training uses, so online and offline tensors are built by the same code.
+history. On the embedded (and in-memory) store a request is one compiled call
+(`embedding_cache.served_history.HistoryLookup`, bound per model version at its first request: the
+checks that depend only on the snapshot are made then, and again when a refresh swaps it) that decodes
+the codes straight into the model's input; on Redis it is one `CacheReader.lookup` (one MGET). Either
+result becomes model inputs through `models.history` (`request_tensors`, `history_tensors`), the
+module training uses, so online and offline tensors are built by the same code (the parity test
+checks them bit for bit).
 
 No model reads candidate ad codes, so the lookup asks for none (an empty id array costs nothing).
 
 Degraded mode: a lookup that fails because the cache is unreachable or slow (its timeout is the
 smaller of `cache_timeout_s` and what is left of the request's deadline), or that a circuit breaker
-skips after repeated failures, is answered with the population prior of the model's fm_version — the
+skips after repeated failures (the breaker guards lookups that can fail that way: Redis, not an
+in-process store), is answered with the population prior of the model's fm_version — the
 same code a user without history gets — flagged FLAG_HISTORY_CACHE_UNAVAILABLE instead of
 FLAG_USER_HISTORY_MISSING, so the two stay apart in responses and metrics. The prior is read when a
 reader opens (the history of a cold user) and kept in memory per fm_version, so it is there while
@@ -44,22 +49,23 @@ _NO_ADS = np.zeros(0, np.int64)
 _DEGRADED = (ranking_pb2.FLAG_HISTORY_CACHE_UNAVAILABLE,)
 _NO_HISTORY = (ranking_pb2.FLAG_USER_HISTORY_MISSING,)
 _INT64 = np.dtype(np.int64)  # a dtype object: numpy resolves it faster than the scalar type
-# Every candidate row of a request belongs to its one user: user_index is all zeros. The served path hands
-# out read-only views of this one array (as it does the mask's rows): an input no request can write, so
-# sharing it cannot leak anything between requests, and a consumer that tried to write would fail loudly.
-_ZERO_INDEX = np.zeros(4096, np.int64)
+_clock_ns = time.perf_counter_ns
+_new_tuple = tuple.__new__  # a NamedTuple without its generated __new__ frame (one fewer Python call)
+# Every candidate row of a request belongs to its one user: user_index is all zeros. The in-process path
+# hands out read-only views of this one array (as it does the mask's rows): an input no request can write,
+# so sharing it cannot leak anything between requests, and a consumer that tried to write would fail loudly.
+_SHARED_INDEX = 4096  # candidates per request up to which user_index is a shared view (beyond: fresh zeros)
+_ZERO_INDEX = np.zeros(_SHARED_INDEX, np.int64)
 _ZERO_INDEX.flags.writeable = False
-_ZERO_VIEWS: list[np.ndarray | None] = [None] * (len(_ZERO_INDEX) + 1)  # n -> _ZERO_INDEX[:n], made once
+_ZERO_VIEWS: list[np.ndarray | None] = [None] * (_SHARED_INDEX + 1)  # n -> _ZERO_INDEX[:n], made once
 
 
 def _zero_index(n: int) -> np.ndarray:
-    """user_index of a request with n candidates: a read-only view, made once per n (fresh beyond 4096)."""
-    if n >= len(_ZERO_VIEWS):
+    """user_index of a request with n candidates (see _ZERO_INDEX)."""
+    if n > _SHARED_INDEX:
         return np.zeros(n, _INT64)
     view = _ZERO_VIEWS[n] = _ZERO_INDEX[:n]
     return view
-_clock_ns = time.perf_counter_ns
-_new_tuple = tuple.__new__  # a NamedTuple without its generated __new__ frame (one fewer Python call)
 
 
 def needs_history(handle: ModelHandle) -> bool:
@@ -272,7 +278,7 @@ class HistoryProvider:
             if got is not None:
                 codes, n_found, snapshot_id = got
                 cache_us = (_clock_ns() - t0) // 1000
-                index = _ZERO_VIEWS[n_candidates] if n_candidates < 4097 else None
+                index = _ZERO_VIEWS[n_candidates] if n_candidates <= _SHARED_INDEX else None
                 if index is None:
                     index = _zero_index(n_candidates)
                 if n_found:

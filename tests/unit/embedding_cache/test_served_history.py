@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from embedding_cache import FmVersionMismatchError, InMemoryStore, InvalidLookupError, RetentionConfig
-from embedding_cache.kernels import ENV_SWITCH, user_heads
+from embedding_cache.kernels import ENV_SWITCH
 
 pytest.importorskip("numba")
 
@@ -72,12 +72,6 @@ def test_only_rows_strictly_before_t_are_returned() -> None:
     assert n_found == 3 and codes[0, :, 0].tolist() == [3, 2, 1, 0]
     codes, n_found, _ = lookup.fetch(1, T0 - 2)  # nothing before: the population prior, flagged by n == 0
     assert n_found == 0 and codes[0, 1:].tolist() == [[0, 0]] * 3
-
-
-def test_user_heads_hold_each_users_first_row_and_newest_timestamp() -> None:
-    offsets = np.array([0, 2, 2, 5])
-    ts = np.array([10, 20, 5, 6, 7])
-    assert user_heads(offsets, ts).tolist() == [[0, 20], [2, 0], [2, 7], [5, 0]]
 
 
 @pytest.mark.parametrize(("user_id", "t_ms", "field"), [
