@@ -24,6 +24,7 @@ from embedding_cache.kernels import ERR_SHAPE
 from embedding_cache.reader import _check_scalar_id
 
 _INT_TYPES = (int, np.integer)
+_ERR_RANGE = ERR_SHAPE - 1  # an argument numba could not convert to int64
 _FLOAT32 = np.dtype(np.float32)  # a dtype object: np.empty resolves it faster than the type
 
 
@@ -74,14 +75,14 @@ class HistoryLookup:
             bound = self._rebind(served)
             if bound is None:
                 return None
+        if type(user_id) is not int or type(t_ms) is not int:  # numba would take a bool or a float as an int
+            return self._convert(user_id, t_ms)
         _, run, address, snapshot_id = bound
         out = np.empty(self._shape, _FLOAT32)  # fully written by the kernel: rows, prior or zeros
-        if type(user_id) is not int or type(t_ms) is not int:
-            return self._convert(user_id, t_ms)
         try:
             n = run(address, user_id, t_ms, out)
         except OverflowError:  # an int beyond int64
-            n = ERR_SHAPE - 1
+            n = _ERR_RANGE
         if n < 0:
             self._refuse(user_id, t_ms, n)
         return out, n, snapshot_id
