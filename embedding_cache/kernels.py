@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from embedding_cache.codecs import Float32Codec, Int4Codec, Int8Codec
+from embedding_cache.metrics import K_BUCKETS, K_FALLBACKS, K_HITS, K_LOOKUPS, K_STALE_SUM
 from embedding_cache.snapshot_data import SnapshotData
 
 log = logging.getLogger(__name__)
@@ -205,9 +206,8 @@ MODE_FLOAT32 = 3  # served kernel only: raw float32 rows copied as float32
 (D_USER_IDS, D_N_USERS, D_U_STARTS, D_N_STARTS, D_U_LOW, D_U_SHIFT, D_U_DENSE, D_OFFSETS, D_TS, D_CODES,
  D_N_ROWS, D_BPR, D_SCALES, D_DIM, D_MODE, D_PRIOR, D_STATS, D_BOUNDS, D_N_BOUNDS, D_ROW_BYTES, D_SINK,
  D_SIZE) = range(22)
-# Counters the served kernel adds to (CacheMetrics.kernel_counts): lookups, hits, fallbacks, staleness sum
-# (ms), then one count per staleness bucket (len(bounds) + 1).
-S_LOOKUPS, S_HITS, S_FALLBACKS, S_STALE_SUM, S_BUCKETS = range(5)
+# Counters the served kernel adds to: CacheMetrics.kernel_counts, in the layout metrics.py defines
+S_LOOKUPS, S_HITS, S_FALLBACKS, S_STALE_SUM, S_BUCKETS = K_LOOKUPS, K_HITS, K_FALLBACKS, K_STALE_SUM, K_BUCKETS
 ERR_USER_ID, ERR_T, ERR_SHAPE = -1, -2, -3  # the served kernel's refusals (see served_history.HistoryLookup)
 # numba.carray and an int -> void* intrinsic; ensure_compiled binds them before it compiles the served kernel
 _address = _carray = None

@@ -22,8 +22,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 STALENESS_BUCKETS_MS: tuple[float, ...] = (1e3, 1e4, 6e4, 6e5, 3.6e6, 2.16e7, 8.64e7, 6.048e8, 2.592e9)
 STALENESS_BOUNDS_MS = np.array(STALENESS_BUCKETS_MS, np.int64)  # the same whole-ms bounds, for the kernel
 STALENESS_BOUNDS_MS.flags.writeable = False
-# kernel_counts layout (kept in step with kernels.S_*): lookups, hits, fallbacks, staleness sum, buckets
-_K_LOOKUPS, _K_HITS, _K_FALLBACKS, _K_STALE_SUM, _K_BUCKETS = range(5)
+# kernel_counts layout (the served kernel indexes it with these): lookups, hits, fallbacks, staleness sum
+# (ms), then one count per staleness bucket (len(STALENESS_BUCKETS_MS) + 1)
+K_LOOKUPS, K_HITS, K_FALLBACKS, K_STALE_SUM, K_BUCKETS = range(5)
 
 
 class CacheMetrics(Collector):
@@ -42,7 +43,7 @@ class CacheMetrics(Collector):
         self._user_lookups = 0
         self._user_hits = 0
         self._fallbacks = 0
-        self.kernel_counts = np.zeros(_K_BUCKETS + len(STALENESS_BUCKETS_MS) + 1, np.int64)
+        self.kernel_counts = np.zeros(K_BUCKETS + len(STALENESS_BUCKETS_MS) + 1, np.int64)
         self.ad_lookups = 0
         self.ad_hits = 0
         self.refreshes = 0
@@ -101,19 +102,19 @@ class CacheMetrics(Collector):
     # -- reading -----------------------------------------------------------------------------------
     @property
     def user_lookups(self) -> int:
-        return self._user_lookups + int(self.kernel_counts[_K_LOOKUPS])
+        return self._user_lookups + int(self.kernel_counts[K_LOOKUPS])
 
     @property
     def user_hits(self) -> int:
-        return self._user_hits + int(self.kernel_counts[_K_HITS])
+        return self._user_hits + int(self.kernel_counts[K_HITS])
 
     @property
     def fallbacks(self) -> int:
-        return self._fallbacks + int(self.kernel_counts[_K_FALLBACKS])
+        return self._fallbacks + int(self.kernel_counts[K_FALLBACKS])
 
     @property
     def staleness_sum_ms(self) -> float:
-        return self._staleness_sum_ms + float(self.kernel_counts[_K_STALE_SUM])
+        return self._staleness_sum_ms + float(self.kernel_counts[K_STALE_SUM])
 
     @property
     def hit_rate(self) -> float:
@@ -149,19 +150,19 @@ class CacheMetrics(Collector):
         with self._lock:
             # one read of the kernel's counters (a copy), so every family of this scrape agrees
             kernel = self.kernel_counts.tolist()
-            user_lookups = self._user_lookups + kernel[_K_LOOKUPS]
-            user_hits = self._user_hits + kernel[_K_HITS]
+            user_lookups = self._user_lookups + kernel[K_LOOKUPS]
+            user_hits = self._user_hits + kernel[K_HITS]
             counters = {
                 "adrank_cache_user_lookups": (user_lookups, "User history lookups."),
                 "adrank_cache_user_hits": (user_hits, "User lookups that found history before t."),
-                "adrank_cache_fallbacks": (self._fallbacks + kernel[_K_FALLBACKS],
+                "adrank_cache_fallbacks": (self._fallbacks + kernel[K_FALLBACKS],
                                            "User lookups answered with the cold-start prior."),
                 "adrank_cache_ad_lookups": (self.ad_lookups, "Candidate ad code lookups."),
                 "adrank_cache_ad_hits": (self.ad_hits, "Candidate ads found."),
                 "adrank_cache_refresh_failures": (self.refresh_failures, "Refreshes refused (corrupt/missing)."),
             }
-            buckets = [a + b for a, b in zip(self._bucket_counts, kernel[_K_BUCKETS:], strict=True)]
-            stale_sum = self._staleness_sum_ms + kernel[_K_STALE_SUM]
+            buckets = [a + b for a, b in zip(self._bucket_counts, kernel[K_BUCKETS:], strict=True)]
+            stale_sum = self._staleness_sum_ms + kernel[K_STALE_SUM]
         for name, (value, doc) in counters.items():
             family = CounterMetricFamily(name, doc, labels=labels)
             family.add_metric(values, value)
