@@ -60,6 +60,10 @@ _ZERO_INDEX.flags.writeable = False
 _ZERO_VIEWS: list[np.ndarray | None] = [None] * (_SHARED_INDEX + 1)  # n -> _ZERO_INDEX[:n], made once
 
 
+def _no_lookup(user_id: int, t_ms: int) -> None:  # noqa: ARG001 - HistoryLookup.fetch's signature
+    """The served lookup of a reader that has none: None sends every request down the general path."""
+
+
 def _zero_index(n: int) -> np.ndarray:
     """user_index of a request with n candidates (see _ZERO_INDEX)."""
     if n > _SHARED_INDEX:
@@ -297,10 +301,10 @@ class HistoryProvider:
             lookup = reader.history_lookup(need.length, need.width, need.codec)
         except CacheError as exc:
             raise lookup_error(exc) from exc
-        if lookup is not None:
-            if len(self._fast) >= 256:  # handles of unloaded versions: drop them all, live ones rebind
-                self._fast.clear()
-            self._fast[id(handle)] = (handle, lookup.fetch, mask_rows(need.length))
+        if len(self._fast) >= 256:  # handles of unloaded versions: drop them all, live ones rebind
+            self._fast.clear()
+        # a reader without the served kernel (no numba, or a codec it does not decode) is asked once
+        self._fast[id(handle)] = (handle, _no_lookup if lookup is None else lookup.fetch, mask_rows(need.length))
 
     async def _inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int,
                       timeout_s: float | None) -> HistoryInputs:

@@ -113,3 +113,16 @@ def test_a_refreshed_snapshot_narrower_than_the_model_is_refused():
     assert reader._swap(narrow.current(fakes.FM))  # a snapshot of the same version a writer would refuse to publish
     with pytest.raises(ModelNotReady, match="width"):
         asyncio.run(provider.inputs(handle, 7, fakes.NOW_MS, 2))
+
+
+def test_without_the_compiled_lookup_the_generic_path_serves_the_same_tensors(monkeypatch: pytest.MonkeyPatch):
+    store = fakes.fm_store(users=(7,))
+    handle = fakes.handle(fm_version=fakes.FM, history=True)
+    want = asyncio.run(HistoryProvider("memory", store).inputs(handle, 7, fakes.NOW_MS, 3))
+    monkeypatch.setenv("ADRANK_CACHE_KERNEL", "numpy")
+    provider = HistoryProvider("memory", store)
+    for _ in range(2):  # the first asks for the served lookup, the second knows there is none
+        got = asyncio.run(provider.inputs(handle, 7, fakes.NOW_MS, 3))
+        assert provider.reader(fakes.FM).lookup_path == "numpy"
+        assert all(got.tensors[k].tobytes() == v.tobytes() for k, v in want.tensors.items())
+        assert got.flags == want.flags == ()
