@@ -352,9 +352,10 @@ def _signatures() -> list[tuple]:
 def ensure_compiled():
     """The compiled kernel (compiled, or loaded from numba's cache, once per process), or None.
 
-    None when numba is not importable or ADRANK_CACHE_KERNEL=numpy. Readers call it when they open.
+    None when numba is not importable or ADRANK_CACHE_KERNEL=numpy. Readers call it when they open. The
+    served-history kernel is compiled with it (`_served`; None if that compile failed, logged).
     """
-    global _compiled
+    global _compiled, _served
     if os.environ.get(ENV_SWITCH, "").lower() == "numpy":
         return None
     if _compiled is None:
@@ -374,13 +375,15 @@ def ensure_compiled():
                 for sig in _signatures():
                     dispatcher.compile(sig)
                 dispatcher.disable_compile()  # never compile inside a request
-                globals()["_address"], globals()["_carray"] = _address_intrinsic(), numba.carray
-                served = numba.njit(nogil=False, cache=True)(_served_history)
-                served.compile(_served_signature())
-                served.disable_compile()
-                global _served
-                _served = served
-                _compiled = dispatcher
+                try:
+                    globals()["_address"], globals()["_carray"] = _address_intrinsic(), numba.carray
+                    served = numba.njit(nogil=False, cache=True)(_served_history)
+                    served.compile(_served_signature())
+                    served.disable_compile()
+                    _served = served
+                except Exception as exc:  # noqa: BLE001 - the generic lookup still serves, bit for bit the same
+                    log.warning("the served-history kernel did not compile (%s): serving uses reader.lookup", exc)
+                _compiled = dispatcher  # last: a reader that sees it compiled sees the served kernel too
     return _compiled or None
 
 
