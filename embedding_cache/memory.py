@@ -16,7 +16,8 @@ from embedding_cache import csr
 from embedding_cache.batch import HistoryBatch
 from embedding_cache.config import LookupLimits, RetentionConfig
 from embedding_cache.errors import FmVersionMismatchError, SnapshotNotFoundError
-from embedding_cache.kernels import RequestKernel
+from embedding_cache.kernels import RequestKernel, ServedHistory
+from embedding_cache.metrics import STALENESS_BOUNDS_MS
 from embedding_cache.reader import CacheReader, ViewInfo, raise_negative
 from embedding_cache.snapshot_data import SnapshotData
 from embedding_cache.writer import SnapshotWriter, format_snapshot_id
@@ -28,6 +29,7 @@ class _Served(NamedTuple):
     data: SnapshotData
     info: ViewInfo
     kernel: RequestKernel | None  # the fused lookup, None on the numpy path
+    history: ServedHistory | None  # the served-history lookup (serving's entry), None where it does not apply
 
 
 class CsrReader(CacheReader):
@@ -44,10 +46,20 @@ class CsrReader(CacheReader):
         self._served = self._serve(data)
         self.metrics.record_snapshot(data.snapshot_id, data.created_ms)
 
-    @staticmethod
-    def _serve(data: SnapshotData) -> _Served:
+    def _serve(self, data: SnapshotData) -> _Served:
         # Built before the swap (compiling the kernel on the first open), so no request waits for it.
-        return _Served(data, ViewInfo(data.snapshot_id, data.prior), RequestKernel.for_snapshot(data))
+        kernel = RequestKernel.for_snapshot(data)
+        history = None if kernel is None else ServedHistory.for_kernel(
+            kernel, data.prior, self.metrics.kernel_counts, STALENESS_BOUNDS_MS)
+        return _Served(data, ViewInfo(data.snapshot_id, data.prior), kernel, history)
+
+    def history_lookup(self, length: int, width: int, codec: str = ""):  # -> served_history.HistoryLookup
+        """The served-path entry for a model reading `length` codes of `width` dims stored as `codec`
+        ('' = any): see embedding_cache.served_history. None when this reader serves through `lookup` only
+        (no numba, or a codec the served kernel does not decode)."""
+        from embedding_cache.served_history import HistoryLookup
+
+        return HistoryLookup.bind(self, length, width, codec)
 
     def _swap(self, data: SnapshotData) -> bool:
         if data.fm_version != self.fm_version:

@@ -3,7 +3,8 @@
 Counters are plain Python numbers updated under a lock, and a custom collector turns them into
 Prometheus families only when scraped. That keeps the request path free of prometheus-client calls
 (each costs about a microsecond, comparable to a whole lookup) while a caller-provided registry still
-sees `adrank_cache_*` metrics.
+sees `adrank_cache_*` metrics. The served-history kernel (kernels.py) counts its lookups itself, in
+`kernel_counts`, an int64 array it adds to while holding the GIL; every reading adds both.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 # Staleness buckets (ms): 1 s ... 30 days.
 STALENESS_BUCKETS_MS: tuple[float, ...] = (1e3, 1e4, 6e4, 6e5, 3.6e6, 2.16e7, 8.64e7, 6.048e8, 2.592e9)
+STALENESS_BOUNDS_MS = np.array(STALENESS_BUCKETS_MS, np.int64)  # the same whole-ms bounds, for the kernel
+STALENESS_BOUNDS_MS.flags.writeable = False
+# kernel_counts layout (the served kernel indexes it with these): lookups, hits, fallbacks, staleness sum
+# (ms), then one count per staleness bucket (len(STALENESS_BUCKETS_MS) + 1)
+K_LOOKUPS, K_HITS, K_FALLBACKS, K_STALE_SUM, K_BUCKETS = range(5)
 
 
 class CacheMetrics(Collector):
@@ -34,14 +40,15 @@ class CacheMetrics(Collector):
         self.backend = backend
         self.fm_version = fm_version
         self._lock = threading.Lock()
-        self.user_lookups = 0
-        self.user_hits = 0
-        self.fallbacks = 0
+        self._user_lookups = 0
+        self._user_hits = 0
+        self._fallbacks = 0
+        self.kernel_counts = np.zeros(K_BUCKETS + len(STALENESS_BUCKETS_MS) + 1, np.int64)
         self.ad_lookups = 0
         self.ad_hits = 0
         self.refreshes = 0
         self.refresh_failures = 0
-        self.staleness_sum_ms = 0.0
+        self._staleness_sum_ms = 0.0
         self._bucket_counts = [0] * (len(STALENESS_BUCKETS_MS) + 1)
         self.snapshot_id = ""
         self.snapshot_created_ms = 0
@@ -55,24 +62,24 @@ class CacheMetrics(Collector):
         hits = int(has.sum())
         stale = (t - newest_ts)[has] if hits else ()
         with self._lock:
-            self.user_lookups += len(lengths)
-            self.user_hits += hits
-            self.fallbacks += len(lengths) - hits
+            self._user_lookups += len(lengths)
+            self._user_hits += hits
+            self._fallbacks += len(lengths) - hits
             for s in stale.tolist() if hits else ():
-                self.staleness_sum_ms += s
+                self._staleness_sum_ms += s
                 self._bucket_counts[bisect.bisect_left(STALENESS_BUCKETS_MS, s)] += 1
 
     def record_request(self, staleness_ms: int | None, n_ads: int, n_ad_hits: int) -> None:
         """One `lookup` (one user, n_ads ads) in one update; staleness None means the user fell back."""
         with self._lock:
-            self.user_lookups += 1
+            self._user_lookups += 1
             self.ad_lookups += n_ads
             self.ad_hits += n_ad_hits
             if staleness_ms is None:
-                self.fallbacks += 1
+                self._fallbacks += 1
                 return
-            self.user_hits += 1
-            self.staleness_sum_ms += staleness_ms
+            self._user_hits += 1
+            self._staleness_sum_ms += staleness_ms
             self._bucket_counts[bisect.bisect_left(STALENESS_BUCKETS_MS, staleness_ms)] += 1
 
     def record_ads(self, hit: np.ndarray) -> None:
@@ -93,6 +100,22 @@ class CacheMetrics(Collector):
             self.refresh_failures += 1
 
     # -- reading -----------------------------------------------------------------------------------
+    @property
+    def user_lookups(self) -> int:
+        return self._user_lookups + int(self.kernel_counts[K_LOOKUPS])
+
+    @property
+    def user_hits(self) -> int:
+        return self._user_hits + int(self.kernel_counts[K_HITS])
+
+    @property
+    def fallbacks(self) -> int:
+        return self._fallbacks + int(self.kernel_counts[K_FALLBACKS])
+
+    @property
+    def staleness_sum_ms(self) -> float:
+        return self._staleness_sum_ms + float(self.kernel_counts[K_STALE_SUM])
+
     @property
     def hit_rate(self) -> float:
         """Share of user lookups that found at least one code before t (1.0 before any lookup)."""
@@ -125,16 +148,21 @@ class CacheMetrics(Collector):
         labels = ["backend", "fm_version"]
         values = [self.backend, self.fm_version]
         with self._lock:
+            # one read of the kernel's counters (a copy), so every family of this scrape agrees
+            kernel = self.kernel_counts.tolist()
+            user_lookups = self._user_lookups + kernel[K_LOOKUPS]
+            user_hits = self._user_hits + kernel[K_HITS]
             counters = {
-                "adrank_cache_user_lookups": (self.user_lookups, "User history lookups."),
-                "adrank_cache_user_hits": (self.user_hits, "User lookups that found history before t."),
-                "adrank_cache_fallbacks": (self.fallbacks, "User lookups answered with the cold-start prior."),
+                "adrank_cache_user_lookups": (user_lookups, "User history lookups."),
+                "adrank_cache_user_hits": (user_hits, "User lookups that found history before t."),
+                "adrank_cache_fallbacks": (self._fallbacks + kernel[K_FALLBACKS],
+                                           "User lookups answered with the cold-start prior."),
                 "adrank_cache_ad_lookups": (self.ad_lookups, "Candidate ad code lookups."),
                 "adrank_cache_ad_hits": (self.ad_hits, "Candidate ads found."),
                 "adrank_cache_refresh_failures": (self.refresh_failures, "Refreshes refused (corrupt/missing)."),
             }
-            buckets = list(self._bucket_counts)
-            stale_sum = self.staleness_sum_ms
+            buckets = [a + b for a, b in zip(self._bucket_counts, kernel[K_BUCKETS:], strict=True)]
+            stale_sum = self._staleness_sum_ms + kernel[K_STALE_SUM]
         for name, (value, doc) in counters.items():
             family = CounterMetricFamily(name, doc, labels=labels)
             family.add_metric(values, value)
@@ -147,7 +175,7 @@ class CacheMetrics(Collector):
         hist.add_metric(values, cumulative, stale_sum)
         yield hist
         hit = GaugeMetricFamily("adrank_cache_hit_rate", "Share of user lookups with history.", labels=labels)
-        hit.add_metric(values, self.hit_rate)
+        hit.add_metric(values, user_hits / user_lookups if user_lookups else 1.0)
         yield hit
         age = GaugeMetricFamily("adrank_cache_snapshot_age_ms", "Age of the served snapshot (ms).", labels=labels)
         age.add_metric(values, self.snapshot_age_ms)

@@ -136,12 +136,24 @@ def history_tensors(codes: np.ndarray, lengths: np.ndarray, length: int, width: 
         raise ValueError(f"history codes of shape {codes.shape} cannot give {length} codes of width {width}")
     if codes.shape[1] != length or codes.shape[2] != width or codes.dtype != np.float32:
         codes = np.ascontiguousarray(codes[:, :length, :width], dtype=np.float32)
-    table = _mask_table(length)
-    if len(lengths) == 1:  # one request's user: a view of the table's row, no allocation
-        n = min(int(lengths[0]), length)
-        mask = table[n:n + 1]
-    else:
-        mask = table[np.minimum(lengths, length)]
     if user_index.dtype != np.int64:
         user_index = user_index.astype(np.int64)
+    if len(lengths) == 1:  # one request's user
+        return request_tensors(codes, mask_rows(length)[min(int(lengths[0]), length)], user_index)
+    mask = _mask_table(length)[np.minimum(lengths, length)]
+    return {FM_HISTORY: codes, FM_HISTORY_MASK: mask, USER_INDEX: user_index}
+
+
+@lru_cache(maxsize=64)
+def mask_rows(length: int) -> tuple[np.ndarray, ...]:
+    """`mask_rows(L)[n]` is the float32 [1, L] mask of one user with n valid codes: a read-only view of the
+    cached table's row, so a request's mask costs a tuple index, no allocation."""
+    table = _mask_table(length)
+    return tuple(table[n:n + 1] for n in range(length + 1))
+
+
+def request_tensors(codes: np.ndarray, mask: np.ndarray, user_index: np.ndarray) -> dict[str, np.ndarray]:
+    """`history_tensors` of one user whose `codes` are already exactly float32 [1, L, d] (the serving
+    path's lookup decodes into that shape): `mask` is `mask_rows(L)[n]` for its n valid codes (the
+    cold-start prior counts as one), `user_index` int64 [B] the user of each candidate row (all 0)."""
     return {FM_HISTORY: codes, FM_HISTORY_MASK: mask, USER_INDEX: user_index}

@@ -3,15 +3,20 @@
 Each model version names the fm_version it was trained with (manifest); the provider opens one cache
 reader per fm_version and never serves a model codes of another version, codec or width. A model whose
 codes are absent from the cache is refused at load (FAILED_PRECONDITION) rather than served without
-history. A request is one `CacheReader.lookup` call (the compiled one-request kernel on the embedded
-store, one MGET on Redis); its result becomes model inputs through `models.history.history_tensors`, the
-function training uses, so online and offline tensors are built by the same code.
+history. On the embedded (and in-memory) store a request is one compiled call
+(`embedding_cache.served_history.HistoryLookup`, bound per model version at its first request: the
+checks that depend only on the snapshot are made then, and again when a refresh swaps it) that decodes
+the codes straight into the model's input; on Redis it is one `CacheReader.lookup` (one MGET). Either
+result becomes model inputs through `models.history` (`request_tensors`, `history_tensors`), the
+module training uses, so online and offline tensors are built by the same code (the parity test
+checks them bit for bit).
 
 No model reads candidate ad codes, so the lookup asks for none (an empty id array costs nothing).
 
 Degraded mode: a lookup that fails because the cache is unreachable or slow (its timeout is the
 smaller of `cache_timeout_s` and what is left of the request's deadline), or that a circuit breaker
-skips after repeated failures, is answered with the population prior of the model's fm_version — the
+skips after repeated failures (the breaker guards lookups that can fail that way: Redis, not an
+in-process store), is answered with the population prior of the model's fm_version — the
 same code a user without history gets — flagged FLAG_HISTORY_CACHE_UNAVAILABLE instead of
 FLAG_USER_HISTORY_MISSING, so the two stay apart in responses and metrics. The prior is read when a
 reader opens (the history of a cold user) and kept in memory per fm_version, so it is there while
@@ -32,7 +37,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from embedding_cache import CacheError
-from models.history import FM_HISTORY, history_tensors
+from models.history import FM_HISTORY, history_tensors, mask_rows, request_tensors
 from protos.adrank.v1 import ranking_pb2
 from serving.backends.base import ModelHandle
 from serving.breaker import CircuitBreaker
@@ -43,6 +48,28 @@ log = logging.getLogger(__name__)
 _NO_ADS = np.zeros(0, np.int64)
 _DEGRADED = (ranking_pb2.FLAG_HISTORY_CACHE_UNAVAILABLE,)
 _NO_HISTORY = (ranking_pb2.FLAG_USER_HISTORY_MISSING,)
+_INT64 = np.dtype(np.int64)  # a dtype object: numpy resolves it faster than the scalar type
+_clock_ns = time.perf_counter_ns
+_new_tuple = tuple.__new__  # a NamedTuple without its generated __new__ frame (one fewer Python call)
+# Every candidate row of a request belongs to its one user: user_index is all zeros. The in-process path
+# hands out read-only views of this one array (as it does the mask's rows): an input no request can write,
+# so sharing it cannot leak anything between requests, and a consumer that tried to write would fail loudly.
+_SHARED_INDEX = 4096  # candidates per request up to which user_index is a shared view (beyond: fresh zeros)
+_ZERO_INDEX = np.zeros(_SHARED_INDEX, np.int64)
+_ZERO_INDEX.flags.writeable = False
+_ZERO_VIEWS: list[np.ndarray | None] = [None] * (_SHARED_INDEX + 1)  # n -> _ZERO_INDEX[:n], made once
+
+
+def _no_lookup(user_id: int, t_ms: int) -> None:  # noqa: ARG001 - HistoryLookup.fetch's signature
+    """The served lookup of a reader that has none: None sends every request down the general path."""
+
+
+def _zero_index(n: int) -> np.ndarray:
+    """user_index of a request with n candidates (see _ZERO_INDEX)."""
+    if n > _SHARED_INDEX:
+        return np.zeros(n, _INT64)
+    view = _ZERO_VIEWS[n] = _ZERO_INDEX[:n]
+    return view
 
 
 def needs_history(handle: ModelHandle) -> bool:
@@ -145,6 +172,9 @@ class HistoryProvider:
         self._needs: dict[tuple[str, int, str], _Need] = {}
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None  # Redis lookups: apart from the loop's default pool
+        # id(handle) -> (handle, the reader's served-history lookup bound to its L, width and codec, the
+        # model's mask rows); the handle is kept so its id cannot be reused by another while it is here
+        self._fast: dict[int, tuple] = {}
 
     def _need(self, handle: ModelHandle) -> _Need:
         key = (handle.name, handle.version, handle.fm_version)
@@ -235,9 +265,59 @@ class HistoryProvider:
 
     async def inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int, *,
                      timeout_s: float | None = None) -> HistoryInputs:
-        """The request's history tensors; `timeout_s` is what is left of the request's deadline."""
+        """The request's history tensors; `timeout_s` is what is left of the request's deadline.
+
+        On an in-process store (embedded, memory) a model's second request on takes the served-history
+        lookup (embedding_cache.served_history) bound at its first: fm_version, codec and width were
+        checked when it was bound (and are again when a refresh swaps the snapshot); the compiled call
+        checks the arguments, decodes into the model's input and counts the lookup. No breaker: such a
+        lookup has no network to fail. Everything else takes `_inputs`."""
+        fast = self._fast.get(id(handle))
+        if fast is not None and fast[0] is handle:
+            t0 = _clock_ns()
+            try:
+                got = fast[1](user_id, t_ms)
+            except CacheError as exc:
+                raise lookup_error(exc) from exc
+            if got is not None:
+                codes, n_found, snapshot_id = got
+                cache_us = (_clock_ns() - t0) // 1000
+                index = _ZERO_VIEWS[n_candidates] if n_candidates <= _SHARED_INDEX else None
+                if index is None:
+                    index = _zero_index(n_candidates)
+                if n_found:
+                    tensors = request_tensors(codes, fast[2][n_found], index)
+                    return _new_tuple(HistoryInputs, (tensors, (), cache_us, snapshot_id))
+                tensors = request_tensors(codes, fast[2][1], index)  # the prior counts as one code
+                return _new_tuple(HistoryInputs, (tensors, _NO_HISTORY, cache_us, snapshot_id))
+        return await self._inputs(handle, user_id, t_ms, n_candidates, timeout_s)
+
+    def _bind_fast(self, handle: ModelHandle, need: _Need, reader) -> None:
+        """Binds the served-history lookup of an in-process reader for `handle`, after the checks that
+        depend only on the model and the reader (the lookup re-checks the snapshot's width and codec)."""
+        if reader.fm_version != handle.fm_version:  # never mix FM versions (readers are keyed by it)
+            return
+        try:
+            lookup = reader.history_lookup(need.length, need.width, need.codec)
+        except CacheError as exc:
+            raise lookup_error(exc) from exc
+        if len(self._fast) >= 256:  # handles of unloaded versions: drop them all, live ones rebind
+            self._fast.clear()
+        # a reader without the served kernel (no numba, or a codec it does not decode) is asked once
+        self._fast[id(handle)] = (handle, _no_lookup if lookup is None else lookup.fetch, mask_rows(need.length))
+
+    async def _inputs(self, handle: ModelHandle, user_id: int, t_ms: int, n_candidates: int,
+                      timeout_s: float | None) -> HistoryInputs:
+        """The general path: any backend, the breaker, the lookup's HistoryBatch checked per request."""
         need = self._need(handle)
         reader = self.reader(handle.fm_version)
+        if self.backend != "redis" and id(handle) not in self._fast:
+            from embedding_cache.memory import CsrReader
+
+            if isinstance(reader, CsrReader):
+                self._bind_fast(handle, need, reader)
+                if id(handle) in self._fast:
+                    return await self.inputs(handle, user_id, t_ms, n_candidates, timeout_s=timeout_s)
         t0 = time.perf_counter()
         breaker = self.breaker
         if not breaker.allow():

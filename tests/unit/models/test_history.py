@@ -24,3 +24,16 @@ def test_before_returns_exactly_the_most_recent_strictly_earlier_events(pairs, m
             skipped = np.setdiff1d(candidates, got)
             assert len(skipped) == 0 or ts[skipped].max() <= ts[got].min()
         assert np.all(rows[i][~mask[i]] == -1)
+
+
+def test_request_tensors_are_history_tensors_of_one_user():
+    from models.history import FM_HISTORY_MASK, history_tensors, mask_rows, request_tensors
+
+    codes = np.arange(5 * 3, dtype=np.float32).reshape(1, 5, 3)
+    index = np.zeros(4, np.int64)
+    for n in range(1, 6):
+        want = history_tensors(codes, np.array([n]), 5, 3, index)
+        got = request_tensors(codes, mask_rows(5)[n], index)
+        assert set(got) == set(want)
+        assert all(got[k].tobytes() == want[k].tobytes() and got[k].dtype == want[k].dtype for k in want)
+        assert not got[FM_HISTORY_MASK].flags.writeable  # one shared table: no request can change it
