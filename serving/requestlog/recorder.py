@@ -140,10 +140,11 @@ def attach_request_log(service: AdRankingService, config: ServerConfig
     registry = service.metrics.registry
     sink = RequestLogSink(SinkConfig(folder=config.request_log, sample_rate=config.request_log_sample,
                                      queue_size=config.request_log_queue,
-                                     max_file_age_s=config.request_log_rotate_s), registry=registry)
+                                     max_file_age_s=config.request_log_rotate_s, writer=config.request_log_writer),
+                          registry=registry)
     scorer = (NoHistoryScorer(service.backend, config.transfer_sample, registry=registry)
               if config.transfer_sample > 0 else None)
     service.pipeline = service.pipeline.wrap("encode", logging_encode(sink, registry=registry, no_history=scorer))
-    log.info("request log: %s (sample rate %g, transfer sample %g)", sink.folder, config.request_log_sample,
-             config.transfer_sample)
+    log.info("request log: %s (sample rate %g, transfer sample %g, writer %s)", sink.folder,
+             config.request_log_sample, config.transfer_sample, config.request_log_writer)
     return sink, scorer
