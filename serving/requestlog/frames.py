@@ -10,7 +10,7 @@ column building — the expensive part — on the sender again.
 Layout (little endian)::
 
     kind: 1 byte (b"R" record, b"F" flush, b"C" close) | body length: uint32 | body
-    record body: header length uint32 | JSON header | 8 × int64 | 14 × uint32 element counts | array bytes
+    record body: header length uint32 | JSON header | 9 × int64 | 15 × uint32 element counts | array bytes
     flush body:  uint64 ticket
 
 The receiver checks the record (`RequestRecord.check`) as the in-process writer did; a frame that does
@@ -40,14 +40,15 @@ MAX_FRAME_BYTES = 256 << 20
 """A larger length is a corrupt stream, not a record (the server bounds candidates far below this)."""
 
 _INTS = ("request_time_ms", "logged_at_ms", "user_id", "placement", "device", "hour", "user_segment",
-         "model_version")
+         "model_version", "shadow_model_version")
 _INT_STRUCT = struct.Struct(f"<{len(_INTS)}q")
 _STRINGS = ("request_id", "model_name", "rollout_arm", "backend", "fm_version", "snapshot_id")
 _ARRAYS: tuple[tuple[str, np.dtype], ...] = tuple((name, np.dtype(t)) for name, t in (
     ("recent_categories", np.int32), ("ad_id", np.int64), ("advertiser_id", np.int64), ("campaign_id", np.int64),
     ("category", np.int32), ("bid", np.float64), ("p_ctr", np.float32), ("p_cvr", np.float32),
     ("expected_value", np.float64), ("order", np.int32), ("p_ctr_no_history", np.float32),
-    ("p_cvr_no_history", np.float32), ("dense_features", np.float32)))
+    ("p_cvr_no_history", np.float32), ("p_ctr_shadow", np.float32), ("p_cvr_shadow", np.float32),
+    ("dense_features", np.float32)))
 _COUNT_STRUCT = struct.Struct(f"<{len(_ARRAYS)}I")
 
 

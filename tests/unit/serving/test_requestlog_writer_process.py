@@ -35,7 +35,8 @@ def _wait(predicate, timeout_s: float = 20.0) -> None:  # noqa: ANN001
 def test_a_frame_decodes_to_the_same_row() -> None:
     dense = np.arange(12, dtype=np.float32).reshape(4, 3)
     records = [make_record("a", dense_features=dense, p_ctr_no_history=np.full(4, 0.5, np.float32),
-                           p_cvr_no_history=np.full(4, 0.25, np.float32)),
+                           p_cvr_no_history=np.full(4, 0.25, np.float32), shadow_model_version=3,
+                           p_ctr_shadow=np.full(4, 0.125, np.float32), p_cvr_shadow=np.full(4, 0.5, np.float32)),
                make_record("b", n=0, flags=[], stage_us={}), make_record("c", logged_at_ms=5)]
     decoded = []
     for r in records:
