@@ -152,7 +152,12 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
                     "sent_to_logging_server": sent,
                     "written": written, "dropped": dropped,
                     "feeder_cpu_us_per_record": feeder_cpu_s * 1e6 / max(1, handed),
-                    "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6}
+                    "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6,
+                    "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
+                    "feeder_slices_over": {
+                        f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
+                        - _metric(text, rf'adrank_requestlog_feeder_slice_seconds_bucket{{le="{le}"}}')
+                        for le in (0.0001, 0.001)}}
     for name in ("off", "on"):
         report[name] = {k: _pct(np.concatenate(v)) for k, v in lat[name].items()}
     report["p99_ratio_client"] = report["on"]["client"]["p99_us"] / report["off"]["client"]["p99_us"]
@@ -179,9 +184,11 @@ def render(report: dict) -> str:
                  f"{report['median_block_p99_ratio_client']:.3f}, server {report['median_block_p99_ratio_server']:.3f}")
     lines.append(f"logging server: {report['sent_to_logging_server']} sent, {report['written']} written, "
                  f"dropped {json.dumps(report['dropped'])}")
+    over = report["feeder_slices_over"]
     lines.append(f"request-log thread of the serving process ({report['config']['writer']} writer): "
-                 f"{report['feeder_cpu_us_per_record']:.1f} µs CPU per record handed over, longest stretch "
-                 f"{report['feeder_max_slice_us']:.0f} µs")
+                 f"{report['feeder_cpu_us_per_record']:.1f} µs CPU per record handed over; of its "
+                 f"{report['feeder_slices']:.0f} stretches between lock releases {over['100us']:.0f} were over "
+                 f"100 µs and {over['1000us']:.0f} over 1 ms (longest {report['feeder_max_slice_us']:.0f} µs)")
     bound = report["config"]["max_ratio"]
     verdict = "PASS" if report["within_bound"] else "FAIL"
     lines.append(f"verdict: server p99 on/off {report['p99_ratio_server']:.3f} "

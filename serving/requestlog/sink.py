@@ -59,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from models.data.requestlog import RequestRecord
 from serving.requestlog.files import PREFIX_PATTERN, _host_tag, remove_stale_temps
@@ -71,6 +71,7 @@ WRITERS = ("process", "thread")
 MAX_RESTARTS = 3
 """Deaths of the writer process tolerated within RESTART_WINDOW_S before logging stops."""
 RESTART_WINDOW_S = 60.0
+SLICE_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 20e-3, 100e-3)
 log = logging.getLogger(__name__)
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,6 +185,10 @@ class SinkMetrics:
         self.feeder_max_slice = Gauge("adrank_requestlog_feeder_max_slice_seconds", "Longest CPU stretch of the "
                                       "request-log thread between two releases of the interpreter lock",
                                       registry=self.registry)
+        self.feeder_slices = Histogram("adrank_requestlog_feeder_slice_seconds", "CPU stretches of the request-log "
+                                       "thread between two releases of the interpreter lock (one record framed, "
+                                       "or one pass of the in-process writer)", buckets=SLICE_BUCKETS,
+                                       registry=self.registry)
         for reason in DROP_REASONS:
             self.dropped.labels(reason=reason)
 
@@ -470,6 +475,7 @@ class RequestLogSink:
     def _account_cpu(self, seconds: float) -> None:
         self._cpu_s += seconds
         self._max_slice_s = max(self._max_slice_s, seconds)
+        self.metrics.feeder_slices.observe(seconds)
 
     def _run_process(self) -> None:
         while True:
