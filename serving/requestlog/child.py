@@ -7,6 +7,10 @@ behind it. Here it holds only this process's lock. The sink (`serving.requestlog
 per serving process, writes `serving.requestlog.frames` frames into its stdin and reads one JSON line
 of cumulative counters per pass from its stdout.
 
+Priority: it runs at a nice value NICE above the server's. On a host with spare cores this changes
+nothing; on one short of CPU it is what keeps a third process from taking CPU time from scoring (the
+writer falls behind instead, and the sink counts what its full queue drops).
+
 Lifetime: the process lives exactly as long as its stdin. It ignores SIGINT and SIGTERM (a signal to
 the whole process group must not cost the records it holds): on end of input, or a close frame, it
 writes what it holds, publishes the open file, reports and exits. If the server is SIGKILLed, the pipe
@@ -27,6 +31,7 @@ Usage (the sink runs it; by hand only for debugging)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +46,9 @@ from serving.requestlog.frames import CLOSE, FLUSH, RECORD, decode_record, flush
 from serving.requestlog.writer import LogWriter
 
 log = logging.getLogger("serving.requestlog.child")
+NICE = 10
+"""Added to the writer's nice value: on a host short of CPU the writer falls behind (its pipe fills, the
+sink's queue drops and counts) rather than taking CPU from scoring."""
 
 
 def serve(fd_in: int, out, writer: LogWriter, poll_interval_s: float) -> None:  # noqa: ANN001 - a text stream
@@ -115,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):  # background work: the scheduler serves the scoring process first
+        os.nice(NICE)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     folder = Path(a.folder).resolve()
     remove_stale_temps(folder, a.prefix)
