@@ -10,18 +10,25 @@ Why the writing happens in another process (`SinkConfig.writer="process"`, the d
 with `python -m loadtests.bench_requestlog` (docs/request-log.md), a writer *thread* that builds Arrow
 columns and Parquet row groups in the server's process raised the server's own p99 by 11–19 % on an
 idle machine while the caller's p99 stayed put: while the writer holds the interpreter lock the event
-loop's next request waits, up to the 5 ms switch interval. So the server keeps only the cheapest part:
-a feeder thread wakes every `poll_interval_s`, swaps the queue out and turns each record into one
-compact frame (`serving.requestlog.frames`: raw array bytes, one struct, a small JSON header; ~10–20
-µs of Python per record) which it writes into a pipe. Each pipe write releases the lock, so the
-feeder holds it in slices of one record, never for a batch. The writer process
-(`serving.requestlog.child`) decodes the frames, checks them, builds the Arrow tables and writes the
-rotated, atomically published Parquet files (`serving.requestlog.files`). The frame is made on the
-feeder, not in `offer()`: at full sampling every request would pay for it on the event loop, whereas
-the feeder's slices interleave with requests and, under overload, are spent only on records the
-queue kept. The bench prints the feeder's measured lock-holding time (its thread CPU time per record and
-its longest slice), next to the in-process writer's (`--writer thread`), as a measure that a busy
-shared machine does not blur the way it blurs p99.
+loop's next request waits, up to the 5 ms switch interval. In the same benchmark, half of that
+thread's passes held the CPU for more than 100 µs between two lock releases (the longest 0.3–1 ms, and
+29–107 ms in runs with a first Parquet write). So the server keeps only the cheapest part: a feeder
+thread wakes every `poll_interval_s`, swaps the queue out and turns each record into one compact frame
+(`serving.requestlog.frames`: raw array bytes, one struct, the strings with their lengths; 7.6 µs of
+CPU for a 50-candidate record in a micro-benchmark, ~20–30 µs on the loaded benchmark host), which it
+writes into a pipe. Each pipe write releases the lock, so the feeder holds it one record at a time:
+in the benchmark 0.7–3.9 % of its stretches exceeded 100 µs and none 1 ms. The writer process
+(`serving.requestlog.child`, niced) decodes the frames, checks them, builds the Arrow tables and writes
+the rotated, atomically published Parquet files (`serving.requestlog.files`).
+
+Why frame on the feeder and not in `offer()`: at full sampling every request would pay the framing on
+the event loop (tens of µs against offer's 0.26 µs), while the feeder's one-record slices interleave
+with requests and, under overload, are spent only on records the queue kept. Why not slice the
+in-process Arrow work instead: the per-record Python work of building columns is of the same order as
+framing, but Parquet encoding and file writes would still run in the server, and one record per
+slice would lose the batching that makes Arrow worthwhile; a separate process removes the question.
+The bench prints the feeder's lock-holding figures next to the in-process writer's (`--writer thread`),
+a measure a busy shared machine does not blur the way it blurs p99.
 
 The writer process can die (OOM killer, a bug in a native library). The sink notices at its next
 pass (end of the process's report stream, or a broken pipe), counts the records it had handed over
