@@ -53,6 +53,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -78,6 +79,8 @@ WRITERS = ("process", "thread")
 MAX_RESTARTS = 3
 """Deaths of the writer process tolerated within RESTART_WINDOW_S before logging stops."""
 RESTART_WINDOW_S = 60.0
+PIPE_BYTES = 1 << 20
+"""Pipe to the writer process: the writer reads it once per poll interval, the frames wait there meanwhile."""
 SLICE_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 20e-3, 100e-3)
 log = logging.getLogger(__name__)
 _ROOT = Path(__file__).resolve().parents[2]
@@ -213,6 +216,8 @@ class _WriterProcess:
              "--compression", config.compression],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, env=env, cwd=str(_ROOT), close_fds=True)
         self.pid = self.proc.pid
+        with contextlib.suppress(OSError, AttributeError):  # Linux: room for a few passes of frames
+            fcntl.fcntl(self.proc.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)  # type: ignore
         self.sent = 0  # record frames fully written into the pipe
         self.status: dict = {}
         self.published: set[str] = set()
