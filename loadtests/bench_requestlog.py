@@ -15,8 +15,8 @@ reported, which a burst of unrelated load in one block sways less.
 
 It ends with a verdict line: PASS when the server's own pooled p99 with logging on is within 10 % of
 the one with logging off. Beside it, a figure a shared machine blurs far less: the CPU time of the
-serving process's request-log thread per record and its longest stretch (`--writer thread` gives the
-in-process writer's, for comparison; with the writer process, the only lock-holding work left is framing).
+serving process's request-log thread per record and its stretches between lock releases (`--writer
+process` gives the writer process's, whose feeder only frames records).
 
 Figures from a shared machine are noisy: the report carries `os.getloadavg()` before and after.
 """
@@ -53,7 +53,7 @@ class BenchConfig:
     transfer_sample: float = 0.0  # the sink alone; the transfer sample is another inference per sampled request
     warmup: int = 200
     seed: int = 0
-    writer: str = "process"  # the logging server's --request-log-writer: "thread" is the in-process writer
+    writer: str = "thread"  # the logging server's --request-log-writer (the server's default); or "process"
     max_ratio: float = 1.10  # the acceptance bound on the server's own p99, logging on / off
 
 
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queue", type=int, default=BenchConfig.queue, help="request_log_queue of the logging server")
     p.add_argument("--transfer-sample", type=float, default=BenchConfig.transfer_sample)
     p.add_argument("--writer", choices=("process", "thread"), default=BenchConfig.writer,
-                   help="the logging server's --request-log-writer (thread: the in-process writer, for comparison)")
+                   help="the logging server's --request-log-writer (default: the server's default, thread)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
     config = BenchConfig(a.repository, a.cache_dir, a.model, a.catalog, requests_per_block=a.requests,

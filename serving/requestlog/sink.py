@@ -6,7 +6,7 @@ lock, checks the queue's length and appends; when the queue is full the record i
 counted. Feast's feature logger makes the same trade (bounded queue, drops when full); unlike it,
 every outcome is counted here so that written + dropped + sampled_out == offered.
 
-Why the writing happens in another process (`SinkConfig.writer="process"`, the default): measured
+Why the writing can happen in another process (`SinkConfig.writer="process"`, the sink's default): measured
 with `python -m loadtests.bench_requestlog` (docs/request-log.md), a writer *thread* that builds Arrow
 columns and Parquet row groups in the server's process raised the server's own p99 by 11–19 % on an
 idle machine while the caller's p99 stayed put: while the writer holds the interpreter lock the event
@@ -29,6 +29,14 @@ framing, but Parquet encoding and file writes would still run in the server, and
 slice would lose the batching that makes Arrow worthwhile; a separate process removes the question.
 The bench prints the feeder's lock-holding figures next to the in-process writer's (`--writer thread`),
 a measure a busy shared machine does not blur the way it blurs p99.
+
+What the measurement then said, and why the server's default is still the thread writer
+(`ServerConfig.request_log_writer`): on the quiet 2-core development host (load 0.4–2.0, 7 runs of each
+back to back, docs/request-log.md) the thread writer kept the server's own p99 within 10 % in every run
+(on/off 0.88–1.09), while the writer process did not in 5 of 7 (1.04–1.49) — although its lock holds
+were far shorter (0.4–1.3 % of stretches over 100 µs against half of the thread's passes). On two cores
+a third busy process costs the server more CPU (and shared-core cache) than the lock slices save. The
+writer process is the choice for hosts with cores to spare; that case has not been measured here.
 
 The writer process can die (OOM killer, a bug in a native library). The sink notices at its next
 pass (end of the process's report stream, or a broken pipe), counts the records it had handed over

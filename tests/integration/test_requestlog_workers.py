@@ -40,7 +40,8 @@ def test_two_workers_each_log_through_their_own_writer_process(tiny_run: Path, t
     ts = int(catalog["max_ts_ms"][0])
     log_dir = tmp_path / "requestlog"
     srv = ServerProcess(["--repository", str(tiny_run / "model_repository"), "--workers", "2",
-                         "--request-log", str(log_dir)], env={"ADRANK_DRAIN_DELAY_S": "0"})
+                         "--request-log", str(log_dir),
+                         "--request-log-writer", "process"], env={"ADRANK_DRAIN_DELAY_S": "0"})
     sent = []
     with srv:
         processes = _descendants(srv.proc.pid)
