@@ -129,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--request-log-sample", type=float, metavar="R", help=flag_help("request_log_sample"))
     sp.add_argument("--request-log-queue", type=int, metavar="N", help=flag_help("request_log_queue"))
     sp.add_argument("--request-log-rotate-s", type=float, metavar="S", help=flag_help("request_log_rotate_s"))
+    sp.add_argument("--request-log-writer", choices=("process", "thread"), help=flag_help("request_log_writer"))
     sp.add_argument("--transfer-sample", type=float, metavar="R", help=flag_help("transfer_sample"))
     sp.add_argument("--rollout-registry", metavar="DIR|URL", help=flag_help("rollout_registry"))
     for name in ("rollout_poll_s", "rollout_unload_grace_s", "rollout_lease_s"):

@@ -151,6 +151,10 @@ class ServerConfig:
     request_log_rotate_s: float = _field(300.0, "Seconds after which the request log publishes its open file even "
                                          "when it is not full, so readers see quiet traffic within about this long.",
                                          between=(0.01, 86_400))
+    request_log_writer: str = _field("thread", "Where the request log's Arrow/Parquet work runs: 'thread' (a thread "
+                                     "of the server; measured best on a 2-core host) or 'process' (a writer process "
+                                     "of its own: short interpreter-lock holds, for hosts with spare cores); "
+                                     "docs/request-log.md.", choices=("process", "thread"))
     transfer_sample: float = _field(0.01, "Share of LoopFM requests (within the request log's sample) also scored "
                                     "with FM history masked out, after the response is sent, and logged beside the "
                                     "served scores: the live transfer ratio once labels join (docs/request-log.md).",

@@ -262,6 +262,9 @@ class RankingServer:
                 task.cancel()
         if self._server is not None:
             await self._server.stop(grace_s)
+        shadow = getattr(self.rollout, "shadow_scorer", None)
+        if shadow is not None and self.request_log is not None:  # queued mirrors hold records not yet offered
+            await shadow.drain()
         if self.no_history is not None:  # second scorings still running hold records not yet offered
             await self.no_history.drain()
         if self.request_log is not None:  # after the last call: publishes every record of a served request

@@ -21,9 +21,13 @@ its labels and (later) replayed:
   also scored with its FM history masked out (the version's no-history path, as history dropout hides it
   in training), those scores per candidate in request order; empty lists for every other request. They
   give the live transfer ratio once labels join (`models.monitor`).
+* `shadow_model_version`, `p_ctr_shadow`, `p_cvr_shadow`: for a live request that a rollout's shadow
+  version also scored (off the response path, `serving.pipeline.shadow`), that version and its scores per
+  candidate in request order — the pair of score vectors a shadow comparison needs; 0 and empty lists for
+  every other request (not mirrored, or the mirror was dropped under load or failed).
 
-Files of the first layout (`requestlog/1`, without the two no-history columns) are read as if those
-lists were empty.
+Older files are read as if the columns they lack were empty: `requestlog/1` (without the no-history and
+shadow columns) and `requestlog/2` (without the shadow columns).
 
 Usage::
 
@@ -42,10 +46,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_TAG = b"requestlog/2"
-"""Stored in every file's schema metadata under b"adrank.schema"; readers refuse other tags (but V1_TAG)."""
+SCHEMA_TAG = b"requestlog/3"
+"""Stored in every file's schema metadata under b"adrank.schema"; readers refuse other tags (but V1_TAG, V2_TAG)."""
 V1_TAG = b"requestlog/1"
-"""The first layout: REQUEST_LOG_SCHEMA without the no-history columns; readers upgrade it."""
+"""The first layout: REQUEST_LOG_SCHEMA without the no-history and shadow columns; readers upgrade it."""
+V2_TAG = b"requestlog/2"
+"""The second layout: without the shadow columns; readers upgrade it."""
 
 CANDIDATE_COLUMNS: dict[str, np.dtype] = {
     "ad_id": np.dtype(np.int64),
@@ -61,6 +67,9 @@ CANDIDATE_COLUMNS: dict[str, np.dtype] = {
 
 NO_HISTORY_COLUMNS = ("p_ctr_no_history", "p_cvr_no_history")
 """Scores with FM history masked out, for the sampled requests that were scored so (else empty lists)."""
+SHADOW_SCORE_COLUMNS = ("p_ctr_shadow", "p_cvr_shadow")
+"""The shadow version's scores, for the live requests it mirrored (else empty lists)."""
+SHADOW_COLUMNS = ("shadow_model_version", *SHADOW_SCORE_COLUMNS)
 
 REQUEST_LOG_SCHEMA = pa.schema(
     [
@@ -88,10 +97,14 @@ REQUEST_LOG_SCHEMA = pa.schema(
           for name in ("p_ctr", "p_cvr", "expected_value")),
         pa.field("order", pa.list_(pa.int32()), nullable=False),
         *(pa.field(name, pa.list_(pa.float32()), nullable=False) for name in NO_HISTORY_COLUMNS),
+        pa.field("shadow_model_version", pa.int64(), nullable=False),
+        *(pa.field(name, pa.list_(pa.float32()), nullable=False) for name in SHADOW_SCORE_COLUMNS),
     ],
     metadata={b"adrank.schema": SCHEMA_TAG},
 )
-V1_SCHEMA = pa.schema([f for f in REQUEST_LOG_SCHEMA if f.name not in NO_HISTORY_COLUMNS],
+V2_SCHEMA = pa.schema([f for f in REQUEST_LOG_SCHEMA if f.name not in SHADOW_COLUMNS],
+                      metadata={b"adrank.schema": V2_TAG})
+V1_SCHEMA = pa.schema([f for f in V2_SCHEMA if f.name not in NO_HISTORY_COLUMNS],
                       metadata={b"adrank.schema": V1_TAG})
 
 
@@ -137,6 +150,9 @@ class RequestRecord:
     logged_at_ms: int = 0
     p_ctr_no_history: Sequence[float] | np.ndarray = ()  # empty, or one per candidate
     p_cvr_no_history: Sequence[float] | np.ndarray = ()
+    shadow_model_version: int = 0  # the shadow version that also scored this request; 0 = none
+    p_ctr_shadow: Sequence[float] | np.ndarray = ()  # empty, or one per candidate
+    p_cvr_shadow: Sequence[float] | np.ndarray = ()
 
     @property
     def n_candidates(self) -> int:
@@ -152,13 +168,16 @@ class RequestRecord:
                 raise RequestLogError(f"{name} has {len(getattr(self, name))} values for {n} candidates")
         if self.dense_features is not None and (np.ndim(self.dense_features) != 2 or len(self.dense_features) != n):
             raise RequestLogError(f"dense_features has shape {np.shape(self.dense_features)}, expected ({n}, E)")
-        for name in NO_HISTORY_COLUMNS:
+        for name in (*NO_HISTORY_COLUMNS, *SHADOW_SCORE_COLUMNS):
             if len(getattr(self, name)) not in (0, n):
                 raise RequestLogError(f"{name} has {len(getattr(self, name))} values for {n} candidates (0 or {n})")
         order = np.asarray(self.order, dtype=np.int64)
         if order.size and (order.min() < 0 or order.max() >= n or len(np.unique(order)) != order.size):
             raise RequestLogError(f"order must hold distinct request indices in [0, {n})")
-        for name in ("request_time_ms", "user_id", "model_version"):
+        if len(self.p_ctr_shadow) != len(self.p_cvr_shadow) or (len(self.p_ctr_shadow) > 0) != (
+                int(self.shadow_model_version) > 0):
+            raise RequestLogError("shadow_model_version, p_ctr_shadow and p_cvr_shadow must be given together")
+        for name in ("request_time_ms", "user_id", "model_version", "shadow_model_version"):
             if int(getattr(self, name)) < 0:
                 raise RequestLogError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -178,7 +197,7 @@ def records_to_table(records: Sequence[RequestRecord]) -> pa.Table:
                     ("user_id", pa.int64()), ("placement", pa.int32()), ("device", pa.int32()), ("hour", pa.int32()),
                     ("user_segment", pa.int32()), ("model_name", pa.string()), ("model_version", pa.int64()),
                     ("rollout_arm", pa.string()), ("backend", pa.string()), ("fm_version", pa.string()),
-                    ("snapshot_id", pa.string())):
+                    ("snapshot_id", pa.string()), ("shadow_model_version", pa.int64())):
         cols[name] = pa.array([getattr(r, name) for r in records], type=t)
     cols["recent_categories"] = _list_column([np.asarray(r.recent_categories, np.int32) for r in records],
                                              np.dtype(np.int32), pa.int32())
@@ -186,7 +205,7 @@ def records_to_table(records: Sequence[RequestRecord]) -> pa.Table:
     for name, dtype in CANDIDATE_COLUMNS.items():
         cols[name] = _list_column([np.asarray(getattr(r, name), dtype) for r in records], dtype,
                                   pa.from_numpy_dtype(dtype))
-    for name in NO_HISTORY_COLUMNS:
+    for name in (*NO_HISTORY_COLUMNS, *SHADOW_SCORE_COLUMNS):
         cols[name] = _list_column([np.asarray(getattr(r, name), np.float32) for r in records],
                                   np.dtype(np.float32), pa.float32())
     cols["dense_features"] = _dense_column(records)
@@ -241,9 +260,10 @@ def request_log_files(folder: str | Path) -> list[Path]:
 
 
 def check_schema(schema: pa.Schema, where: str) -> bytes:
-    """The file's layout tag (SCHEMA_TAG or V1_TAG); RequestLogError when it is neither or its columns differ."""
+    """The file's layout tag (SCHEMA_TAG, V2_TAG or V1_TAG); RequestLogError when it is none of them or its
+    columns differ."""
     tag = (schema.metadata or {}).get(b"adrank.schema")
-    expected = {SCHEMA_TAG: REQUEST_LOG_SCHEMA, V1_TAG: V1_SCHEMA}.get(tag)  # type: ignore[arg-type]
+    expected = {SCHEMA_TAG: REQUEST_LOG_SCHEMA, V2_TAG: V2_SCHEMA, V1_TAG: V1_SCHEMA}.get(tag)  # type: ignore
     if expected is None:
         raise RequestLogError(f"{where}: schema tag {tag!r}, expected {SCHEMA_TAG!r} (not a request log?)")
     if not schema.equals(expected, check_metadata=False):
@@ -251,11 +271,13 @@ def check_schema(schema: pa.Schema, where: str) -> bytes:
     return tag  # type: ignore[return-value]
 
 
-def _upgrade_v1(table: pa.Table) -> pa.Table:
-    """A requestlog/1 table with the no-history columns added as empty lists."""
+def _upgrade(table: pa.Table) -> pa.Table:
+    """An older layout's table with the columns it lacks added empty (lists) or 0 (shadow_model_version)."""
     empty = pa.ListArray.from_arrays(pa.array(np.zeros(table.num_rows + 1, np.int32)), pa.array([], pa.float32()))
-    for name in NO_HISTORY_COLUMNS:
-        table = table.append_column(REQUEST_LOG_SCHEMA.field(name), empty)
+    for f in REQUEST_LOG_SCHEMA:
+        if f.name not in table.column_names:
+            column = pa.array(np.zeros(table.num_rows, np.int64)) if f.name == "shadow_model_version" else empty
+            table = table.append_column(f, column)
     return table.select([f.name for f in REQUEST_LOG_SCHEMA]).replace_schema_metadata(REQUEST_LOG_SCHEMA.metadata)
 
 
@@ -263,8 +285,8 @@ def read_request_log(folder: str | Path, columns: Sequence[str] | None = None) -
     """Every complete file in `folder` as one table (empty, with the schema, when there is none)."""
     tables = []
     for path in request_log_files(folder):
-        if check_schema(pq.read_schema(path), path.name) == V1_TAG:
-            table = _upgrade_v1(pq.read_table(path))
+        if check_schema(pq.read_schema(path), path.name) != SCHEMA_TAG:
+            table = _upgrade(pq.read_table(path))
             tables.append(table.select(list(columns)) if columns else table)
         else:
             tables.append(pq.read_table(path, columns=list(columns) if columns else None))

@@ -14,6 +14,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -57,6 +58,10 @@ class RequestContext:
     """ranking_pb2.Flag values the response will carry, in the order stages raised them."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage name, filled by the pipeline as each stage returns (failed stages absent)."""
+    shadow: asyncio.Future | None = None
+    """Set when a rollout's shadow version mirrors this request (serving.pipeline.shadow): resolves, off the
+    response path, to the shadow's `(version, p_ctr, p_cvr)` in request order, or None if the mirror failed.
+    The request logger waits on it to record the pair of score vectors."""
 
     @classmethod
     def begin(cls, time_remaining_s: float | None = None, *, max_s: float | None = None,

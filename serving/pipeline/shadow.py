@@ -9,6 +9,9 @@ never the caller. Workers take requests off the queue and run history → featur
 shadow version — its own fm_version, its own codes — and keep the pair of score vectors:
 
 - the latest `keep_pairs` pairs (request id, live and shadow p_ctr in request order), for inspection;
+- for the request log, `ctx.shadow`: a future set when the request is queued, resolved with the shadow's
+  `(version, p_ctr, p_cvr)` (or None when the mirror failed or was never scored), so the logged record
+  holds both score vectors (`serving.requestlog.recorder`);
 - per model: pairs, dropped, failed, and the running means of the Spearman rank correlation of the two
   vectors, the overlap of their top-k candidates, and mean |Δp_ctr| (also as Prometheus histograms).
 """
@@ -88,7 +91,7 @@ class Pair:
     shadow_p_ctr: np.ndarray
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the running ones are kept in a set
 class _Job:
     model: str
     request: ParsedRequest
@@ -96,6 +99,11 @@ class _Job:
     shadow: int
     request_id: str
     live_p_ctr: np.ndarray = field(repr=False)
+    result: asyncio.Future | None = field(default=None, repr=False)  # the RequestContext.shadow of the request
+
+    def resolve(self, value: tuple[int, np.ndarray, np.ndarray] | None) -> None:
+        if self.result is not None and not self.result.done():
+            self.result.set_result(value)
 
 
 class ShadowScorer:
@@ -113,6 +121,7 @@ class ShadowScorer:
         self._history, self._features, self._infer = HistoryStage(history), FeaturesStage(), InferStage(backend)
         self.queue_size, self.workers = queue_size, workers
         self._queue: asyncio.Queue[_Job] | None = None
+        self._current: set[_Job] = set()  # jobs a worker is scoring now
         self._tasks: list[asyncio.Task] = []
         self.pairs: collections.deque[Pair] = collections.deque(maxlen=keep_pairs)
         self._stats: dict[str, ShadowStats] = {}
@@ -130,11 +139,32 @@ class ShadowScorer:
         self._queue = asyncio.Queue(self.queue_size)
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Waits (up to `timeout_s`) until every queued mirror is scored, so the request log can record the
+        pairs before it closes; what is still unscored then resolves to None (logged without the shadow)."""
+        if self._queue is not None:
+            try:
+                await asyncio.wait_for(self._queue.join(), timeout_s)
+            except TimeoutError:
+                log.warning("shadow: %d mirrors still queued after %.1f s; their records carry no shadow scores",
+                            self._queue.qsize(), timeout_s)
+                self._abandon()
+
+    def _abandon(self) -> None:
+        """Resolves every queued or running mirror with None: nothing waiting on `ctx.shadow` waits forever."""
+        for job in list(self._current):
+            job.resolve(None)
+        if self._queue is not None:
+            while not self._queue.empty():
+                self._queue.get_nowait().resolve(None)
+                self._queue.task_done()
+
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        self._abandon()
 
     def stats(self, model: str) -> dict | None:
         s = self._stats.get(model)
@@ -166,6 +196,7 @@ class ShadowScorer:
             self._stat(scores.handle.name).dropped += 1
             self.outcomes.labels(scores.handle.name, "dropped").inc()
             return False
+        job.result = ctx.shadow = asyncio.get_running_loop().create_future()
         return True
 
     def wrap(self, infer):
@@ -180,15 +211,19 @@ class ShadowScorer:
         assert self._queue is not None
         while True:
             job = await self._queue.get()
+            self._current.add(job)
             try:
                 await self._score(job)
             except Exception as exc:  # noqa: BLE001 - a failed mirror is counted, never raised anywhere
+                job.resolve(None)
                 name = job.model
                 self._stat(name).failed += 1
                 self.outcomes.labels(name, "failed").inc()
                 if not isinstance(exc, RankingError):
                     log.exception("shadow scoring of %s/%s failed", name, job.shadow)
             finally:
+                self._current.discard(job)
+                job.resolve(None)  # a no-op once scored; a cancelled worker leaves no one waiting
                 self._queue.task_done()
 
     async def _score(self, job: _Job) -> None:
@@ -197,6 +232,7 @@ class ShadowScorer:
         ctx = RequestContext.begin(1.0)
         with_history = await self._history(Route(job.request, handle), ctx)
         scores = await self._infer(await self._features(with_history, ctx), ctx)
+        job.resolve((job.shadow, np.asarray(scores.p_ctr, np.float32), np.asarray(scores.p_cvr, np.float32)))
         live, shadow = job.live_p_ctr.astype(np.float64), np.asarray(scores.p_ctr, np.float64)
         self.pairs.append(Pair(job.request_id, name, job.live_version, job.shadow, job.live_p_ctr,
                                np.asarray(scores.p_ctr)))

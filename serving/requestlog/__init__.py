@@ -17,7 +17,7 @@ Usage::
 
 from models.data.requestlog import REQUEST_LOG_SCHEMA, RequestRecord, read_request_log
 from serving.requestlog.records import record_from_exchange
-from serving.requestlog.sink import DROP_REASONS, RequestLogSink, SinkConfig, SinkStats, sampled
+from serving.requestlog.sink import DROP_REASONS, WRITERS, RequestLogSink, SinkConfig, SinkStats, sampled
 
 __all__ = [
     "DROP_REASONS",
@@ -26,6 +26,7 @@ __all__ = [
     "RequestRecord",
     "SinkConfig",
     "SinkStats",
+    "WRITERS",
     "read_request_log",
     "record_from_exchange",
     "sampled",

@@ -33,7 +33,7 @@ from protos.adrank.v1 import ranking_pb2
 from serving.pipeline.context import RequestContext
 from serving.pipeline.pipeline import Stage
 from serving.pipeline.values import Ranking
-from serving.requestlog.no_history import Done, NoHistoryScorer
+from serving.requestlog.no_history import NoHistoryScorer
 from serving.requestlog.sink import RequestLogSink
 
 if TYPE_CHECKING:
@@ -46,13 +46,15 @@ _FLAG_NAMES: dict[int, str] = {v.number: v.name for v in ranking_pb2.Flag.DESCRI
 
 
 def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int = 0,
-                        no_history: tuple[np.ndarray, np.ndarray] | None = None) -> RequestRecord:
+                        no_history: tuple[np.ndarray, np.ndarray] | None = None,
+                        shadow: tuple[int, np.ndarray, np.ndarray] | None = None) -> RequestRecord:
     """The log row of a request the pipeline scored: what the model saw (the validated request, the
     context as the model's indices) and every candidate's scores in request order.
 
     `encode_us` is the encode stage's own time, which the pipeline records only after the wrapped
     stage returns; the other stages come from `ctx.timings`. `no_history`: the (p_ctr, p_cvr) of the
-    same candidates scored with FM history masked out, for a request in the transfer sample."""
+    same candidates scored with FM history masked out, for a request in the transfer sample. `shadow`: the
+    (version, p_ctr, p_cvr) of a rollout's shadow version for a request it mirrored."""
     r, handle = ranking.request, ranking.handle
     stage_us = {name: int(s * 1e6) for name, s in ctx.timings.items()}
     stage_us["encode"] = encode_us
@@ -69,6 +71,8 @@ def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int
         order=ranking.request_index.astype(np.int32),
         p_ctr_no_history=no_history[0] if no_history is not None else (),
         p_cvr_no_history=no_history[1] if no_history is not None else (),
+        shadow_model_version=int(shadow[0]) if shadow is not None else 0,
+        p_ctr_shadow=shadow[1] if shadow is not None else (), p_cvr_shadow=shadow[2] if shadow is not None else (),
     )
 
 
@@ -86,7 +90,8 @@ def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None =
     """A `Pipeline.wrap("encode", …)` wrapper that offers each scored request's record to `sink`
     after the response is built. `registry`: where the record-error counter goes (None: nowhere).
     `no_history`: requests in its sample are scored again without FM history after the response is
-    built, and their record is offered once that is done, with both score sets."""
+    built, and their record is offered once that is done, with both score sets. Likewise a request a
+    rollout's shadow mirrored (`ctx.shadow`): its record waits for the shadow's scores and holds both."""
     metrics = RecorderMetrics(registry)
     warned = False
 
@@ -98,14 +103,37 @@ def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None =
             log.exception("request log: could not build the record of request %r (further failures "
                           "are only counted)", ctx.request_id)
 
-    def offer_later(ranking: Ranking, ctx: RequestContext, encode_us: int) -> Done:
-        def done(p_ctr: np.ndarray | None, p_cvr: np.ndarray | None) -> None:
+    def offer_when_scored(ranking: Ranking, ctx: RequestContext, encode_us: int, transfer: bool) -> None:
+        """Offers the record once the second scorings it waits for are done: the no-history one (transfer
+        sample) and/or the shadow version's (`ctx.shadow`). Both finish on the event loop, off the response
+        path; a failed one leaves its columns empty."""
+        parts: dict[str, Any] = {}
+        waiting = [int(transfer) + int(ctx.shadow is not None)]
+
+        def one_done() -> None:
+            waiting[0] -= 1
+            if waiting[0]:
+                return
             try:
-                both = (p_ctr, p_cvr) if p_ctr is not None and p_cvr is not None else None
-                sink.offer(record_from_ranking(ranking, ctx, encode_us=encode_us, no_history=both))
+                sink.offer(record_from_ranking(ranking, ctx, encode_us=encode_us, no_history=parts.get("no_history"),
+                                               shadow=parts.get("shadow")))
             except Exception:  # noqa: BLE001 - as below
                 failed(ctx)
-        return done
+
+        if ctx.shadow is not None:
+            def shadow_done(future: Any) -> None:
+                if not future.cancelled() and future.exception() is None:
+                    parts["shadow"] = future.result()
+                one_done()
+            ctx.shadow.add_done_callback(shadow_done)
+        if transfer:
+            assert no_history is not None
+
+            def transfer_done(p_ctr: np.ndarray | None, p_cvr: np.ndarray | None) -> None:
+                if p_ctr is not None and p_cvr is not None:
+                    parts["no_history"] = (p_ctr, p_cvr)
+                one_done()
+            no_history.submit(ranking, transfer_done)
 
     def wrapper(encode: Stage[Ranking, ranking_pb2.ScoreResponse]) -> Stage[Ranking, ranking_pb2.ScoreResponse]:
         async def stage(ranking: Ranking, ctx: RequestContext) -> ranking_pb2.ScoreResponse:
@@ -113,9 +141,9 @@ def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None =
             response = await encode(ranking, ctx)
             encode_us = int((time.perf_counter() - start) * 1e6)
             try:
-                if no_history is not None and no_history.wants(ctx.request_id, ranking.handle) \
-                        and sink.wants(ctx.request_id):
-                    no_history.submit(ranking, offer_later(ranking, ctx, encode_us))
+                transfer = no_history is not None and no_history.wants(ctx.request_id, ranking.handle)
+                if (transfer or ctx.shadow is not None) and sink.wants(ctx.request_id):
+                    offer_when_scored(ranking, ctx, encode_us, transfer)
                 else:
                     sink.offer_lazy(ctx.request_id, lambda: record_from_ranking(ranking, ctx, encode_us=encode_us))
             except Exception:  # noqa: BLE001 - the log must never fail a request that was scored
@@ -140,10 +168,11 @@ def attach_request_log(service: AdRankingService, config: ServerConfig
     registry = service.metrics.registry
     sink = RequestLogSink(SinkConfig(folder=config.request_log, sample_rate=config.request_log_sample,
                                      queue_size=config.request_log_queue,
-                                     max_file_age_s=config.request_log_rotate_s), registry=registry)
+                                     max_file_age_s=config.request_log_rotate_s, writer=config.request_log_writer),
+                          registry=registry)
     scorer = (NoHistoryScorer(service.backend, config.transfer_sample, registry=registry)
               if config.transfer_sample > 0 else None)
     service.pipeline = service.pipeline.wrap("encode", logging_encode(sink, registry=registry, no_history=scorer))
-    log.info("request log: %s (sample rate %g, transfer sample %g)", sink.folder, config.request_log_sample,
-             config.transfer_sample)
+    log.info("request log: %s (sample rate %g, transfer sample %g, writer %s)", sink.folder,
+             config.request_log_sample, config.transfer_sample, config.request_log_writer)
     return sink, scorer

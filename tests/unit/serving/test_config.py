@@ -108,6 +108,7 @@ def test_every_field_is_read_from_its_environment_variable() -> None:
               "triton_fallback": "fail", "log_format": "json", "access_log_sample": "0.5"}
     environ = {}
     custom["transfer_sample"] = "0.25"  # a share: the float sample 7.5 is out of its range
+    custom["request_log_writer"] = "process"
     for f in fields(ServerConfig):
         kind = type(f.default) if f.default is not None else int
         environ[ServerConfig.env_var(f.name)] = custom.get(f.name, samples[kind])

@@ -70,3 +70,45 @@ def test_a_record_that_cannot_be_built_is_counted_and_the_response_still_goes_ou
     sink.close()
     assert len(response.candidates) == 4
     assert metrics.registry.get_sample_value("adrank_requestlog_record_errors_total") == 2
+
+
+def test_a_shadowed_request_is_recorded_with_both_score_vectors_once_the_shadow_scored_it(tmp_path: Path) -> None:
+    """`ctx.shadow` (set by the shadow scorer) holds the record back until it resolves; a failed mirror
+    (None) is logged without shadow scores; a request that was not mirrored is offered at once."""
+    sink = RequestLogSink(SinkConfig(folder=str(tmp_path), writer="thread"))
+
+    def mirror(infer):  # noqa: ANN001, ANN202 - stands in for ShadowScorer.wrap
+        async def stage(inputs, ctx):  # noqa: ANN001, ANN202
+            scores = await infer(inputs, ctx)
+            if ctx.request_id != "plain":
+                loop = asyncio.get_running_loop()
+                ctx.shadow = loop.create_future()
+                value = None if ctx.request_id == "failed" else (7, scores.p_ctr * 2, scores.p_cvr / 2)
+                loop.call_later(0.02, ctx.shadow.set_result, value)
+            return scores
+        return stage
+
+    pipeline = Pipeline.build(ServerConfig(), fakes.FakeBackend()).wrap("infer", mirror).wrap(
+        "encode", logging_encode(sink))
+
+    async def run() -> int:
+        for rid in ("shadowed", "failed", "plain"):
+            request = fakes.request(5)
+            request.request_id = rid
+            await pipeline.run(request, RequestContext.begin())
+        offered_before_the_mirrors = sink.stats().offered
+        await asyncio.sleep(0.2)
+        return offered_before_the_mirrors
+
+    assert asyncio.run(run()) == 1  # only "plain": the mirrored two wait for their shadow's scores
+    stats = sink.close()
+    assert stats.written == 3
+    rows = {r["request_id"]: r for r in read_request_log(tmp_path).to_pylist()}
+    shadowed = rows["shadowed"]
+    assert shadowed["shadow_model_version"] == 7
+    np.testing.assert_array_equal(np.array(shadowed["p_ctr_shadow"], np.float32),
+                                  np.array(shadowed["p_ctr"], np.float32) * 2)
+    np.testing.assert_array_equal(np.array(shadowed["p_cvr_shadow"], np.float32),
+                                  np.array(shadowed["p_cvr"], np.float32) / 2)
+    for rid in ("failed", "plain"):
+        assert rows[rid]["shadow_model_version"] == 0 and rows[rid]["p_ctr_shadow"] == []

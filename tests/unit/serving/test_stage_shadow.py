@@ -100,3 +100,31 @@ def test_a_busy_server_drops_every_mirror():
     responses = _run(scorer, backend, router, [_request(4, i) for i in range(20)])
     assert len(responses) == 20 and scorer.stats("vm")["dropped"] == 20 and scorer.stats("vm")["pairs"] == 0
     assert [h.version for h, _ in backend.calls] == [1] * 20
+
+
+def test_a_mirrored_request_carries_a_future_of_the_shadow_scores_and_close_resolves_the_rest():
+    backend = fakes.FakeBackend(fakes.handle(version=1), fakes.handle(version=2))
+    router = Tables(RoutingTable(model="vm", live=1, shadow=ShadowRoute(version=2, sample_rate=1.0, salt="s")))
+
+    async def go():
+        pipeline = Pipeline.build(ServerConfig(), backend, HistoryProvider())
+        pipeline = pipeline.replace(route=RouteStage(backend, HistoryProvider(), router))
+        scorer = ShadowScorer(backend, HistoryProvider(), router, queue_size=10)
+        pipeline = pipeline.wrap("infer", scorer.wrap)
+        await scorer.start()
+        ctxs = [RequestContext.begin() for _ in range(3)]
+        for i, ctx in enumerate(ctxs):
+            await pipeline.run(_request(4, i), ctx)
+        await scorer.drain(5)
+        scored = [ctx.shadow.result() for ctx in ctxs]
+        await scorer.close()  # the workers stop; a mirror queued now is never scored...
+        late = RequestContext.begin()
+        await pipeline.run(_request(4, 9), late)
+        assert late.shadow is not None and not late.shadow.done()
+        await scorer.close()  # ...and closing resolves it, so no record waits for it forever
+        return scored, late.shadow
+
+    scored, late = asyncio.run(go())
+    for version, p_ctr, p_cvr in scored:
+        assert version == 2 and p_ctr.shape == p_cvr.shape == (4,) and p_ctr.dtype == np.float32
+    assert late.done() and late.result() is None

@@ -108,14 +108,50 @@ def test_no_history_scores_must_cover_every_candidate_or_none() -> None:
 
 
 def test_a_file_of_the_first_layout_reads_with_empty_no_history_scores(tmp_path: Path) -> None:
-    from models.data.requestlog import NO_HISTORY_COLUMNS, V1_SCHEMA
+    from models.data.requestlog import NO_HISTORY_COLUMNS, SHADOW_COLUMNS, V1_SCHEMA
 
-    v2 = records_to_table([make_record("a"), make_record("b", n=2)])
-    v1 = v2.drop_columns(list(NO_HISTORY_COLUMNS)).replace_schema_metadata(V1_SCHEMA.metadata)
+    v3 = records_to_table([make_record("a"), make_record("b", n=2)])
+    v1 = v3.drop_columns([*NO_HISTORY_COLUMNS, *SHADOW_COLUMNS]).replace_schema_metadata(V1_SCHEMA.metadata)
     pq.write_table(v1, tmp_path / "old.parquet")
     table = read_request_log(tmp_path)
     assert table.schema.equals(REQUEST_LOG_SCHEMA, check_metadata=False)
     assert table.column("p_ctr_no_history").to_pylist() == [[], []]
-    assert table.drop_columns(list(NO_HISTORY_COLUMNS)).equals(v1.drop_columns([]), check_metadata=False)
+    assert table.column("shadow_model_version").to_pylist() == [0, 0]
+    assert table.drop_columns([*NO_HISTORY_COLUMNS, *SHADOW_COLUMNS]).equals(v1, check_metadata=False)
     assert read_request_log(tmp_path, columns=["request_id", "p_cvr_no_history"]).column_names == [
         "request_id", "p_cvr_no_history"]
+
+
+def test_shadow_scores_round_trip_and_a_second_layout_file_reads_without_them(tmp_path: Path) -> None:
+    from models.data.requestlog import SHADOW_COLUMNS, V2_SCHEMA
+
+    shadow = np.array([0.3, 0.1, 0.2, 0.4], np.float32)
+    records = [make_record("a", shadow_model_version=3, p_ctr_shadow=shadow, p_cvr_shadow=shadow / 2),
+               make_record("b", n=2)]
+    for r in records:
+        r.check()
+    v3 = records_to_table(records)
+    pq.write_table(v3, tmp_path / "new.parquet")
+    a, b = read_request_log(tmp_path).to_pylist()
+    assert a["shadow_model_version"] == 3 and a["p_ctr_shadow"] == shadow.tolist()
+    assert a["p_cvr_shadow"] == (shadow / 2).tolist()
+    assert b["shadow_model_version"] == 0 and b["p_ctr_shadow"] == [] and b["p_cvr_shadow"] == []
+    old = tmp_path / "old"
+    old.mkdir()
+    v2 = v3.drop_columns(list(SHADOW_COLUMNS)).replace_schema_metadata(V2_SCHEMA.metadata)
+    pq.write_table(v2, old / "requests-1.parquet")
+    table = read_request_log(old)
+    assert table.schema.equals(REQUEST_LOG_SCHEMA, check_metadata=False)
+    assert table.column("shadow_model_version").to_pylist() == [0, 0]
+    assert table.column("p_ctr_shadow").to_pylist() == [[], []]
+    assert table.drop_columns(list(SHADOW_COLUMNS)).equals(v2, check_metadata=False)
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"shadow_model_version": 2, "p_ctr_shadow": [0.1] * 3, "p_cvr_shadow": [0.1] * 3}, "p_ctr_shadow"),
+    ({"shadow_model_version": 2}, "shadow_model_version"),
+    ({"p_ctr_shadow": [0.1] * 4, "p_cvr_shadow": [0.1] * 4}, "shadow_model_version"),
+])
+def test_shadow_scores_come_with_their_version_and_cover_every_candidate(override: dict, field: str) -> None:
+    with pytest.raises(RequestLogError, match=field):
+        make_record("r", **override).check()
