@@ -263,6 +263,8 @@ def _run(a: argparse.Namespace, run: Path, repo: Path, tmp: Path, args: list[str
             admin.call("Start", pb.StartRolloutRequest(spec_toml=text, actor="bench"))
             s = admin.wait(lambda s: s.phase != "progressing", 6 * a.interval_s + 30)
             steps.append(s.phase)
+            if s.phase == "progressing":  # the analysis held past the wait: end it before the next cycle
+                admin.call("Abort", admin.target(reason="bench: analysis still holding"))
             if s.phase != "promoted":
                 return False
             time.sleep(a.phase_s)
