@@ -337,6 +337,9 @@ def report(a: argparse.Namespace, calls: dict, history: list[dict], steps: list[
         print(line(f["switch"], f))
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores (figures are noisy "
           "on a shared machine)")
+    if not (1 / a.max_p99_ratio <= aa["p99_ratio"] <= a.max_p99_ratio):
+        print(f"the A/A ratio {aa['p99_ratio']:.2f} (no switch at all) is itself outside 1/{a.max_p99_ratio:g}.."
+              f"{a.max_p99_ratio:g}: this run's noise is too large to judge the bound; rerun on a quieter host")
     if errors:
         print("operator errors: " + "; ".join(errors), file=sys.stderr)
     if a.json:
