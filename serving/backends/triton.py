@@ -15,7 +15,7 @@ control API without touching the versions that serve. Giving the served model on
 `version_policy` would make Triton reload the model, and a reload starts fresh instances of *every*
 version, the serving ones too (Triton issues #5757 and #8117): on the bundled server that stalled the
 serving version for the whole load (p99 of v1 calls 21.6 ms while loading vs 6.3 ms before; 10.5 ms vs
-5.3 ms when loaded as below; `python loadtests/triton_side_load.py`). So a hot-loaded version gets a
+5.3 ms when loaded as below; `python -m loadtests.triton_side_load`). So a hot-loaded version gets a
 Triton model of its own, `<name>__v<version>` (`side_model_name`), loaded with the served model's config
 (renamed, `version_policy` that one version) and the version folder's files sent with the load request
 (Triton's file override: nothing is written into the repository, whose models stay what `scan` reads).

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from exporters.manifest import ModelManifest
 from serving.backends.base import InferenceBackend
 from serving.errors import RankingError
 from serving.history import HistoryProvider
@@ -96,6 +97,13 @@ class _Job:
     shadow: int
     request_id: str
     live_p_ctr: np.ndarray = field(repr=False)
+    live_inputs: ModelInputs | None = field(default=None, repr=False)
+
+
+def same_inputs(a: ModelManifest, b: ModelManifest) -> bool:
+    """True when two versions' graphs read tensors built the same way: the same fm_version, feature
+    spec, history codes and graph inputs — so the live request's tensors are the shadow's too."""
+    return (a.fm_version, a.feature_spec, a.history, a.inputs) == (b.fm_version, b.feature_spec, b.history, b.inputs)
 
 
 class ShadowScorer:
@@ -146,8 +154,9 @@ class ShadowScorer:
             s = self._stats[model] = ShadowStats()
         return s
 
-    def offer(self, scores: Scores, ctx: RequestContext) -> bool:
-        """Queue a mirror of this request when the shadow samples it; False when not sampled or dropped."""
+    def offer(self, scores: Scores, ctx: RequestContext, inputs: ModelInputs | None = None) -> bool:
+        """Queue a mirror of this request when the shadow samples it; False when not sampled or dropped.
+        `inputs` (live's tensors) let a shadow that builds the same tensors skip history and features."""
         if ctx.arm != ARM_LIVE or self._queue is None:
             return False
         table = self.router.table(scores.handle.name)
@@ -159,7 +168,7 @@ class ShadowScorer:
             self.outcomes.labels(scores.handle.name, "dropped").inc()
             return False
         job = _Job(scores.handle.name, scores.request, scores.handle.version, shadow, ctx.request_id,
-                   np.array(scores.p_ctr, copy=True))
+                   np.array(scores.p_ctr, copy=True), inputs)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -172,7 +181,7 @@ class ShadowScorer:
         """The infer stage with mirroring after it (Pipeline.wrap("infer", shadow.wrap))."""
         async def stage(inputs: ModelInputs, ctx: RequestContext) -> Scores:
             scores = await infer(inputs, ctx)
-            self.offer(scores, ctx)
+            self.offer(scores, ctx, inputs)
             return scores
         return stage
 
@@ -195,8 +204,15 @@ class ShadowScorer:
         name = job.model
         handle = self.backend.resolve(name, job.shadow)  # not loaded here yet: ModelNotFound, counted failed
         ctx = RequestContext.begin(1.0)
-        with_history = await self._history(Route(job.request, handle), ctx)
-        scores = await self._infer(await self._features(with_history, ctx), ctx)
+        live = job.live_inputs
+        if live is not None and same_inputs(live.handle.manifest, handle.manifest):
+            # The same tensors as live's (a retrained or re-exported graph on the same features): only
+            # the inference runs again, so a mirror costs the loop one model run, not a whole request.
+            model_inputs = ModelInputs(job.request, handle, live.tensors)
+        else:
+            with_history = await self._history(Route(job.request, handle), ctx)
+            model_inputs = await self._features(with_history, ctx)
+        scores = await self._infer(model_inputs, ctx)
         live, shadow = job.live_p_ctr.astype(np.float64), np.asarray(scores.p_ctr, np.float64)
         self.pairs.append(Pair(job.request_id, name, job.live_version, job.shadow, job.live_p_ctr,
                                np.asarray(scores.p_ctr)))
