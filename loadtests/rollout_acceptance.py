@@ -179,12 +179,14 @@ def pooled(calls: dict, pairs: list[tuple[float, float]], window_s: float) -> di
 
 def switch_instants(history: list[dict], t0_ms: float) -> dict[str, list[float]]:
     """Seconds after the load's start of every switch of every cycle, by switch type: the first audit
-    entry of each (version, switch) — every cycle rolls out a version of its own."""
+    entry of each (version, switch) — every cycle rolls out a version of its own. The shadow switch
+    starts at the version's registration: the operator's `shadow` call registers it, loads and warms
+    it, then starts the mirroring, and all of that is "during" the switch."""
     seen: dict[tuple[int, str], float] = {}
     for e in history:
         key, version = (e.get("from_state", ""), e["to_state"]), int(e["version"])
         name = None
-        if key == ("shadow", "shadow") and "weight" in e:  # the sample rate that starts the mirroring
+        if key[1] in ("staged", "shadow") and key[0] in ("", "staged", "shadow"):  # register, load, mirror
             name = "shadow"
         elif key == ("canary", "canary") and float(e.get("weight", -1)) in (10.0, 50.0):
             name = f"canary {float(e['weight']):g}%"
