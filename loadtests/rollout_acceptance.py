@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(a.run) if a.run else _train_tiny(tmp / "run")
         repo = tmp / "repo"
         shutil.copytree(run / "model_repository", repo)
+        for extra in [d for d in repo.iterdir() if d.name != "vm"]:  # only vm (on Triton: one stub per version)
+            shutil.rmtree(extra)
         for extra in [d for d in (repo / "vm").iterdir() if d.name != "1"]:  # the cycles export v2, v3, ...
             shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
         tokens = tmp / "tokens"
@@ -222,8 +224,6 @@ def main(argv: list[str] | None = None) -> int:
             from exporters.triton_repo import write_triton_model
             from serving.triton import launcher
 
-            for extra in [p for p in repo.iterdir() if p.name != "vm"]:  # only vm: one python stub per version
-                shutil.rmtree(extra)
             write_triton_model(repo, "vm", versions=[1], target="python")
             triton = launcher.start(repo, models=["vm"], state_dir=tmp / "triton")
             args += ["--backend", "triton", "--triton-url", triton.grpc_url]
