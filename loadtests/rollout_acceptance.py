@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         # operator's phases and the analysis' intervals with room for a held window
         duration = a.warmup_s + 2 * a.cycles * a.window_s + a.cycles * (4 * a.phase_s + 6 * a.interval_s + 10) + 60
         args = ["--repository", str(repo), "--rollout-registry", str(tmp / "state"), "--auth-tokens", str(tokens),
-                "--rollout-poll-s", "0.5", "--max-in-flight", "0"]
+                "--rollout-poll-s", "0.5", "--max-in-flight", "0",
+                # the rolled-back version unloads 2 s after the rollback: inside the rollback's "during"
+                # window (the default 5 s would put the unload outside every measured window)
+                "--rollout-unload-grace-s", "2"]
         triton = None
         if a.backend == "triton":
             from exporters.triton_repo import write_triton_model
