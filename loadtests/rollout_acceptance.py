@@ -14,7 +14,8 @@ the repository (a resealed copy of v1: the same scores, so the analysis passes) 
 
     shadow 20 % → canary 10 % → (analysis) 50 % → (analysis) promote → rollback (v1 live again)
 
-so every cycle hot-loads a version never loaded before and unloads the one rolled back.
+so every cycle hot-loads a version never loaded before and unloads the one rolled back (the server
+runs with a 2 s unload grace, so that unload falls inside the rollback's "during" window).
 
 **How the p99 is judged.** The switch instants are read from the registry's audit log. "During" a
 switch is the `--window-s` seconds after it, "before" the `--window-s` seconds before it. At 100
