@@ -17,8 +17,9 @@ the repository (a resealed copy of v1: the same scores, so the analysis passes) 
 so every cycle hot-loads a version never loaded before and unloads the one rolled back (the server
 runs with a 2 s unload grace, so that unload falls inside the rollback's "during" window).
 
-**How the p99 is judged.** The switch instants are read from the registry's audit log. "During" a
-switch is the `--window-s` seconds after it, "before" the `--window-s` seconds before it. At 100
+**How the p99 is judged.** The switch instants are read from the registry's audit log (the shadow
+switch from the version's registration, so its hot load counts). "During" a switch is the
+`--window-s` seconds after it, "before" the `--window-s` seconds before it. At 100
 requests/s a 5 s window holds ~500 calls, whose p99 is their 5th-largest latency: two consecutive
 windows with *no* switch at all differ by 0.6–1.5× on the 2-core machine, so a single window pair
 cannot resolve a 1.2× bound. Two things make the comparison meaningful without changing the bound:

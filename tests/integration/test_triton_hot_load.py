@@ -79,7 +79,8 @@ def test_a_version_loads_beside_the_serving_one_and_unloads_with_no_failed_call(
         v2 = await backend.load_version(tf.MODEL, 2)
         after_load = await v1_count()
         assert backend.models() == {tf.MODEL: [1, 2]}
-        assert backend.triton_model(tf.MODEL, 2) == side_model_name(tf.MODEL, 2) and backend.triton_model(tf.MODEL, 1) == tf.MODEL
+        assert backend.triton_model(tf.MODEL, 2) == side_model_name(tf.MODEL, 2)
+        assert backend.triton_model(tf.MODEL, 1) == tf.MODEL
         p1 = (await backend.infer(v1, inputs)).p_ctr
         p2 = (await backend.infer(v2, inputs)).p_ctr
         assert not np.allclose(p1, p2)  # two seeds: two models, each answering as itself
