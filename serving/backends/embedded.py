@@ -115,8 +115,12 @@ class EmbeddedBackend(InferenceBackend):
 
     async def unload_version(self, name: str, version: int) -> None:
         key = (name, version)
+        released = [self._sessions.get(key)]
         self._handles = {k: v for k, v in self._handles.items() if k != key}
         self._sessions = {k: v for k, v in self._sessions.items() if k != key}
+        # The session's last reference goes in a worker thread, so freeing its weights and arenas (large
+        # for a big model) never runs on the event loop; a call still holding the handle keeps it alive.
+        await asyncio.to_thread(released.clear)
         log.info("unloaded %s/%s; serving %s", name, version, self.models().get(name, []))
 
     async def start(self) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from exporters.manifest import ModelManifest
 from serving.backends.base import InferenceBackend
 from serving.errors import RankingError
 from serving.history import HistoryProvider
@@ -99,11 +100,18 @@ class _Job:
     shadow: int
     request_id: str
     live_p_ctr: np.ndarray = field(repr=False)
+    live_inputs: ModelInputs | None = field(default=None, repr=False)
     result: asyncio.Future | None = field(default=None, repr=False)  # the RequestContext.shadow of the request
 
     def resolve(self, value: tuple[int, np.ndarray, np.ndarray] | None) -> None:
         if self.result is not None and not self.result.done():
             self.result.set_result(value)
+
+
+def same_inputs(a: ModelManifest, b: ModelManifest) -> bool:
+    """True when two versions' graphs read tensors built the same way: the same fm_version, feature
+    spec, history codes and graph inputs — so the live request's tensors are the shadow's too."""
+    return (a.fm_version, a.feature_spec, a.history, a.inputs) == (b.fm_version, b.feature_spec, b.history, b.inputs)
 
 
 class ShadowScorer:
@@ -176,8 +184,9 @@ class ShadowScorer:
             s = self._stats[model] = ShadowStats()
         return s
 
-    def offer(self, scores: Scores, ctx: RequestContext) -> bool:
-        """Queue a mirror of this request when the shadow samples it; False when not sampled or dropped."""
+    def offer(self, scores: Scores, ctx: RequestContext, inputs: ModelInputs | None = None) -> bool:
+        """Queue a mirror of this request when the shadow samples it; False when not sampled or dropped.
+        `inputs` (live's tensors) let a shadow that builds the same tensors skip history and features."""
         if ctx.arm != ARM_LIVE or self._queue is None:
             return False
         table = self.router.table(scores.handle.name)
@@ -189,7 +198,7 @@ class ShadowScorer:
             self.outcomes.labels(scores.handle.name, "dropped").inc()
             return False
         job = _Job(scores.handle.name, scores.request, scores.handle.version, shadow, ctx.request_id,
-                   np.array(scores.p_ctr, copy=True))
+                   np.array(scores.p_ctr, copy=True), inputs)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -203,7 +212,7 @@ class ShadowScorer:
         """The infer stage with mirroring after it (Pipeline.wrap("infer", shadow.wrap))."""
         async def stage(inputs: ModelInputs, ctx: RequestContext) -> Scores:
             scores = await infer(inputs, ctx)
-            self.offer(scores, ctx)
+            self.offer(scores, ctx, inputs)
             return scores
         return stage
 
@@ -230,8 +239,15 @@ class ShadowScorer:
         name = job.model
         handle = self.backend.resolve(name, job.shadow)  # not loaded here yet: ModelNotFound, counted failed
         ctx = RequestContext.begin(1.0)
-        with_history = await self._history(Route(job.request, handle), ctx)
-        scores = await self._infer(await self._features(with_history, ctx), ctx)
+        live = job.live_inputs
+        if live is not None and same_inputs(live.handle.manifest, handle.manifest):
+            # The same tensors as live's (a retrained or re-exported graph on the same features): only
+            # the inference runs again, so a mirror costs the loop one model run, not a whole request.
+            model_inputs = ModelInputs(job.request, handle, live.tensors)
+        else:
+            with_history = await self._history(Route(job.request, handle), ctx)
+            model_inputs = await self._features(with_history, ctx)
+        scores = await self._infer(model_inputs, ctx)
         job.resolve((job.shadow, np.asarray(scores.p_ctr, np.float32), np.asarray(scores.p_cvr, np.float32)))
         live, shadow = job.live_p_ctr.astype(np.float64), np.asarray(scores.p_ctr, np.float64)
         self.pairs.append(Pair(job.request_id, name, job.live_version, job.shadow, job.live_p_ctr,

@@ -107,6 +107,11 @@ class RolloutAdminService(rollout_pb2_grpc.RolloutAdminServicer):
         async def work():
             if not 0 <= request.sample_rate <= 1:
                 raise RolloutError(f"sample_rate: must be within 0..1, got {request.sample_rate!r}")
+            # staged first and loaded (warmed) here before the shadow route exists, as `start` does for a
+            # canary: no mirror ever reaches a version this replica is still loading
+            await asyncio.to_thread(self.runtime.register, request.model, int(request.version),
+                                    actor=self._actor(request.actor))
+            await self.runtime.poll_once()
             await asyncio.to_thread(self.runtime.shadow, request.model, int(request.version), request.sample_rate,
                                     actor=self._actor(request.actor), reason=request.reason)
             await self.runtime.poll_once()

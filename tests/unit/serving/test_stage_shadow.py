@@ -128,3 +128,27 @@ def test_a_mirrored_request_carries_a_future_of_the_shadow_scores_and_close_reso
     for version, p_ctr, p_cvr in scored:
         assert version == 2 and p_ctr.shape == p_cvr.shape == (4,) and p_ctr.dtype == np.float32
     assert late.done() and late.result() is None
+
+
+@pytest.mark.parametrize("shadow_fm", ["none", "fm-other"])
+def test_a_shadow_reading_the_same_tensors_reuses_lives_and_any_other_builds_its_own(shadow_fm):
+    backend = fakes.FakeBackend(fakes.handle(version=1), fakes.handle(version=2, fm_version=shadow_fm))
+    router = Tables(RoutingTable(model="vm", live=1, shadow=ShadowRoute(version=2, sample_rate=1.0, salt="s")))
+    scorer = ShadowScorer(backend, HistoryProvider(), router, queue_size=1000)
+    built = []
+    features = scorer._features
+
+    async def counting(value, ctx):
+        built.append(value.handle.version)
+        return await features(value, ctx)
+
+    scorer._features = counting
+    _run(scorer, backend, router, [_request(6, i) for i in range(20)])
+    live = [inputs for h, inputs in backend.calls if h.version == 1]
+    shadow = [inputs for h, inputs in backend.calls if h.version == 2]
+    assert len(live) == len(shadow) == scorer.stats("vm")["pairs"] == 20
+    if shadow_fm == "none":  # same fm_version, spec, codes, graph inputs: live's very tensors, no rebuild
+        assert built == [] and all(any(s is x for x in live) for s in shadow)
+    else:  # another fm_version: its own history and features, built for it
+        assert built == [2] * 20 and not any(s is x for s in shadow for x in live)
+        assert all(np.array_equal(s["sparse"], x["sparse"]) for s, x in zip(shadow, live, strict=True))
