@@ -239,9 +239,14 @@ class RankingServer:
         self.port = bind_port(server, self.config)  # TLS / mutual TLS when configured
         await server.start()
         self._server = server
-        await self.backend.start()
-        if self.rollout is not None:  # routing tables read and staged versions loaded before SERVING
-            await self.rollout.start()
+        try:
+            await self.backend.start()
+            if self.rollout is not None:  # routing tables read and staged versions loaded before SERVING
+                await self.rollout.start()
+        except BaseException:  # a failed start stops its listener on this loop, so the error is what it reports
+            self._server = None
+            await server.stop(0)
+            raise
         for key, state in self.service.readiness().items():
             if state != "ready":
                 log.warning("model %s loaded but not ready: %s", key, state)
