@@ -29,7 +29,7 @@ from pathlib import Path
 
 from models.data.synthetic import SyntheticConfig, generate_synthetic
 from models.fm_pipeline import SMALL_FM, FMTrainConfig, train_fm
-from models.history_bound import history_bound
+from models.history_bound import bound_table, history_bound
 from models.metrics import summarize
 from models.train import TrainConfig, prepare_vm_data
 
@@ -145,12 +145,7 @@ def write_results(out_dir: Path, payload: dict) -> None:
     if b:
         lines += ["", "History bound on the full world (`models/history_bound.py`: knows every world parameter but the "
                   "user's interest and drift, infers those from the user's labelled events before t):", "",
-                  "| reading | test NE |", "|---|---|",
-                  f"| oracle (knows the user's interest) | {b['oracle_ne']:.4f} |",
-                  f"| history bound (true ad vectors) | {b['ne']:.4f} |",
-                  f"| history bound, category centres only | {b['ne_category_only']:.4f} |",
-                  f"| prior only (segment mean, no history) | {b['ne_prior_only']:.4f} |",
-                  f"| FM | {b['fm_ne']:.4f} |", "",
+                  *bound_table(b), "",
                   f"Share of the FM's gap to the oracle that even the history bound leaves open (information the "
                   f"user's history does not hold): {b['information_share']:.0%}."]
     lines += ["", "FM changes on the full world, chosen by validation NE (the early-stopping slice; test NE is "

@@ -110,6 +110,17 @@ def _posterior_predictive(features: np.ndarray, known: np.ndarray, clicks: np.nd
     return _sigmoid(mean / np.sqrt(1.0 + np.pi * var / 8.0))
 
 
+def bound_table(b: dict) -> list[str]:
+    """The markdown rows of a history-bound reading (means when `b` pools seeds): fm-gap's one-seed and
+    seed-sweep reports print the same table."""
+    return ["| reading | test NE |", "|---|---|",
+            f"| oracle (knows the user's interest) | {b['oracle_ne']:.4f} |",
+            f"| history bound (true ad vectors) | {b['ne']:.4f} |",
+            f"| history bound, category centres only | {b['ne_category_only']:.4f} |",
+            f"| prior only (segment mean, no history) | {b['ne_prior_only']:.4f} |",
+            f"| FM | {b['fm_ne']:.4f} |"]
+
+
 def run_history_bound(n_events: int, seeds: int, out_dir: str | Path, *, placements: tuple[int, ...] | None = None,
                       experiment: str | Path | None = None, command: str = "",
                       log: Callable[[str], None] = print) -> dict:

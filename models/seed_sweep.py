@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.history_bound import bound_table
 from models.stats import paired_interval
 
 STUDIES = ("fm-gap", "fm-scaling")
@@ -168,12 +169,7 @@ def summary_markdown(summary: dict) -> str:
         b = summary.get("history_bound")
         if b:
             lines += ["", "History bound on the full world (`models/history_bound.py`; means over seeds):", "",
-                      "| reading | test NE |", "|---|---|",
-                      f"| oracle (knows the user's interest) | {b['oracle_ne']:.4f} |",
-                      f"| history bound (true ad vectors) | {b['ne']:.4f} |",
-                      f"| history bound, category centres only | {b['ne_category_only']:.4f} |",
-                      f"| prior only (segment mean, no history) | {b['ne_prior_only']:.4f} |",
-                      f"| FM | {b['fm_ne']:.4f} |", "",
+                      *bound_table(b), "",
                       f"* FM − history bound: {_fmt(b['fm_minus_bound'])} (the part of the gap a history model "
                       "could close);",
                       f"* FM − category-only bound: {_fmt(b['fm_minus_category_bound'])};",
