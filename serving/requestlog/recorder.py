@@ -108,11 +108,12 @@ def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None =
         sample) and/or the shadow version's (`ctx.shadow`). Both finish on the event loop, off the response
         path; a failed one leaves its columns empty."""
         parts: dict[str, Any] = {}
-        waiting = [int(transfer) + int(ctx.shadow is not None)]
+        waiting = int(transfer) + int(ctx.shadow is not None)
 
         def one_done() -> None:
-            waiting[0] -= 1
-            if waiting[0]:
+            nonlocal waiting
+            waiting -= 1
+            if waiting:
                 return
             try:
                 sink.offer(record_from_ranking(ranking, ctx, encode_us=encode_us, no_history=parts.get("no_history"),

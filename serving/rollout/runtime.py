@@ -31,6 +31,7 @@ import numpy as np
 
 from exporters.manifest import ManifestError, ModelManifest, read_manifest
 from serving.backends.base import InferenceBackend
+from serving.columns import ranked_arrays
 from serving.errors import RankingError
 from serving.rollout.analysis import AnalysisState, ArmWindow, CheckResult, Decision, WindowMetrics
 from serving.rollout.controller import RolloutController
@@ -371,8 +372,6 @@ class RolloutRuntime:
         if response is not None:
             def scores() -> np.ndarray:
                 if ctx.wire == "columns":  # a ScoreColumnsResponse: p_ctr is one little-endian block
-                    from serving.columns import ranked_arrays
-
                     return np.array(ranked_arrays(response)["p_ctr"], np.float32)
                 return np.fromiter((c.p_ctr for c in response.candidates), np.float32, len(response.candidates))
         acc.add(latency_ms, code == "OK", scores() if scores is not None and acc.wants_scores() else None)

@@ -15,14 +15,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import grpc
 import pyarrow as pa
 import pytest
 from rollout_versions import copy_version
+from score_loop import ScoreLoop
 
 from embedding_cache.redis_local import free_port
 from loadtests.simulate import SimulationConfig, run_simulation
@@ -31,7 +30,6 @@ from models.data.labels import read_labels, write_labels
 from models.data.requestlog import read_request_log
 from models.data.synthetic import SyntheticConfig
 from protos.adrank.v1 import ranking_pb2_grpc
-from serving.client import build_request
 from serving.process import ServerProcess
 from serving.security.auth import hash_token
 
@@ -85,36 +83,6 @@ class Monitor:
 def _cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "adrank", "rollout", *args, "--target", srv.target, "--actor", "ops"],
                           capture_output=True, text=True, timeout=60, env={**os.environ, "ADRANK_TOKEN": TOKEN})
-
-
-class Traffic:
-    """Unlabelled Score calls in a loop, so every analysis window has calls on both arms."""
-
-    def __init__(self, srv: ServerProcess, catalog) -> None:
-        ts = int(catalog["max_ts_ms"][0])
-        self.requests = [build_request(u, 20, catalog, seed=u, request_time_ms=ts) for u in range(64)]
-        self.srv, self.stop, self.failed = srv, threading.Event(), 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.srv.channel() as ch:
-            stub = ranking_pb2_grpc.AdRankingStub(ch)
-            i = 0
-            while not self.stop.is_set():
-                try:
-                    stub.Score(self.requests[i % len(self.requests)], timeout=5, metadata=AUTH)
-                except grpc.RpcError:
-                    self.failed += 1
-                i += 1
-                time.sleep(0.01)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
 
 
 def _simulate(srv: ServerProcess, out: Path, seed: int, start_ms: int | None, n: int = N_REQUESTS):
@@ -179,19 +147,19 @@ def test_calibration_rolls_back_a_miscalibrated_canary_and_passes_a_calibrated_o
         assert started.returncode == 0, started.stderr
         few = _simulate(srv, tmp_path / "sim0", seed=10, start_ms=None, n=150)
         # labels not joined yet and the monitor not up: skipped, said so, and the last step does not promote
-        with Traffic(srv, catalog):
+        with ScoreLoop(srv, catalog, metadata=AUTH):
             status = _until(srv, 10, "unreadable")
         assert "phase progressing" in status and "skipped calibration" in status and "unreadable" in status, status
 
         _join(log_dir, [few.labels_path], joined)
         with Monitor(port, ["--joined", str(joined), "--request-log", str(log_dir)]):
             # the monitor answers, but fewer than min_labelled impressions per arm have joined: still skipped
-            with Traffic(srv, catalog):
+            with ScoreLoop(srv, catalog, metadata=AUTH):
                 status = _until(srv, 10, "waiting for delayed labels")
             assert "phase progressing" in status and f"need {MIN_LABELLED} each" in status, status
             first = _simulate(srv, tmp_path / "sim1", seed=11, start_ms=few.last_ms + 60_000)
             _join(log_dir, [few.labels_path, first.labels_path], joined)
-            with Traffic(srv, catalog) as traffic:
+            with ScoreLoop(srv, catalog, metadata=AUTH) as traffic:
                 status = _until_done(srv, 20)
             assert traffic.failed == 0
             assert "phase rolled_back" in status, status
@@ -209,7 +177,7 @@ def test_calibration_rolls_back_a_miscalibrated_canary_and_passes_a_calibrated_o
             assert started.returncode == 0, started.stderr
             second = _simulate(srv, tmp_path / "sim2", seed=12, start_ms=first.last_ms + 60_000)
             _join(log_dir, [few.labels_path, first.labels_path, second.labels_path], joined)
-            with Traffic(srv, catalog) as traffic:
+            with ScoreLoop(srv, catalog, metadata=AUTH) as traffic:
                 status = _until_done(srv, 20)
             assert traffic.failed == 0
             assert "phase promoted" in status, status

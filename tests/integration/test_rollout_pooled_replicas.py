@@ -15,19 +15,16 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import pytest
 from rollout_versions import copy_version
+from score_loop import ScoreLoop
 
 from embedding_cache.redis_local import LocalRedis, RedisNotInstalledError
 from models.catalog import load_catalog
-from protos.adrank.v1 import ranking_pb2_grpc
-from serving.client import build_request
 from serving.process import ServerProcess
 from serving.rollout.redis_registry import RedisRegistry
 from serving.security.auth import hash_token
@@ -50,33 +47,11 @@ max_embedding_age_s = 1e12
 """
 
 
-class Load:
+def replica_load(name: str, srv: ServerProcess, catalog, counts: Counter) -> ScoreLoop:
     """Score calls against one replica in a loop; answers counted by (replica, arm, version)."""
-
-    def __init__(self, name: str, srv: ServerProcess, catalog, counts: Counter) -> None:
-        ts = int(catalog["max_ts_ms"][0])
-        self.requests = [build_request(u, 20, catalog, seed=u, request_time_ms=ts) for u in range(200)]
-        self.name, self.srv, self.counts, self.failed = name, srv, counts, 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        with self.srv.channel() as ch:
-            stub = ranking_pb2_grpc.AdRankingStub(ch)
-            i = 0
-            while not self.stop.is_set():
-                try:
-                    r = stub.Score(self.requests[i % len(self.requests)], timeout=5, metadata=AUTH)
-                    self.counts[(self.name, r.served_by.arm, r.served_by.model_version)] += 1
-                except grpc.RpcError:
-                    self.failed += 1
-                i += 1
-                time.sleep(0.01)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(10)
+    def count(r) -> None:
+        counts[(name, r.served_by.arm, r.served_by.model_version)] += 1
+    return ScoreLoop(srv, catalog, metadata=AUTH, users=200, on_answer=count)
 
 
 def _cli(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess:
@@ -127,7 +102,7 @@ def test_a_bad_canary_is_rolled_back_once_on_both_replicas_windows(fleet):
     spec = fleet["dir"] / "bad.toml"
     spec.write_text(f'model = "vm"\nversion = 2\nsteps = [50]\ninterval_s = {INTERVAL_S}\nthreshold = 2\n' + CHECKS)
     counts: Counter = Counter()
-    loads = [Load("a", a, fleet["catalog"], counts), Load("b", b, fleet["catalog"], counts)]
+    loads = [replica_load("a", a, fleet["catalog"], counts), replica_load("b", b, fleet["catalog"], counts)]
     try:
         started = _cli(a, "start", str(spec))
         assert started.returncode == 0, started.stderr
@@ -159,8 +134,8 @@ def test_the_analysis_survives_its_leader_and_one_other_replica_takes_over(fleet
     spec.write_text(f'model = "vm"\nversion = 3\nsteps = [20, 40, 60, 80]\ninterval_s = {INTERVAL_S}\n'
                     'threshold = 3\n' + CHECKS)
     counts: Counter = Counter()
-    load_b = Load("b", b, fleet["catalog"], counts)
-    load_a = Load("a", a, fleet["catalog"], counts)
+    load_b = replica_load("b", b, fleet["catalog"], counts)
+    load_a = replica_load("a", a, fleet["catalog"], counts)
     try:
         started = _cli(a, "start", str(spec))
         assert started.returncode == 0, started.stderr
