@@ -478,28 +478,31 @@ class RolloutRuntime:
                 rollout.ended = rollout.ended or "superseded"
                 await asyncio.to_thread(self._end_shared, spec.model, "superseded")
                 break
-            rollout.deciding = True
-            try:
-                decision: Decision = await asyncio.to_thread(rollout.controller.tick, rollout.state, window)
-            except RolloutError as exc:
-                log.warning("rollout %s/%s: analysis could not apply its decision: %s", spec.model, spec.version, exc)
-                continue
+            rollout.deciding = True  # until the outcome is recorded here: a status call meanwhile must not
+            try:                     # read the version's new state as another replica's doing ("superseded")
+                try:
+                    decision: Decision = await asyncio.to_thread(rollout.controller.tick, rollout.state, window)
+                except RolloutError as exc:
+                    log.warning("rollout %s/%s: analysis could not apply its decision: %s", spec.model, spec.version,
+                                exc)
+                    continue
+                rollout.windows.append(WindowRecord(int(time.time() * 1000), rollout.state.weight, decision.action,
+                                                    window.live, window.canary, decision.checks))
+                del rollout.windows[:-MAX_WINDOWS]
+                rollout.state = decision.state
+                if rollout.doc is not None:
+                    rollout.doc.state = decision.state
+                    try:
+                        await asyncio.to_thread(self._store, rollout)
+                    except RolloutError as exc:
+                        log.warning("rollout %s/%s: could not store the analysis state: %s", spec.model,
+                                    spec.version, exc)
+                log.info("rollout %s/%s: %s at weight %g (%s)", spec.model, spec.version, decision.action,
+                         decision.weight, decision.reason)
+                if decision.state.phase != "progressing":
+                    rollout.ended = decision.state.phase
             finally:
                 rollout.deciding = False
-            rollout.windows.append(WindowRecord(int(time.time() * 1000), rollout.state.weight, decision.action,
-                                                window.live, window.canary, decision.checks))
-            del rollout.windows[:-MAX_WINDOWS]
-            rollout.state = decision.state
-            if rollout.doc is not None:
-                rollout.doc.state = decision.state
-                try:
-                    await asyncio.to_thread(self._store, rollout)
-                except RolloutError as exc:
-                    log.warning("rollout %s/%s: could not store the analysis state: %s", spec.model, spec.version, exc)
-            log.info("rollout %s/%s: %s at weight %g (%s)", spec.model, spec.version, decision.action,
-                     decision.weight, decision.reason)
-            if decision.state.phase != "progressing":
-                rollout.ended = decision.state.phase
             await self.poll_once()
 
     def _reconcile(self, model: str) -> ActiveRollout | None:
