@@ -14,6 +14,8 @@ Usage::
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from protos.adrank.v1 import ranking_pb2
@@ -47,6 +49,50 @@ def fill_column(column: ranking_pb2.Column, values: np.ndarray, dtype: int) -> N
     """Writes `values` into `column` as `dtype`, little-endian."""
     array = np.ascontiguousarray(values, dtype=DTYPES[dtype])
     column.dtype, column.length, column.data = dtype, array.size, array.tobytes()
+
+
+@functools.lru_cache(maxsize=4096)
+def _varint(value: int) -> bytes:
+    """`value` (>= 0) as a protobuf varint; cached, since requests repeat the same few lengths."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_COLUMN_FIELDS = ranking_pb2.Column.DESCRIPTOR.fields_by_name
+_LENGTH_TAG = _varint(_COLUMN_FIELDS["length"].number << 3)  # wire type 0: varint
+_DATA_TAG = _varint(_COLUMN_FIELDS["data"].number << 3 | 2)  # wire type 2: length-delimited
+
+
+@functools.lru_cache(maxsize=64)
+def _column_field(message_type: type, name: str, dtype: int) -> tuple[bytes, bytes, np.dtype]:
+    """(the field's tag in `message_type`, the Column's dtype field, the numpy dtype) for one column."""
+    number = message_type.DESCRIPTOR.fields_by_name[name].number
+    return (_varint(number << 3 | 2), _varint(_COLUMN_FIELDS["dtype"].number << 3) + _varint(dtype),
+            DTYPES[dtype])
+
+
+def columns_message_bytes(message_type: type, columns: tuple[tuple[str, int, np.ndarray], ...]) -> bytes:
+    """The wire bytes of a message of Column fields (`message_type`, e.g. RankedColumns) holding each
+    `(field, dtype, values)`: exactly what filling each field with `fill_column` and serializing gives
+    (tests/unit/serving/test_columns.py), built as one bytes join, with the field numbers read from the
+    message's descriptor. Parsing it into a response (`MergeFromString`, one copy per column) costs
+    less than three attribute writes per column."""
+    parts = []
+    for name, dtype, values in columns:
+        tag, dtype_field, np_dtype = _column_field(message_type, name, dtype)
+        array = values if values.dtype == np_dtype and values.flags.c_contiguous else \
+            np.ascontiguousarray(values, dtype=np_dtype)
+        if array.size:  # proto3 leaves zero values out
+            data = array.tobytes()
+            head = _LENGTH_TAG + _varint(array.size) + _DATA_TAG + _varint(len(data))
+            parts += (tag, _varint(len(dtype_field) + len(head) + len(data)), dtype_field, head, data)
+        else:
+            parts += (tag, _varint(len(dtype_field)), dtype_field)
+    return b"".join(parts)
 
 
 def column_view(column: ranking_pb2.Column, field: str, dtype: int) -> np.ndarray:

@@ -49,9 +49,11 @@ class EncodeStage:
         else:
             add_candidates(response, ranking)
         end = time.perf_counter()
+        timings = ctx.timings  # read directly: this runs once per request, on every request
         timing = response.timing
         timing.cache_us = ctx.cache_us
-        timing.features_us = max(ctx.stage_us("history", "features") - ctx.cache_us, 0)
-        timing.inference_us = ctx.stage_us("infer")
+        timing.features_us = max(int((timings.get("history", 0.0) + timings.get("features", 0.0)) * 1e6)
+                                 - ctx.cache_us, 0)
+        timing.inference_us = int(timings.get("infer", 0.0) * 1e6)
         timing.total_us = int((end - ctx.started) * 1e6)
         return response

@@ -1,7 +1,9 @@
 """Stage 2, validate: DecodedRequest → ParsedRequest. Every refusal names the field, the value and the limit.
 
 Runs before any lookup or inference so a bad request costs microseconds and touches nothing.
-Vectorized over candidates: one numpy pass per field, not per-candidate Python branches. Checks run
+The per-candidate checks run as one compiled pass (`serving.pipeline.kernels.candidates_ok`) that only
+says whether every value is within its limits; when one is not, the numpy checks below (one pass per
+field, the reference) find it and raise, so every message is the same whichever ran first. Checks run
 in a fixed order (request, user, candidates, model), so a request breaking two limits is always
 refused for the same one. The limits that depend on the model (its dense width) are checked by
 route, which knows the model.
@@ -19,6 +21,7 @@ import numpy as np
 from serving.config import ServerConfig
 from serving.errors import InvalidRequest
 from serving.pipeline.context import RequestContext
+from serving.pipeline.kernels import KERNELS
 from serving.pipeline.values import DecodedRequest, ParsedRequest
 
 MAX_MODEL_NAME = 128
@@ -38,6 +41,11 @@ def _check_ids(name: str, values: np.ndarray) -> None:
 def validate_request(req: DecodedRequest, config: ServerConfig, default_model: str,
                      now_ms: int | None = None) -> ParsedRequest:
     """`req` checked against `config`'s limits; the request time defaults to `now_ms` (server time)."""
+    # the compiled pass vouches for every per-candidate value (and the recent categories) at once; when
+    # it finds one out of its limits, the numpy checks below run and name it
+    checked = KERNELS is not None and KERNELS.candidates_ok(
+        req.recent_categories, req.ad_id, req.advertiser_id, req.campaign_id, req.category, req.bid, req.dense,
+        float(config.max_bid), float(config.max_abs_dense_feature))
     n = req.n_candidates
     if n == 0:
         raise InvalidRequest("candidates: at least one candidate is required")
@@ -72,25 +80,26 @@ def validate_request(req: DecodedRequest, config: ServerConfig, default_model: s
     if len(recent) > config.max_recent_categories:
         raise InvalidRequest(f"user.recent_categories: {len(recent)} entries exceed the limit of "
                              f"{config.max_recent_categories}")
-    if (recent < 0).any():
+    if not checked and (recent < 0).any():
         raise InvalidRequest(f"user.recent_categories[{_first_bad(recent < 0)}]: must be >= 0")
 
-    for name, arr in (("ad_id", req.ad_id), ("advertiser_id", req.advertiser_id), ("campaign_id", req.campaign_id),
-                      ("category", req.category)):
-        _check_ids(name, arr)
     bid = req.bid
-    bad_bid = ~np.isfinite(bid) | (bid < 0) | (bid > config.max_bid)
-    if bad_bid.any():
-        i = _first_bad(bad_bid)
-        raise InvalidRequest(f"candidates[{i}].bid: must be finite, >= 0 and <= max_bid {config.max_bid:g}, "
-                             f"got {bid[i]}")
+    if not checked:
+        for name, arr in (("ad_id", req.ad_id), ("advertiser_id", req.advertiser_id),
+                          ("campaign_id", req.campaign_id), ("category", req.category)):
+            _check_ids(name, arr)
+        bad_bid = ~np.isfinite(bid) | (bid < 0) | (bid > config.max_bid)
+        if bad_bid.any():
+            i = _first_bad(bad_bid)
+            raise InvalidRequest(f"candidates[{i}].bid: must be finite, >= 0 and <= max_bid {config.max_bid:g}, "
+                                 f"got {bid[i]}")
     if req.dense_width > config.max_dense_features:
         widths = req.dense_widths
         i = _first_bad(widths > config.max_dense_features)
         raise InvalidRequest(f"candidates[{i}].dense_features: {widths[i]} values exceed the limit of "
                              f"{config.max_dense_features}")
     dense = req.dense
-    if dense.shape[1]:
+    if not checked and dense.shape[1]:
         # bounded as well as finite: float32 values near 3.4e38 overflow inside the model (NaN scores)
         bad = ~(np.abs(dense) <= config.max_abs_dense_feature)
         if bad.any():
@@ -117,6 +126,8 @@ class ValidateStage:
     name = "validate"
 
     def __init__(self, config: ServerConfig, *, clock_ms: Callable[[], int] | None = None) -> None:
+        if KERNELS is not None:
+            KERNELS.warm()  # compiled here, never inside a request
         self.config = config
         self.clock_ms = clock_ms  # tests pin "now"; None reads the wall clock
 
