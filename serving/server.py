@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import TYPE_CHECKING
 
@@ -211,7 +212,20 @@ class RankingServer:
             metrics.cache_breaker.set(0.0 if breaker.is_closed else 1.0)
             if triton_breaker is not None:
                 metrics.triton_breaker.set(0.0 if triton_breaker.is_closed else 1.0)
+            self._write_custom_metrics()
             await asyncio.sleep(0.5)
+
+    def _write_custom_metrics(self) -> None:
+        """Under --workers: what the custom collectors (stage latency, cache hit rate and staleness) hold
+        now, for the parent to add up (serving.metrics.write_custom_families)."""
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if self.worker is not None and directory:
+            from serving.metrics import write_custom_families
+
+            try:
+                write_custom_families(self.service.metrics.registry, directory, self.worker)
+            except OSError as exc:  # the parent removed the directory while exiting
+                log.debug("custom metrics not written: %s", exc)
 
     async def begin_drain(self) -> None:
         """Health NOT_SERVING at once (calls keep being served): the first step of a drain."""
@@ -275,6 +289,7 @@ class RankingServer:
         if self.request_log is not None:  # after the last call: publishes every record of a served request
             await asyncio.to_thread(self.request_log.close)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING, (LIVENESS_NAME,))
+        self._write_custom_metrics()  # the calls served while draining count too
         if self.rollout is not None:
             await self.rollout.close()
         await self.backend.close()

@@ -13,6 +13,9 @@ The parent owns what must be one for the unit:
 * readiness to the outside: `--ready-file` is written only once every worker is SERVING;
 * metrics: workers write to a private PROMETHEUS_MULTIPROC_DIR (mode 0700, removed at exit) and the
   parent's `metrics_port` serves them added up (`adrank_worker_score_requests{worker=…}` tells them apart);
+  the custom collectors (stage latency, the embedding cache's hit rate and staleness), which
+  prometheus_client's multiprocess mode cannot see, reach the parent as one file per worker written
+  twice a second (`serving.metrics.WorkerFamilies`), so they lag the counters by up to 0.5 s;
 * drain: SIGTERM / SIGINT are forwarded to every worker, which all turn health NOT_SERVING at once and
   drain as a single server does (serving.server); the parent exits when they have, 0 when all did cleanly;
 * failure: a worker that dies on its own takes the unit down (the others drain, exit code 1), so a
@@ -132,8 +135,11 @@ class Workers:
         from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        from serving.metrics import WorkerFamilies
+
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.metrics_dir))
+        WorkerFamilies(self.metrics_dir, registry=registry)  # custom collectors: stages, cache (serving.metrics)
         start_http_server(self.config.metrics_port, addr=self.config.host, registry=registry)
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
     decode → validate → route → history → features → infer → rank → encode
 
 `Pipeline.run` calls each stage with the previous stage's output and the request's context, records
-the stage's time in `ctx.timings` and in the `adrank_stage_latency_seconds{stage=…}` histogram, and
+the stage's time in `ctx.timings` and (once per request, every stage that ran) in the
+`adrank_stage_latency_seconds{stage=…}` histogram (serving.metrics.StageLatency), and
 returns encode's ScoreResponse (ScoreColumnsResponse for a columnar request: decode and encode
 read and write either wire format, every stage between sees the same values). Stages are plain
 async callables (`Stage`), so one can be replaced or wrapped without touching the others — a
@@ -91,11 +92,11 @@ class Pipeline:
     def __init__(self, stages: Stages, *, metrics: ServiceMetrics | None = None,
                  admission: Admission | None = None) -> None:
         self.stages, self.metrics, self.admission = stages, metrics, admission
-        # the labelled histogram children are bound once: .labels() per request costs a dict lookup and a lock
-        observers = ([metrics.stage_latency.labels(n).observe for n in STAGE_NAMES] if metrics is not None
-                     else [None] * len(STAGE_NAMES))
-        self._chain: tuple[tuple[str, Stage[Any, Any], Callable[[float], None] | None], ...] = tuple(
-            (name, getattr(stages, name), observe) for name, observe in zip(STAGE_NAMES, observers, strict=True))
+        # one histogram update per request for all its stages, not one per stage (serving.metrics.StageLatency)
+        self._record: Callable[[list[float]], None] | None = (metrics.stage_latency.record if metrics is not None
+                                                               else None)
+        self._chain: tuple[tuple[str, Stage[Any, Any]], ...] = tuple(
+            (name, getattr(stages, name)) for name in STAGE_NAMES)
 
     @classmethod
     def build(cls, config: ServerConfig, backend: InferenceBackend, history: HistoryProvider | None = None, *,
@@ -129,18 +130,20 @@ class Pipeline:
         clock, timings, deadline = time.perf_counter, ctx.timings, ctx.deadline
         DEADLINE.set(deadline)  # for backend calls below the stage signatures (serving.budget)
         value: Any = payload
+        elapsed: list[float] = []
         try:
-            for name, stage, observe in self._chain:
+            for name, stage in self._chain:
                 start = clock()
                 if deadline is not None and start >= deadline:  # a stage boundary past the deadline
                     if self.metrics is not None:
                         self.metrics.deadline_expired.labels(name).inc()
                     raise DeadlineExpired(name, (start - deadline) * 1e3)
                 value = await stage(value, ctx)
-                timings[name] = elapsed = clock() - start
-                if observe is not None:
-                    observe(elapsed)
+                timings[name] = seconds = clock() - start
+                elapsed.append(seconds)
         finally:
             if admission is not None:
                 admission.release(ctx)
+            if self._record is not None and elapsed:
+                self._record(elapsed)
         return value
