@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from protos.adrank.v1 import ranking_pb2
-from serving.columns import CANDIDATE_COLUMNS, column_view
+from serving.columns import CANDIDATE_COLUMNS, DTYPES, column_view
 from serving.errors import InvalidRequest
 from serving.pipeline.values import DecodedRequest
 from serving.pipeline.wire import parse_message
@@ -24,6 +24,7 @@ from serving.pipeline.wire import parse_message
 SCORE_COLUMNS_METHOD = "/adrank.v1.AdRanking/ScoreColumns"
 _NO_INTS = np.zeros(0, np.int64)
 _NO_FLOATS = np.zeros(0, np.float64)
+_NO_DENSE = np.zeros((0, 0), np.float32)
 
 
 class ColumnsPayload(bytes):
@@ -37,28 +38,44 @@ def parse_columns_wire(payload: bytes | ranking_pb2.ScoreColumnsRequest) -> rank
     return parse_message(payload, ranking_pb2.ScoreColumnsRequest, SCORE_COLUMNS_METHOD)
 
 
+_I64, _I32, _F64, _F32 = (ranking_pb2.DTYPE_INT64, ranking_pb2.DTYPE_INT32, ranking_pb2.DTYPE_FLOAT64,
+                          ranking_pb2.DTYPE_FLOAT32)
+if tuple(name for name, _ in CANDIDATE_COLUMNS) != ("ad_id", "advertiser_id", "campaign_id", "category", "bid"):
+    raise ImportError("decode_columns reads the candidate columns in CANDIDATE_COLUMNS' order")
+
+
+def _column(column: ranking_pb2.Column, n: int, name: str, dtype: int) -> np.ndarray:
+    """The candidate column `name` as a view; InvalidRequest naming it when its length is not `n` (checked
+    first) or its dtype or byte count is wrong (`column_view`'s messages)."""
+    np_dtype = DTYPES[dtype]
+    data = column.data
+    if column.dtype == dtype and column.length == n and len(data) == n * np_dtype.itemsize:  # the common case
+        return np.frombuffer(data, dtype=np_dtype)
+    if column.length != n:
+        raise InvalidRequest(f"candidates.{name}: length {column.length} differs from candidates.ad_id "
+                             f"length {n} (one value per candidate)")
+    return column_view(column, f"candidates.{name}", dtype)
+
+
 def decode_columns(req: ranking_pb2.ScoreColumnsRequest, *, max_candidates: int,
                    max_dense_features: int) -> DecodedRequest:
     """The columnar request as arrays. Columns are read only when there are 1..`max_candidates`
     candidates (the ad_id column's length) and the dense matrix only when it is no wider than
-    `max_dense_features`, as `decode_rows` does, so a hostile request costs no more than its refusal."""
+    `max_dense_features`, as `decode_rows` does, so a hostile request costs no more than its refusal.
+    Columns are checked in CANDIDATE_COLUMNS' order, each for its length, dtype, then byte count."""
     cols = req.candidates
     n = cols.ad_id.length
     ctx = req.context
     recent = np.fromiter(req.user.recent_categories, dtype=np.int64, count=len(req.user.recent_categories))
     ad_id = advertiser = campaign = category = widths = _NO_INTS
     bid, width = _NO_FLOATS, int(cols.dense_width)
-    dense = np.zeros((0, 0), np.float32)
+    dense = _NO_DENSE
     if 0 < n <= max_candidates:
-        views = {}
-        for name, dtype in CANDIDATE_COLUMNS:
-            column = getattr(cols, name)
-            if column.length != n:
-                raise InvalidRequest(f"candidates.{name}: length {column.length} differs from candidates.ad_id "
-                                     f"length {n} (one value per candidate)")
-            views[name] = column_view(column, f"candidates.{name}", dtype)
-        ad_id, advertiser, campaign = views["ad_id"], views["advertiser_id"], views["campaign_id"]
-        category, bid = views["category"].astype(np.int64), views["bid"]
+        ad_id = _column(cols.ad_id, n, "ad_id", _I64)
+        advertiser = _column(cols.advertiser_id, n, "advertiser_id", _I64)
+        campaign = _column(cols.campaign_id, n, "campaign_id", _I64)
+        category = _column(cols.category, n, "category", _I32).astype(np.int64)
+        bid = _column(cols.bid, n, "bid", _F64)
         widths = np.full(n, width, np.int64)
         has_dense = cols.HasField("dense_features")
         if has_dense != (width > 0):
@@ -70,7 +87,7 @@ def decode_columns(req: ranking_pb2.ScoreColumnsRequest, *, max_candidates: int,
             if cols.dense_features.length != n * width:
                 raise InvalidRequest(f"candidates.dense_features: length {cols.dense_features.length} is not "
                                      f"{n} candidates × dense_width {width}")
-            flat = column_view(cols.dense_features, "candidates.dense_features", ranking_pb2.DTYPE_FLOAT32)
+            flat = column_view(cols.dense_features, "candidates.dense_features", _F32)
             dense = flat.reshape(n, width)
     return DecodedRequest(
         request_id=req.request_id, user_id=req.user_id,

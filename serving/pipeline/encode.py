@@ -39,11 +39,12 @@ class EncodeStage:
             ctx.flags.append(ranking_pb2.FLAG_REQUEST_TIME_DEFAULTED)
         columns = ctx.wire == "columns"
         response = (ranking_pb2.ScoreColumnsResponse if columns else ranking_pb2.ScoreResponse)(
-            request_id=ctx.request_id,
-            served_by=ranking_pb2.ServedBy(model_name=handle.name, model_version=handle.version,
-                                           fm_version=handle.fm_version, backend=ranking.backend),
-            flags=ctx.flags, request_time_ms=request.request_time_ms,
-        )
+            request_id=ctx.request_id, request_time_ms=request.request_time_ms)
+        if ctx.flags:
+            response.flags.extend(ctx.flags)
+        served_by = response.served_by  # fields set in place: a ServedBy passed to the constructor is copied
+        served_by.model_name, served_by.model_version = handle.name, handle.version
+        served_by.fm_version, served_by.backend = handle.fm_version, ranking.backend
         if columns:
             set_ranked_columns(response, ranking)
         else:

@@ -11,9 +11,9 @@ route, which knows the model.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 import numpy as np
@@ -26,6 +26,16 @@ from serving.pipeline.values import DecodedRequest, ParsedRequest
 
 MAX_MODEL_NAME = 128
 _MODEL_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_MODEL_NAME}}}")  # the exporter's rule for model names
+
+
+_V4_CLEAR = ~(0xF000 << 64) & ~(0xC000 << 48)  # the version and variant bits of a 128-bit UUID
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4 (random), variant RFC 4122
+
+
+def new_request_id() -> str:
+    """A random version-4 UUID as 32 hex digits: what `uuid.uuid4().hex` gives, in less than half its
+    time (one per request that arrives without an id)."""
+    return f"{int.from_bytes(os.urandom(16)) & _V4_CLEAR | _V4_SET:032x}"
 
 
 def _first_bad(mask: np.ndarray) -> int:
@@ -134,6 +144,6 @@ class ValidateStage:
     async def __call__(self, decoded: DecodedRequest, ctx: RequestContext) -> ParsedRequest:
         now = None if self.clock_ms is None else self.clock_ms()
         parsed = validate_request(decoded, self.config, self.config.default_model, now)
-        ctx.request_id = parsed.request_id or uuid.uuid4().hex
+        ctx.request_id = parsed.request_id or new_request_id()
         ctx.model = parsed.model_name
         return parsed

@@ -204,3 +204,15 @@ def test_concurrent_requests_never_see_each_others_inputs():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_generated_request_ids_are_uuid4_hex():
+    import uuid
+
+    from serving.pipeline.validate import new_request_id
+
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for rid in ids:
+        u = uuid.UUID(hex=rid)
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == rid
