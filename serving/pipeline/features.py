@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.features import DEVICES, PLACEMENTS, SPARSE_FIELDS, features_for_request, vocab_index
+from models.features import DEVICES, PLACEMENTS, SPARSE_FIELDS, FeatureSpec, features_for_request, vocab_index
 from serving.backends.base import ModelHandle
 from serving.pipeline.context import RequestContext
 from serving.pipeline.kernels import KERNELS
@@ -35,21 +35,33 @@ def reference_inputs(request: ParsedRequest, handle: ModelHandle) -> dict[str, n
     )
 
 
+def compiled_features(spec: FeatureSpec, *, ad_id: np.ndarray, advertiser_id: np.ndarray, campaign_id: np.ndarray,
+                      category: np.ndarray, bid: np.ndarray, placement: int, device: int, hour: int,
+                      user_segment: int, recent_categories: np.ndarray,
+                      extra_dense: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`models.features.features_for_request` (the same arguments, the same tensors bit for bit) as one
+    compiled pass; needs `KERNELS`."""
+    extra = extra_dense if extra_dense is not None and extra_dense.size else _NO_EXTRA
+    if extra.shape[1] > spec.max_extra_dense:  # route refuses these first; the same guard as `assemble`'s
+        raise ValueError(f"{extra.shape[1]} dense features exceed the model's limit of {spec.max_extra_dense}")
+    context = np.array((placement, device, hour, user_segment), np.int64)
+    sparse, recent, dense, bid32 = KERNELS.assemble_request(
+        ad_id, advertiser_id, campaign_id, category, context, recent_categories, bid, extra,
+        spec.sizes, spec.offsets, spec.recent_offset, spec.n_categories, spec.recent_k, spec.dense_width)
+    dense[:, 0] = np.log1p(bid32)  # numpy's log1p on the same float32 bids as training's: no libm drift
+    return {"sparse": sparse, "recent": recent, "dense": dense}
+
+
 def model_inputs(request: ParsedRequest, handle: ModelHandle) -> dict[str, np.ndarray]:
     """The request's non-history model inputs, built with `handle`'s feature spec."""
     if KERNELS is None:
         return reference_inputs(request, handle)
-    r, spec = request, handle.feature_spec
-    extra = r.dense if r.dense.size else _NO_EXTRA
-    if extra.shape[1] > spec.max_extra_dense:  # route refuses these first; the same guard as `assemble`'s
-        raise ValueError(f"{extra.shape[1]} dense features exceed the model's limit of {spec.max_extra_dense}")
-    context = np.array((vocab_index(PLACEMENTS, r.placement), vocab_index(DEVICES, r.device), r.hour, r.segment),
-                       np.int64)
-    sparse, recent, dense, bid32 = KERNELS.assemble_request(
-        r.ad_id, r.advertiser_id, r.campaign_id, r.category, context, r.recent_categories, r.bid, extra,
-        spec.sizes, spec.offsets, spec.recent_offset, spec.n_categories, spec.recent_k, spec.dense_width)
-    dense[:, 0] = np.log1p(bid32)  # numpy's log1p on the same float32 bids as training's: no libm drift
-    return {"sparse": sparse, "recent": recent, "dense": dense}
+    r = request
+    return compiled_features(
+        handle.feature_spec, ad_id=r.ad_id, advertiser_id=r.advertiser_id, campaign_id=r.campaign_id,
+        category=r.category, bid=r.bid, placement=vocab_index(PLACEMENTS, r.placement),
+        device=vocab_index(DEVICES, r.device), hour=r.hour, user_segment=r.segment,
+        recent_categories=r.recent_categories, extra_dense=r.dense)
 
 
 class FeaturesStage:

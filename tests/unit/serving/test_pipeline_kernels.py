@@ -216,3 +216,28 @@ def test_generated_request_ids_are_uuid4_hex():
     for rid in ids:
         u = uuid.UUID(hex=rid)
         assert u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == rid
+
+
+def test_served_features_equal_offline_training_features_bit_for_bit():
+    """Training's features for logged events (`features_from_events`) and the compiled serving pass over
+    the same events as one-candidate requests: the parity test of tests/unit/models/test_features.py,
+    through the kernel."""
+    from models.data.synthetic import SyntheticConfig, generate_synthetic
+    from models.features import features_from_events, recent_categories_from_log
+    from serving.pipeline.features import compiled_features
+
+    events = generate_synthetic(SyntheticConfig(n_events=10_000, seed=4))
+    spec = FeatureSpec.from_cardinality(events.cardinality)
+    offline = features_from_events(spec, events)
+    recent = recent_categories_from_log(events["user_id"], events["ts_ms"], events["category"], events["click"],
+                                        spec.recent_k)
+    for i in np.random.default_rng(1).choice(len(events), 100, replace=False):
+        online = compiled_features(
+            spec, ad_id=events["ad_id"][i:i + 1], advertiser_id=events["advertiser_id"][i:i + 1],
+            campaign_id=events["campaign_id"][i:i + 1], category=events["category"][i:i + 1].astype(np.int64),
+            bid=events["bid"][i:i + 1].astype(np.float64), placement=int(events["placement"][i]),
+            device=int(events["device"][i]), hour=int(events["hour"][i]), user_segment=int(events["user_segment"][i]),
+            recent_categories=recent[i][recent[i] >= 0])
+        for k in ("sparse", "recent", "dense"):
+            assert online[k].dtype == offline[k].dtype
+            assert online[k][0].tobytes() == offline[k][i].tobytes(), k
