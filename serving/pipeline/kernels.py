@@ -5,10 +5,10 @@ reductions, `np.where`, gathers); on a 200-row request every call costs more in 
 arithmetic, so three stages spent ≈ 50 µs in process on what is ≈ 2 µs of work. A kernel does the same
 work in one compiled loop over the rows:
 
-* `candidates_ok` (validate): whether every recent category and id is >= 0, every bid finite and within max_bid, and every
-  dense value within ±max_abs_dense_feature. It answers only yes or no: on "no" the validate stage runs
-  its numpy checks, which find the offending field and raise the same message, naming the same limit,
-  as always (the error path is rare and is not where the time goes);
+* `candidates_ok` (validate): whether every recent category and id is >= 0, every bid finite and
+  within max_bid, and every dense value within ±max_abs_dense_feature. It answers only yes or no: on
+  "no" the validate stage runs its numpy checks, which find the offending field and raise the same
+  message, naming the same limit, as always (the error path is rare and is not where the time goes);
 * `assemble_request` (features): the model's `sparse`, `recent` and `dense` inputs for one request in
   one pass, the same values `models.features.features_for_request` builds (bit for bit: the integer
   clip-and-offset is exact, and `log1p(bid)` is still computed by numpy from the same float32 bids, so

@@ -17,10 +17,10 @@ from serving.config import ServerConfig
 from serving.errors import InvalidRequest
 from serving.finite import NonFiniteScore
 from serving.pipeline import RequestContext, Scores, WithHistory
+from serving.pipeline.decode import decode_rows
 from serving.pipeline.features import FeaturesStage, model_inputs, reference_inputs
 from serving.pipeline.kernels import KERNELS
 from serving.pipeline.rank import RankStage, reference_ranking
-from serving.pipeline.decode import decode_rows
 from serving.pipeline.validate import validate_request
 from serving.validation import parse_request
 

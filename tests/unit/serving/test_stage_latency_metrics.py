@@ -10,8 +10,15 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from serving.metrics import STAGE_BUCKETS, STAGES, ServiceMetrics, ServingRegistry, StageLatency, WorkerFamilies
-from serving.metrics import write_custom_families
+from serving.metrics import (
+    STAGE_BUCKETS,
+    STAGES,
+    ServiceMetrics,
+    ServingRegistry,
+    StageLatency,
+    WorkerFamilies,
+    write_custom_families,
+)
 from serving.pipeline import STAGE_NAMES
 
 
