@@ -89,6 +89,39 @@ def captured(run_dir: Path, request) -> dict:
     return {**seen, "session": session}
 
 
+def in_process_stages(run_dir: Path, payloads: dict, n: int) -> dict:
+    """`Pipeline.run` in process (embedded backend, no gRPC), rows and columns: the server timer's
+    `timing.total_us` p50 and each stage's p50 as the pipeline records it (`ctx.timings`)."""
+    from serving.backends.embedded import EmbeddedBackend
+    from serving.config import ServerConfig
+    from serving.metrics import ServiceMetrics
+    from serving.pipeline import STAGE_NAMES, Pipeline, RequestContext
+    from serving.pipeline.decode_columns import ColumnsPayload
+    from serving.service import admission_for
+
+    repo = run_dir / "model_repository"
+    config = ServerConfig(model_repository=str(repo))
+    backend = EmbeddedBackend(repo, intra_op_threads=1)
+    backend.load()
+    pipeline = Pipeline.build(config, backend, metrics=ServiceMetrics(), admission=admission_for(config))
+    out = {}
+    for wire, payload in (("rows", payloads["rows"]), ("columns", ColumnsPayload(payloads["columns"]))):
+        async def loop(payload=payload) -> tuple[np.ndarray, dict]:
+            totals, stages = [], {name: [] for name in STAGE_NAMES}
+            for i in range(n + 30):
+                ctx = RequestContext.begin(None, max_s=config.max_deadline_ms / 1e3)
+                response = await pipeline.run(payload, ctx)
+                if i >= 30:  # the first calls warm the session and the caches
+                    totals.append(response.timing.total_us)
+                    for name in STAGE_NAMES:
+                        stages[name].append(ctx.timings[name] * 1e6)
+            return np.asarray(totals, np.float64), stages
+
+        totals, stages = asyncio.run(loop())
+        out[wire] = {"total": _p(totals), "stages": {k: float(np.median(v)) for k, v in stages.items()}}
+    return out
+
+
 def _p(us) -> dict:
     return percentiles(np.asarray(us, dtype=np.float64), (50, 99), key="p{q}_us")
 
@@ -371,6 +404,8 @@ def measure(run_dir: Path, *, quick: bool, workers: int, triton: bool, duration_
     print(f"fastpath bench ({_load()}): raw onnxruntime …", flush=True)
     session, tensors = cap["session"], cap["tensors"]
     out["ort_raw"] = _p(timed_us(lambda: session.run(["p_ctr", "p_cvr"], tensors), n, warmup=30))
+    print("  in process: Pipeline.run stage by stage …", flush=True)
+    out["in_process"] = in_process_stages(run_dir, payloads, n)
     with tempfile.TemporaryDirectory(prefix="adrank-fastpath-") as tmp_s:
         tmp = Path(tmp_s)
         print("  real servers: rows and columns, embedded, 1 and N workers …", flush=True)
@@ -476,6 +511,8 @@ def markdown(r: dict, command: str) -> str:
         lines.append(f"| {row['path']} | {row['client_p50_us']:,.0f} | {f(row['server_p50_us'], '{:,.0f}')} | "
                      f"{f(row['vs_floor'], '{:.2f}×')} | {f(row['server_vs_ort'], '{:.2f}×')} |"
                      + (f" {row['note']}" if row.get("note") else ""))
+    if r.get("in_process"):
+        lines += in_process_markdown(r)
     tri = r.get("triton") or {}
     if "unavailable" in tri:
         lines += ["", f"Triton: not available ({tri['unavailable']})."]
@@ -501,6 +538,23 @@ def markdown(r: dict, command: str) -> str:
     if r.get("profile"):
         lines += profile_markdown(r["profile"])
     return "\n".join(lines) + "\n"
+
+
+def in_process_markdown(r: dict) -> list[str]:
+    """The in-process stage table: where the server timer's time goes without gRPC around it."""
+    from serving.pipeline import STAGE_NAMES
+
+    ort = r["ort_raw"]["p50_us"]
+    ip = r["in_process"]
+    lines = ["", "In process (`Pipeline.run`, embedded backend, no gRPC; p50 µs of each stage as the pipeline "
+             "records it, and of the server timer `timing.total_us`):", "",
+             "| wire | " + " | ".join(STAGE_NAMES) + " | total | total × raw ort |",
+             "|---|" + "---|" * (len(STAGE_NAMES) + 2)]
+    for wire, v in ip.items():
+        total = v["total"]["p50_us"]
+        lines.append(f"| {wire} | " + " | ".join(f"{v['stages'][s]:,.1f}" for s in STAGE_NAMES)
+                     + f" | {total:,.0f} | {total / ort:.2f}× |")
+    return lines
 
 
 def write_doc(path: Path, generated: str) -> None:

@@ -65,3 +65,12 @@ def test_the_report_rewrites_only_its_own_block(tmp_path: Path):
     text = doc.read_text()
     assert text.startswith("# Benchmarks\n\nhand-written\n") and text.count(BEGIN) == 1 and text.count(END) == 1
     assert "`adrank bench fastpath --quick`" in text and "| columns 2w | 1,800 |" in text
+
+
+def test_the_in_process_stage_table_is_a_ratio_to_raw_onnxruntime():
+    stages = {"decode": 10.0, "validate": 5.0, "route": 3.0, "history": 1.0, "features": 6.0, "infer": 110.0,
+              "rank": 7.0, "encode": 8.0}
+    r = _results(in_process={"columns": {"total": {"p50_us": 150.0, "p99_us": 300.0}, "stages": stages}})
+    text = markdown(r, "adrank bench fastpath")
+    assert "| columns | 10.0 | 5.0 | 3.0 | 1.0 | 6.0 | 110.0 | 7.0 | 8.0 | 150 | 1.50× |" in text
+    assert "| columns |" not in markdown(_results(), "adrank bench fastpath")  # absent when not measured
