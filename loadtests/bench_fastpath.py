@@ -265,15 +265,67 @@ def _hist_quantile(before: dict, after: dict, q: float) -> float:
     return float("nan")
 
 
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its children (the workers of `adrank serve --workers N`)."""
+    out = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _thread_cpu(pids: list[int]) -> dict[tuple[int, int], tuple[str, float]]:
+    """CPU seconds (user + system) so far of every thread of `pids`: {(pid, tid): (thread name, seconds)}."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                raw = (task / "stat").read_text()
+            except OSError:
+                continue
+            rest = raw.rsplit(")", 1)[1].split()
+            out[(pid, int(task.name))] = (raw[raw.index("(") + 1:raw.rindex(")")], (int(rest[11]) + int(rest[12])) / hz)
+    return out
+
+
+def cpu_use(before: dict, after: dict, wall_s: float, main_pid: int) -> dict:
+    """Cores each serving process used over `wall_s` (its threads added up; the parent of N workers
+    left out, it only waits), its busiest thread's cores and its thread count."""
+    per: dict[int, dict] = {}
+    for (pid, tid), (name, cpu) in after.items():
+        used = (cpu - before.get((pid, tid), (name, 0.0))[1]) / wall_s
+        p = per.setdefault(pid, {"cores": 0.0, "threads": 0, "busiest": ("", 0.0)})
+        p["cores"] += used
+        p["threads"] += 1
+        if used > p["busiest"][1]:
+            p["busiest"] = (name, used)
+    workers = {pid: v for pid, v in per.items() if pid != main_pid} or per
+    return {"per_process": [{"cores": v["cores"], "threads": v["threads"], "busiest_thread": v["busiest"][0],
+                             "busiest_cores": v["busiest"][1]} for _, v in sorted(workers.items())],
+            "cores": sum(v["cores"] for v in workers.values())}
+
+
 def h2load_run(target: str, metrics_port: int, frame: Path, path: str, duration_s: float, connections: int,
-               streams: int, log_file: Path) -> dict:
-    """One closed-loop h2load run; every response checked against the server's own status counters."""
+               streams: int, log_file: Path, server_pid: int | None = None) -> dict:
+    """One closed-loop h2load run; every response checked against the server's own status counters, and
+    the CPU the server's processes (per thread, from /proc) and h2load itself used meanwhile."""
+    import resource
+
     log_file.unlink(missing_ok=True)  # h2load appends; -D takes whole seconds
+    pids = _process_tree(server_pid) if server_pid else []
+    cpu_before, h2_before, t0 = _thread_cpu(pids), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     before = _counts(_metric_samples(metrics_port))
     cmd = ["h2load", "-D", str(max(1, round(duration_s))), "-c", str(connections), "-m", str(streams), "-t", "1",
            "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(frame),
            "--log-file", str(log_file), f"http://{target}{path}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    wall_s = time.perf_counter() - t0
+    cpu_after, h2_after = _thread_cpu(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+    h2load_cores = (h2_after.ru_utime + h2_after.ru_stime - h2_before.ru_utime - h2_before.ru_stime) / wall_s
     time.sleep(0.3)  # the last responses' counters
     after = _counts(_metric_samples(metrics_port))
     text = proc.stdout
@@ -293,7 +345,8 @@ def h2load_run(target: str, metrics_port: int, frame: Path, path: str, duration_
             "client_p50_ms": float(np.percentile(lat, 50)) if lat is not None else None,
             "client_p99_ms": float(np.percentile(lat, 99)) if lat is not None else None,
             "server_p99_ms_bucket": _hist_quantile(before["buckets"], after["buckets"], 0.99),
-            "per_worker": per_worker, "command": shlex.join(cmd)}
+            "per_worker": per_worker, "command": shlex.join(cmd), "h2load_cores": h2load_cores,
+            "server_cpu": cpu_use(cpu_before, cpu_after, wall_s, server_pid) if server_pid else None}
 
 
 def capacity(run_dir: Path, payloads: dict, workers: int, duration_s: float, connections: int, streams: int,
@@ -316,7 +369,7 @@ def capacity(run_dir: Path, payloads: dict, workers: int, duration_s: float, con
                 sequential(srv.target, path, body, cls, 50)  # warm every worker's session a little
                 print(f"  h2load {wire} {w} worker(s), {duration_s:g} s ({_load()}) …", flush=True)
                 r = h2load_run(srv.target, metrics_port, frame, path, duration_s, connections, streams,
-                               tmp / "h2load.log")
+                               tmp / "h2load.log", server_pid=srv.proc.pid)
                 r["candidates_per_s"] = r["req_per_s"] * n_candidates
                 r["load"] = _load()
                 out[f"{wire} {w}w"] = r
@@ -532,12 +585,29 @@ def markdown(r: dict, command: str) -> str:
             lines.append(f"| {name} | {c['req_per_s']:,.0f} | {c['candidates_per_s']:,.0f} | {check} | "
                          f"{c['client_p50_ms']:.2f} / {c['client_p99_ms']:.2f} | ≤ {c['server_p99_ms_bucket']:g} | "
                          f"{split} | {c['load']} |")
+        lines += cpu_markdown(cap)
         first = next((c for c in cap.values() if isinstance(c, dict)), None)
         if first:
             lines += ["", f"h2load command (per run): `{first['command']}`"]
     if r.get("profile"):
         lines += profile_markdown(r["profile"])
     return "\n".join(lines) + "\n"
+
+
+def cpu_markdown(cap: dict) -> list[str]:
+    """Cores used during each capacity run: does one worker already use more than one core?"""
+    runs = {k: c for k, c in cap.items() if isinstance(c, dict) and c.get("server_cpu")}
+    if not runs:
+        return []
+    lines = ["", "CPU during each capacity run (/proc, user + system, every thread; the machine's other work "
+             "shares the same cores):", "", "| run | server cores (all workers) | per worker: cores, threads, "
+             "busiest thread (cores) | h2load cores |", "|---|---|---|---|"]
+    for name, c in runs.items():
+        cpu = c["server_cpu"]
+        per = "; ".join(f"{p['cores']:.2f}, {p['threads']} threads, {p['busiest_thread']} ({p['busiest_cores']:.2f})"
+                        for p in cpu["per_process"])
+        lines.append(f"| {name} | {cpu['cores']:.2f} | {per} | {c['h2load_cores']:.2f} |")
+    return lines
 
 
 def in_process_markdown(r: dict) -> list[str]:

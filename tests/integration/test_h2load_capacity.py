@@ -33,8 +33,12 @@ def test_h2load_run_counts_ok_responses_and_catches_grpc_errors(tiny_run: Path, 
     with ServerProcess(args) as srv:
         body = _frame(tmp_path / "good.grpc", to_columns(req).SerializeToString())
         good = h2load_run(srv.target, metrics_port, body, "/adrank.v1.AdRanking/ScoreColumns", 2, 2, 2,
-                          tmp_path / "h2.log")
+                          tmp_path / "h2.log", server_pid=srv.proc.pid)
         assert good["done"] > 0 and good["all_grpc_ok"] and good["server_ok"] >= good["done"]
+        # the server's threads did the work (one process, its event loop the busiest thread); h2load ran too
+        cpu = good["server_cpu"]
+        assert len(cpu["per_process"]) == 1 and cpu["per_process"][0]["threads"] > 1
+        assert 0 < cpu["per_process"][0]["busiest_cores"] <= cpu["cores"] and good["h2load_cores"] > 0
         assert good["server_not_ok"] == {} and good["client_p99_ms"] >= good["client_p50_ms"] > 0
         # an empty request is a valid HTTP/2 exchange h2load calls a success, and INVALID_ARGUMENT to the server
         bad = h2load_run(srv.target, metrics_port, _frame(tmp_path / "bad.grpc", b""),

@@ -74,3 +74,19 @@ def test_the_in_process_stage_table_is_a_ratio_to_raw_onnxruntime():
     text = markdown(r, "adrank bench fastpath")
     assert "| columns | 10.0 | 5.0 | 3.0 | 1.0 | 6.0 | 110.0 | 7.0 | 8.0 | 150 | 1.50× |" in text
     assert "| columns |" not in markdown(_results(), "adrank bench fastpath")  # absent when not measured
+
+
+def test_cpu_use_adds_each_workers_threads_up_and_leaves_the_waiting_parent_out():
+    from loadtests.bench_fastpath import cpu_markdown, cpu_use
+
+    before = {(1, 1): ("python", 5.0), (2, 2): ("python", 1.0), (2, 3): ("event_engine", 0.0),
+              (3, 4): ("python", 2.0)}
+    after = {(1, 1): ("python", 5.1), (2, 2): ("python", 3.0), (2, 3): ("event_engine", 0.2),
+             (2, 9): ("grpc_poll", 0.2), (3, 4): ("python", 3.5)}  # thread 9 started during the run
+    got = cpu_use(before, after, 2.0, main_pid=1)
+    assert [round(p["cores"], 6) for p in got["per_process"]] == [1.2, 0.75]
+    assert got["per_process"][0] == {**got["per_process"][0], "threads": 3, "busiest_thread": "python"}
+    assert round(got["cores"], 6) == 1.95
+    cap = {"columns 2w": {**_cap(1800, 5.0), "server_cpu": got, "h2load_cores": 0.1}}
+    assert "| columns 2w | 1.95 | 1.20, 3 threads, python (1.00); 0.75, 1 threads, python (0.75) | 0.10 |" in \
+        "\n".join(cpu_markdown(cap))
