@@ -14,7 +14,7 @@ import numpy as np
 from models.features import DEVICES, PLACEMENTS, SPARSE_FIELDS, FeatureSpec, features_for_request, vocab_index
 from serving.backends.base import ModelHandle
 from serving.pipeline.context import RequestContext
-from serving.pipeline.kernels import KERNELS
+from serving.pipeline.kernels import KERNELS, NoCompiledKernel
 from serving.pipeline.values import ModelInputs, ParsedRequest, WithHistory
 
 _NO_EXTRA = np.zeros((0, 0), np.float32)
@@ -45,9 +45,9 @@ def compiled_features(spec: FeatureSpec, *, ad_id: np.ndarray, advertiser_id: np
     if extra.shape[1] > spec.max_extra_dense:  # route refuses these first; the same guard as `assemble`'s
         raise ValueError(f"{extra.shape[1]} dense features exceed the model's limit of {spec.max_extra_dense}")
     context = np.array((placement, device, hour, user_segment), np.int64)
-    sparse, recent, dense, bid32 = KERNELS.assemble_request(
-        ad_id, advertiser_id, campaign_id, category, context, recent_categories, bid, extra,
-        spec.sizes, spec.offsets, spec.recent_offset, spec.n_categories, spec.recent_k, spec.dense_width)
+    sparse, recent, dense, bid32 = KERNELS.call(
+        KERNELS.assemble_request, ad_id, advertiser_id, campaign_id, category, context, recent_categories, bid,
+        extra, spec.sizes, spec.offsets, spec.recent_offset, spec.n_categories, spec.recent_k, spec.dense_width)
     dense[:, 0] = np.log1p(bid32)  # numpy's log1p on the same float32 bids as training's: no libm drift
     return {"sparse": sparse, "recent": recent, "dense": dense}
 
@@ -57,11 +57,14 @@ def model_inputs(request: ParsedRequest, handle: ModelHandle) -> dict[str, np.nd
     if KERNELS is None:
         return reference_inputs(request, handle)
     r = request
-    return compiled_features(
-        handle.feature_spec, ad_id=r.ad_id, advertiser_id=r.advertiser_id, campaign_id=r.campaign_id,
-        category=r.category, bid=r.bid, placement=vocab_index(PLACEMENTS, r.placement),
-        device=vocab_index(DEVICES, r.device), hour=r.hour, user_segment=r.segment,
-        recent_categories=r.recent_categories, extra_dense=r.dense)
+    try:
+        return compiled_features(
+            handle.feature_spec, ad_id=r.ad_id, advertiser_id=r.advertiser_id, campaign_id=r.campaign_id,
+            category=r.category, bid=r.bid, placement=vocab_index(PLACEMENTS, r.placement),
+            device=vocab_index(DEVICES, r.device), hour=r.hour, user_segment=r.segment,
+            recent_categories=r.recent_categories, extra_dense=r.dense)
+    except NoCompiledKernel:  # arrays of a type the kernel was not compiled for (e.g. a replayed log's)
+        return reference_inputs(request, handle)
 
 
 class FeaturesStage:

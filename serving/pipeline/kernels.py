@@ -21,8 +21,11 @@ work in one compiled loop over the rows:
 
 Outputs are allocated per call (never shared between requests). Compilation happens once per process,
 outside requests (`warm`, called when the stages are built; numba's on-disk cache makes later
-processes load instead of compile). Without numba (ImportError), `KERNELS` is None and every stage
-runs its numpy reference.
+processes load instead of compile), for the argument types the two wire formats and both backends
+hand the kernels; then compilation is switched off, so arguments of any other type (a replayed log's
+narrower ints, a strided view) raise `NoCompiledKernel` at once and the stage runs its numpy reference
+instead of compiling for a second inside a request. Without numba (ImportError), `KERNELS` is None and
+every stage runs its numpy reference.
 """
 
 from __future__ import annotations
@@ -125,8 +128,12 @@ def _rank_request(ad_id, bid, p_ctr, p_cvr, top_k):  # pragma: no cover
     return bad, order, ranked_ad, ranked_ctr, ranked_cvr, ranked_ev, ev
 
 
+class NoCompiledKernel(TypeError):
+    """The arguments' types are not among those compiled by `Kernels.warm`: run the numpy reference."""
+
+
 class Kernels:
-    """The three compiled kernels (see the module docstring)."""
+    """The three compiled kernels (see the module docstring). Call them through `call`."""
 
     def __init__(self, numba) -> None:
         jit = numba.njit(cache=True, nogil=True)
@@ -158,8 +165,22 @@ class Kernels:
                     self.assemble_request(ints_ro, ints_ro, ints_ro, wide, ints, ints, bid_ro, d, fields, fields,
                                           0, 1, 2, 3)
                 p = np.ones(4, np.float32)
-                self.rank_request(ints_ro, bid_ro, p, p, -1)
+                p_ro = p.copy()
+                p_ro.flags.writeable = False  # Triton's scores are views of its response bytes
+                for scores in (p, p_ro):
+                    self.rank_request(ints_ro, bid_ro, scores, scores, -1)
+            for kernel in (self.candidates_ok, self.assemble_request, self.rank_request):
+                kernel.disable_compile()  # from here on, only the types compiled above
             self._warmed = True
+
+    def call(self, kernel, *args):
+        """`kernel(*args)`; NoCompiledKernel when no compiled version takes these argument types."""
+        if not self._warmed:  # a caller outside the stages (a test, a tool) before any stage was built
+            self.warm()
+        try:
+            return kernel(*args)
+        except TypeError as exc:  # numba's dispatcher: "No matching definition for argument type(s) ..."
+            raise NoCompiledKernel(str(exc)) from None
 
 
 def _load() -> Kernels | None:

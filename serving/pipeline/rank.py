@@ -13,7 +13,7 @@ import numpy as np
 
 from serving.finite import ensure_finite
 from serving.pipeline.context import RequestContext
-from serving.pipeline.kernels import KERNELS
+from serving.pipeline.kernels import KERNELS, NoCompiledKernel
 from serving.pipeline.values import Ranking, Scores
 
 
@@ -55,8 +55,11 @@ class RankStage:
                 or not len(p_ctr) == len(p_cvr) == len(request.bid) == len(request.ad_id)):
             return reference_ranking(scores)
         top_k = -1 if request.top_k is None else request.top_k
-        bad, order, ad_id, ctr, cvr, ev_ranked, ev = KERNELS.rank_request(request.ad_id, request.bid, p_ctr, p_cvr,
-                                                                          top_k)
+        try:
+            bad, order, ad_id, ctr, cvr, ev_ranked, ev = KERNELS.call(KERNELS.rank_request, request.ad_id,
+                                                                      request.bid, p_ctr, p_cvr, top_k)
+        except NoCompiledKernel:  # arrays of a type the kernel was not compiled for
+            return reference_ranking(scores)
         if bad >= 0:
             # the last check: no NaN or infinite score is ranked or leaves the server (serving/finite.py);
             # the reference raises the message naming the candidate

@@ -21,7 +21,7 @@ import numpy as np
 from serving.config import ServerConfig
 from serving.errors import InvalidRequest
 from serving.pipeline.context import RequestContext
-from serving.pipeline.kernels import KERNELS
+from serving.pipeline.kernels import KERNELS, NoCompiledKernel
 from serving.pipeline.values import DecodedRequest, ParsedRequest
 
 MAX_MODEL_NAME = 128
@@ -53,9 +53,12 @@ def validate_request(req: DecodedRequest, config: ServerConfig, default_model: s
     """`req` checked against `config`'s limits; the request time defaults to `now_ms` (server time)."""
     # the compiled pass vouches for every per-candidate value (and the recent categories) at once; when
     # it finds one out of its limits, the numpy checks below run and name it
-    checked = KERNELS is not None and KERNELS.candidates_ok(
-        req.recent_categories, req.ad_id, req.advertiser_id, req.campaign_id, req.category, req.bid, req.dense,
-        float(config.max_bid), float(config.max_abs_dense_feature))
+    try:
+        checked = KERNELS is not None and KERNELS.call(
+            KERNELS.candidates_ok, req.recent_categories, req.ad_id, req.advertiser_id, req.campaign_id,
+            req.category, req.bid, req.dense, float(config.max_bid), float(config.max_abs_dense_feature))
+    except NoCompiledKernel:  # arrays of a type the kernel was not compiled for: the numpy checks decide
+        checked = False
     n = req.n_candidates
     if n == 0:
         raise InvalidRequest("candidates: at least one candidate is required")

@@ -233,11 +233,48 @@ def test_served_features_equal_offline_training_features_bit_for_bit():
                                         spec.recent_k)
     for i in np.random.default_rng(1).choice(len(events), 100, replace=False):
         online = compiled_features(
-            spec, ad_id=events["ad_id"][i:i + 1], advertiser_id=events["advertiser_id"][i:i + 1],
-            campaign_id=events["campaign_id"][i:i + 1], category=events["category"][i:i + 1].astype(np.int64),
+            spec, ad_id=events["ad_id"][i:i + 1].astype(np.int64),
+            advertiser_id=events["advertiser_id"][i:i + 1].astype(np.int64),
+            campaign_id=events["campaign_id"][i:i + 1].astype(np.int64),
+            category=events["category"][i:i + 1].astype(np.int64),
             bid=events["bid"][i:i + 1].astype(np.float64), placement=int(events["placement"][i]),
             device=int(events["device"][i]), hour=int(events["hour"][i]), user_segment=int(events["user_segment"][i]),
             recent_categories=recent[i][recent[i] >= 0])
         for k in ("sparse", "recent", "dense"):
             assert online[k].dtype == offline[k].dtype
             assert online[k][0].tobytes() == offline[k][i].tobytes(), k
+
+
+def test_argument_types_never_compiled_take_the_numpy_reference_without_compiling():
+    """A replayed log's int32 ids or a strided view: no compile inside a request, the reference's answer."""
+    rng = np.random.default_rng(9)
+    parsed, handle = _parsed(rng, 30, dense=2), _handle()
+    odd = parsed.__class__(**{**{f: getattr(parsed, f) for f in parsed.__slots__},
+                              "ad_id": parsed.ad_id.astype(np.int32), "bid": np.repeat(parsed.bid, 2)[::2]})
+    KERNELS.warm()
+    compiled = [len(k.signatures) for k in (KERNELS.candidates_ok, KERNELS.assemble_request, KERNELS.rank_request)]
+    got = model_inputs(odd, handle)
+    for name, value in reference_inputs(odd, handle).items():
+        assert got[name].tobytes() == value.tobytes()
+    p = rng.random(30).astype(np.float32)
+    ranked = asyncio.run(RankStage()(Scores(odd, handle, "embedded", p, p.copy()), RequestContext.begin()))
+    want = reference_ranking(Scores(odd, handle, "embedded", p, p))
+    assert ranked.request_index.tolist() == want.request_index.tolist()
+    config, decoded = ServerConfig(), _decoded_with_dense()
+    strided = decoded.__class__(**{**{f: getattr(decoded, f) for f in decoded.__slots__},
+                                   "bid": np.repeat(decoded.bid, 2)[::2]})
+    assert validate_request(strided, config, "vm", now_ms=fakes.NOW_MS).bid.tolist() == decoded.bid.tolist()
+    assert [len(k.signatures) for k in (KERNELS.candidates_ok, KERNELS.assemble_request,
+                                        KERNELS.rank_request)] == compiled  # nothing compiled meanwhile
+
+
+def test_read_only_scores_as_triton_returns_them_use_the_compiled_ranking():
+    parsed = _parsed(np.random.default_rng(5), 40)
+    p_ctr, p_cvr = (np.frombuffer(np.random.default_rng(s).random(40, dtype=np.float32).tobytes(), np.float32)
+                    for s in (1, 2))  # read-only views, as tritonclient's as_numpy gives
+    scores = Scores(parsed, _handle(), "triton", p_ctr, p_cvr)
+    KERNELS.warm()
+    compiled = len(KERNELS.rank_request.signatures)
+    got = asyncio.run(RankStage()(scores, RequestContext.begin()))
+    assert got.expected_value.tobytes() == reference_ranking(scores).expected_value.tobytes()
+    assert len(KERNELS.rank_request.signatures) == compiled
