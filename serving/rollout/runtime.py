@@ -397,9 +397,11 @@ class RolloutRuntime:
         live = self.manifest(spec.model, table.live) if table is not None else None
         return preflight(candidate, live=live, open_cache=self.open_cache, limits=spec.preflight)
 
-    def register(self, model: str, version: int, *, actor: str) -> None:
+    def register(self, model: str, version: int, *, actor: str, reason: str = "registered for a rollout") -> None:
+        """Registers the version as staged (a retired or rolled-back one is staged again for a new rollout):
+        every replica then loads and warms it at its next poll, while no route points at it yet."""
         manifest = self.manifest(model, version)
-        record = self.registry.register(manifest, actor=actor, reason="registered for a rollout")
+        record = self.registry.register(manifest, actor=actor, reason=reason)
         if record.state in (S.RETIRED, S.ROLLED_BACK):  # a new rollout of an old version starts staged
             self.registry.transition(model, version, S.STAGED, actor=actor, reason="new rollout")
 
