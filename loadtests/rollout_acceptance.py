@@ -192,6 +192,21 @@ def pooled(calls: dict, pairs: list[tuple[float, float]], window_s: float) -> di
             "single_ratios": single}
 
 
+def timeline(calls: dict, instants: list[float], window_s: float, bin_s: float = 0.5) -> dict:
+    """Client and server p99 per `bin_s` bin from `window_s` before to `window_s` after the switch, pooled
+    over the cycles' instants: where inside the window a cost sits (a load's first second, a GC pause)."""
+    t, ms, server, ok = calls["t_s"], calls["client_ms"], calls["server_ms"], calls["ok"].astype(bool)
+    edges = np.arange(-window_s, window_s + bin_s / 2, bin_s)
+    client_p99, server_p99 = [], []
+    for lo in edges[:-1]:
+        sel = np.zeros(t.size, bool)
+        for at in instants:
+            sel |= (t >= at + lo) & (t < at + lo + bin_s)
+        client_p99.append(round(p99(ms[sel]), 2))
+        server_p99.append(round(p99(server[sel & ok]), 2))
+    return {"bin_s": bin_s, "from_s": -window_s, "client_p99_ms": client_p99, "server_p99_ms": server_p99}
+
+
 def switch_instants(history: list[dict], t0_ms: float, staged: bool = False) -> dict[str, list[float]]:
     """Seconds after the load's start of every switch of every cycle, by switch type: the first audit
     entry of each (version, switch) — every cycle rolls out a version of its own. With `staged` (the
@@ -335,8 +350,8 @@ def report(a: argparse.Namespace, calls: dict, history: list[dict], steps: list[
     """Prints (and with --json writes) the figures; the exit code of the bench."""
     t0_ms = float(calls["t0_s"][0]) * 1000
     instants = switch_instants(history, t0_ms, getattr(a, "stage", False))
-    figures = [{"switch": name, "at_s": [round(x, 2) for x in ats], **pooled(calls, [(x, x) for x in ats], a.window_s)}
-               for name, ats in instants.items()]
+    figures = [{"switch": name, "at_s": [round(x, 2) for x in ats], **pooled(calls, [(x, x) for x in ats], a.window_s),
+                "timeline": timeline(calls, ats, a.window_s)} for name, ats in instants.items()]
     w = a.window_s
     # the A/A windows: the 2 x cycles windows before the first switch's "before" window (2i before, 2i+1 after)
     first = min((x for ats in instants.values() for x in ats), default=a.warmup_s + (2 * a.cycles + 1) * w)
@@ -367,6 +382,12 @@ def report(a: argparse.Namespace, calls: dict, history: list[dict], steps: list[
     print(line("A/A (none)", aa))
     for f in figures:
         print(line(f["switch"], f))
+    print(f"server p99 ms per 0.5 s from {-w:g} s to +{w:g} s around each switch, pooled over the cycles:")
+    for f in figures:
+        cells = f["timeline"]["server_p99_ms"]
+        half = len(cells) // 2
+        print(f"  {f['switch']:<12} " + " ".join(f"{x:.1f}" for x in cells[:half]) + " | "
+              + " ".join(f"{x:.1f}" for x in cells[half:]))
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores (figures are noisy "
           "on a shared machine)")
     if not (1 / a.max_p99_ratio <= aa["p99_ratio"] <= a.max_p99_ratio):

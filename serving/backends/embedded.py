@@ -21,7 +21,6 @@ server holds, so the allocations of a load do not trigger a long collection on t
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import threading
@@ -34,16 +33,20 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from exporters.manifest import ModelManifest, read_manifest
 from models.features import FeatureSpec
-from serving.backends.base import WARM_ROWS, InferenceBackend, InferenceResult, ModelHandle, warm_inputs
+from serving.backends.base import (
+    InferenceBackend,
+    InferenceResult,
+    ModelHandle,
+    freeze_heap,
+    warm_inputs,
+    warm_rows,
+)
 from serving.errors import InferenceFailed, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
 from serving.model_repository import scan
 
 log = logging.getLogger(__name__)
 LOADER_NICE = 10
 """How much nicer than the process the loader thread runs (0..19; Linux and other POSIX hosts)."""
-WARM_BATCH_ROWS = (WARM_ROWS, 128, 512)
-"""Rows of the warm-up batches, in turn: onnxruntime plans its memory per input shape, so a session warmed
-only on 8 rows would still plan (and allocate) on the first caller's batch of a hundred candidates."""
 
 
 def lower_thread_priority(by: int = LOADER_NICE) -> int | None:
@@ -122,7 +125,7 @@ class EmbeddedBackend(InferenceBackend):
         if expected != actual:
             raise ModelLoadError(f"graph inputs {sorted(actual)} differ from the manifest's {sorted(expected)}")
         for i in range(warm_requests):  # first runs allocate arenas and pick kernels: not on a caller's time
-            session.run(["p_ctr", "p_cvr"], warm_inputs(manifest, WARM_BATCH_ROWS[i % len(WARM_BATCH_ROWS)]))
+            session.run(["p_ctr", "p_cvr"], warm_inputs(manifest, warm_rows(i)))
         handle = ModelHandle(key[0], key[1], manifest, FeatureSpec.from_dict(manifest.feature_spec))
         self._sessions = {**self._sessions, key: session}
         self._handles = {**self._handles, key: handle}
@@ -143,7 +146,7 @@ class EmbeddedBackend(InferenceBackend):
             self.load_errors = {**self.load_errors, key: f"{name}/{version}: {exc}"}
             raise ModelLoadError(f"{name}/{version}: not loaded from {self.repository}: {exc}") from exc
         self.load_errors = {k: v for k, v in self.load_errors.items() if k != key}
-        gc.freeze()  # O(1); a gc.collect() here would hold the GIL, the very stall this avoids
+        freeze_heap()
         log.info("loaded %s/%s beside %s (warmed with %d batches)", name, version, self.models().get(name),
                  warm_requests)
         return handle

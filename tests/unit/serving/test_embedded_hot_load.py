@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.backends.base import warm_inputs
-from serving.backends.embedded import LOADER_NICE, WARM_BATCH_ROWS, EmbeddedBackend
+from serving.backends.base import WARM_BATCH_ROWS, warm_inputs
+from serving.backends.embedded import LOADER_NICE, EmbeddedBackend
 from serving.errors import ModelLoadError, ModelNotFound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
