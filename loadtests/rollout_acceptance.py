@@ -39,7 +39,11 @@ cannot resolve a 1.2× bound. Two things make the comparison meaningful without 
    the same length with no switch are paired the same way (window 2i "before", 2i+1 "after") and
    pooled the same way. Its ratio is what pure noise gives at that sample size; it is printed beside
    the switch ratios, together with the spread of the unpooled per-pair ratios (and the unpooled
-   per-cycle switch ratios), so a reader can tell a real stall from noise.
+   per-cycle switch ratios), so a reader can tell a real stall from noise. Noise on a shared host comes
+   in episodes of 10-20 s (another job's burst) that can land anywhere in a 7-minute run, so the A/A
+   is also measured *between* the cycles (unless `--no-aa-between`): after each cycle's rollback and
+   unload, the operator waits two more windows with no switch, and that pair joins the baseline. The
+   rows `A/A start` and `A/A between` show the two halves; `A/A (none)` pools all of them (10 pairs).
 
 Every switch type must stay within `--max-p99-ratio` (1.2) at the caller; the server's own p99
 (`timing.total_us`) of the same calls is shown beside it. Exit code 0 when no call failed, every
@@ -94,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-s", type=float, default=5.0, help="seconds of load before the A/A baseline starts")
     p.add_argument("--max-p99-ratio", type=float, default=1.2)
     p.add_argument("--backend", choices=("embedded", "triton"), default="embedded")
+    p.add_argument("--no-aa-between", dest="aa_between", action="store_false", help="no quiet window pair "
+                   "after each cycle (the A/A baseline is then only the windows before the first switch)")
     p.add_argument("--no-stage", dest="stage", action="store_false", help="no separate stage step: the shadow "
                    "call registers and loads the version, and the load counts in the shadow switch")
     p.add_argument("--json", default="", help="write the figures here too")
@@ -254,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         # an upper bound (locust is stopped once the operator is done): baseline, then per cycle the
         # operator's phases and the analysis' intervals with room for a held window
         duration = (a.warmup_s + 2 * a.cycles * a.window_s
-                    + a.cycles * ((5 if a.stage else 4) * a.phase_s + 6 * a.interval_s + 10) + 60)
+                    + a.cycles * ((5 if a.stage else 4) * a.phase_s + 6 * a.interval_s + 10
+                                  + (2 * a.window_s if a.aa_between else 0)) + 60)
         args = ["--repository", str(repo), "--rollout-registry", str(tmp / "state"), "--auth-tokens", str(tokens),
                 "--rollout-poll-s", "0.5", "--max-in-flight", "0",
                 # the rolled-back version unloads 2 s after the rollback: inside the rollback's "during"
@@ -328,6 +335,8 @@ def _run(a: argparse.Namespace, run: Path, repo: Path, tmp: Path, args: list[str
                     done += cycle(version)
                     version += 1
                     time.sleep(a.phase_s)  # the rolled-back version unloads (grace) before the next shadow
+                    if a.aa_between:  # a quiet pair of windows between the cycles: the A/A again, later in the run
+                        time.sleep(2 * a.window_s)
             except Exception as exc:  # noqa: BLE001 - reported with the figures
                 errors.append(str(exc))
 
@@ -356,14 +365,19 @@ def report(a: argparse.Namespace, calls: dict, history: list[dict], steps: list[
     # the A/A windows: the 2 x cycles windows before the first switch's "before" window (2i before, 2i+1 after)
     first = min((x for ats in instants.values() for x in ats), default=a.warmup_s + (2 * a.cycles + 1) * w)
     aa_pairs = [(first - w - 2 * a.cycles * w + (2 * i + 1) * w, 0.0) for i in range(a.cycles)]
-    aa = pooled(calls, aa_pairs, w)
+    # ... and with --aa-between, one pair after each cycle: [R + phase, R + phase + w) "before",
+    # [R + phase + w, R + phase + 2w) "after", R the rollback (the unload is over, the next stage not begun)
+    between = [(r + a.phase_s + w, 0.0) for r in instants["rollback"]] if getattr(a, "aa_between", False) else []
+    aa_start, aa_between = pooled(calls, aa_pairs, w), (pooled(calls, between, w) if between else None)
+    aa = pooled(calls, aa_pairs + between, w)
     ok = calls["ok"].astype(bool)
     versions = {int(v): int((calls["version"] == v).sum()) for v in np.unique(calls["version"])}
     load = os.getloadavg()
     result = {"calls": int(ok.size), "failed": int((~ok).sum()), "rate": a.rate, "cycles": a.cycles,
               "aa_from_s": round(aa_pairs[0][0] - w, 2),
               "window_s": w, "served_by_version": versions, "p99_ms": round(p99(calls["client_ms"]), 3),
-              "aa_baseline": aa, "switches": figures, "operator": steps, "operator_errors": errors,
+              "aa_baseline": aa, "aa_start": aa_start, "aa_between": aa_between,
+              "switches": figures, "operator": steps, "operator_errors": errors,
               "load_average": [round(x, 2) for x in load], "max_p99_ratio": a.max_p99_ratio}
     print(f"rollout under load: {result['calls']:,} calls, {result['failed']} failed, overall p99 "
           f"{result['p99_ms']:.2f} ms; calls per version {versions}; {a.cycles} cycles, steps {steps}")
@@ -379,6 +393,9 @@ def report(a: argparse.Namespace, calls: dict, history: list[dict], steps: list[
 
     print(f"{'':<12} {'calls before/after':>13} {'failed':>6} {'p99 bef':>8} {'p99 aft':>8} {'ratio':>6} "
           f"{'unpooled':>11} | server p99 before / after (ratio)")
+    if aa_between is not None:
+        print(line("A/A start", aa_start))
+        print(line("A/A between", aa_between))
     print(line("A/A (none)", aa))
     for f in figures:
         print(line(f["switch"], f))

@@ -81,9 +81,10 @@ def providers() -> list[str]:
 class EmbeddedBackend(InferenceBackend):
     name = "embedded"
 
-    def __init__(self, repository: str | Path, *, intra_op_threads: int = 1) -> None:
+    def __init__(self, repository: str | Path, *, intra_op_threads: int = 1, loader_nice: int = LOADER_NICE) -> None:
         self.repository = Path(repository)
         self.intra_op_threads = intra_op_threads
+        self.loader_nice = loader_nice
         self._sessions: dict[tuple[str, int], ort.InferenceSession] = {}
         self._handles: dict[tuple[str, int], ModelHandle] = {}
         self.load_errors: dict[tuple[str, int], str] = {}
@@ -92,7 +93,8 @@ class EmbeddedBackend(InferenceBackend):
     def loader(self) -> ThreadPoolExecutor:
         """The one thread hot loads run in, at a lower OS priority (module docstring); made on first use."""
         if self._loader is None:
-            self._loader = ThreadPoolExecutor(1, thread_name_prefix="adrank-loader", initializer=lower_thread_priority)
+            self._loader = ThreadPoolExecutor(1, thread_name_prefix="adrank-loader", initializer=lower_thread_priority,
+                                              initargs=(self.loader_nice,))
         return self._loader
 
     def _session(self, path: Path) -> ort.InferenceSession:

@@ -129,6 +129,7 @@ def test_every_rollout_call_is_refused_without_the_admin_scope(served):
     target = rollout_pb2.RolloutTarget(model="vm")
     calls = {"Start": rollout_pb2.StartRolloutRequest(spec_toml=SPEC.format(version=2, interval=1, threshold=2)),
              "Shadow": rollout_pb2.ShadowRequest(model="vm", version=2, sample_rate=0.5),
+             "Stage": rollout_pb2.StageRequest(model="vm", version=2),
              **{m: target for m in ("Status", "Promote", "Pause", "Resume", "Rollback", "Abort", "History")}}
     assert set(calls) == set(rollout_pb2.DESCRIPTOR.services_by_name["RolloutAdmin"].methods_by_name)
     with ch:
