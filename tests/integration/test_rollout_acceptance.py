@@ -1,7 +1,7 @@
 """The acceptance run, small: `adrank bench rollout` (real server, locust in its own process, the admin
 API) stages v2 (loaded, no traffic), then takes it through shadow → canary 10 % → 50 % → promote, then
-rolls back, with no failed call, and reports every switch next to an A/A baseline of windows with no switch. The p99-per-switch figures
-it prints are benchmark figures (docs/rollouts.md), not asserted here."""
+rolls back, with no failed call, and reports every switch next to an A/A baseline of windows with no
+switch. The p99-per-switch figures it prints are benchmark figures (docs/rollouts.md), not asserted here."""
 
 from __future__ import annotations
 
