@@ -8,9 +8,12 @@ nothing running (the machine's noise floor).
 
 Steps (what a switch runs on the embedded backend, each in a worker thread as the server does):
 `read_manifest` (manifest seal and sha256 of the model file), `InferenceSession` (one intra-op
-thread), the three warm-up runs, the whole `load_version_sync`, an unload, and the registry writes of a
-shadow start and its abort (register, transition, set_route, rollback on the SQLite registry)
-and one watcher refresh.
+thread), the three warm-up runs, the whole `load_version_sync`, an unload, the whole `load_version` as
+the server runs it (in the backend's loader thread, `LOADER_NICE` nicer), the registry writes of a
+shadow start and its abort (register, transition, set_route, rollback on the SQLite registry) and one
+watcher refresh; and a full garbage collection of this process's heap (the server's modules imported),
+unfrozen and after `gc.freeze()`: what a collection triggered after a load costs the loop, and what the
+freeze after each hot load leaves of it.
 """
 
 from __future__ import annotations
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     a = p.parse_args(argv)
     import asyncio
+    import gc
 
+    import serving.server  # noqa: F401 - the server's modules on the heap, as in a serving process
     from exporters.manifest import read_manifest
     from serving.backends.base import warm_inputs
-    from serving.backends.embedded import EmbeddedBackend
+    from serving.backends.embedded import LOADER_NICE, EmbeddedBackend
     from serving.rollout.sqlite_registry import SqliteRegistry
     from serving.rollout.states import VersionState
     from serving.rollout.watcher import RoutingWatcher
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(Path(a.run) / "model_repository" / "vm" / "1", repo / "vm" / "1")
         backend = EmbeddedBackend(repo)
         backend.load()
+        # the server's way (the loader thread) at its nice and without it, each loading every version itself
+        plain, niced = EmbeddedBackend(repo, loader_nice=0), EmbeddedBackend(repo, loader_nice=LOADER_NICE)
+        plain.load()
+        niced.load()
         versions = list(range(2, 2 + a.repeat))
         for v in versions:
             _export(repo, v)
@@ -112,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             "3 warm-up runs": lambda v: [session.run(["p_ctr", "p_cvr"], warm_inputs(manifest)) for _ in range(3)],
             "load_version_sync": lambda v: backend.load_version_sync("vm", v),
             "unload_version": lambda v: asyncio.run(backend.unload_version("vm", v)),
+            "load_version, nice 0": lambda v: asyncio.run(plain.load_version("vm", v)),
+            f"load_version, nice {LOADER_NICE}": lambda v: asyncio.run(niced.load_version("vm", v)),
+            "full gc, heap unfrozen": lambda v: (gc.unfreeze(), gc.collect()),
+            "full gc after gc.freeze": lambda v: (gc.freeze(), gc.collect()),
             "registry: shadow + abort": shadow_writes,
             "watcher.refresh": lambda v: watcher.refresh(),
         }

@@ -5,15 +5,26 @@ small intra-op thread count (a ranking batch of a few hundred rows gains nothing
 and several requests run concurrently).
 
 Versions are hot-loaded and unloaded while serving (`load_version`, `unload_version`, driven by the
-rollout registry): a new session is built and warmed in a worker thread, then the version tables are
+rollout registry): a new session is built and warmed in the loader thread, then the version tables are
 replaced by new dicts in one assignment each, so a request never sees a half-added version and the
 event loop never iterates a dict another thread is changing.
+
+The loader thread runs at a lower OS priority (`LOADER_NICE` above the process's, set on its own native
+thread id, which Linux schedules apart): on a host whose cores are all busy serving, reading, sealing
+and warming a new version takes whatever CPU the serving threads leave rather than competing with them
+for it. It only ever loads, so it never needs its priority back (raising it again would need
+privileges). After each load the interpreter's objects are frozen (`gc.freeze`): the next full garbage
+collection then walks only what was allocated since, not every module, protobuf class and tensor the
+server holds, so the allocations of a load do not trigger a long collection on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +33,33 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from exporters.manifest import ModelManifest, read_manifest
 from models.features import FeatureSpec
-from serving.backends.base import InferenceBackend, InferenceResult, ModelHandle, warm_inputs
+from serving.backends.base import (
+    InferenceBackend,
+    InferenceResult,
+    ModelHandle,
+    freeze_heap,
+    warm_inputs,
+    warm_rows,
+)
 from serving.errors import InferenceFailed, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
 from serving.model_repository import scan
 
 log = logging.getLogger(__name__)
+LOADER_NICE = 10
+"""How much nicer than the process the loader thread runs (0..19; Linux and other POSIX hosts)."""
+
+
+def lower_thread_priority(by: int = LOADER_NICE) -> int | None:
+    """Makes the calling thread `by` nicer than it is (Linux: per thread, by its native id). Returns the
+    new niceness, or None where the platform has no per-thread priority (the thread then loads as is)."""
+    try:
+        tid = threading.get_native_id()
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + by)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return nice
+    except (AttributeError, OSError) as exc:  # no setpriority (Windows), or refused: load at normal priority
+        log.info("loader thread keeps its priority: %s", exc)
+        return None
 
 
 def map_onnxruntime_error(exc: Exception, where: str) -> RankingError:
@@ -48,12 +81,21 @@ def providers() -> list[str]:
 class EmbeddedBackend(InferenceBackend):
     name = "embedded"
 
-    def __init__(self, repository: str | Path, *, intra_op_threads: int = 1) -> None:
+    def __init__(self, repository: str | Path, *, intra_op_threads: int = 1, loader_nice: int = LOADER_NICE) -> None:
         self.repository = Path(repository)
         self.intra_op_threads = intra_op_threads
+        self.loader_nice = loader_nice
         self._sessions: dict[tuple[str, int], ort.InferenceSession] = {}
         self._handles: dict[tuple[str, int], ModelHandle] = {}
         self.load_errors: dict[tuple[str, int], str] = {}
+        self._loader: ThreadPoolExecutor | None = None
+
+    def loader(self) -> ThreadPoolExecutor:
+        """The one thread hot loads run in, at a lower OS priority (module docstring); made on first use."""
+        if self._loader is None:
+            self._loader = ThreadPoolExecutor(1, thread_name_prefix="adrank-loader", initializer=lower_thread_priority,
+                                              initargs=(self.loader_nice,))
+        return self._loader
 
     def _session(self, path: Path) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -84,8 +126,8 @@ class EmbeddedBackend(InferenceBackend):
         actual = {i.name for i in session.get_inputs()}
         if expected != actual:
             raise ModelLoadError(f"graph inputs {sorted(actual)} differ from the manifest's {sorted(expected)}")
-        for _ in range(warm_requests):  # first runs allocate arenas and pick kernels: not on a caller's time
-            session.run(["p_ctr", "p_cvr"], warm_inputs(manifest))
+        for i in range(warm_requests):  # first runs allocate arenas and pick kernels: not on a caller's time
+            session.run(["p_ctr", "p_cvr"], warm_inputs(manifest, warm_rows(i)))
         handle = ModelHandle(key[0], key[1], manifest, FeatureSpec.from_dict(manifest.feature_spec))
         self._sessions = {**self._sessions, key: session}
         self._handles = {**self._handles, key: handle}
@@ -106,12 +148,13 @@ class EmbeddedBackend(InferenceBackend):
             self.load_errors = {**self.load_errors, key: f"{name}/{version}: {exc}"}
             raise ModelLoadError(f"{name}/{version}: not loaded from {self.repository}: {exc}") from exc
         self.load_errors = {k: v for k, v in self.load_errors.items() if k != key}
+        freeze_heap()
         log.info("loaded %s/%s beside %s (warmed with %d batches)", name, version, self.models().get(name),
                  warm_requests)
         return handle
 
     async def load_version(self, name: str, version: int) -> ModelHandle:
-        return await asyncio.to_thread(self.load_version_sync, name, version)
+        return await asyncio.get_running_loop().run_in_executor(self.loader(), self.load_version_sync, name, version)
 
     async def unload_version(self, name: str, version: int) -> None:
         key = (name, version)
@@ -120,11 +163,16 @@ class EmbeddedBackend(InferenceBackend):
         self._sessions = {k: v for k, v in self._sessions.items() if k != key}
         # The session's last reference goes in a worker thread, so freeing its weights and arenas (large
         # for a big model) never runs on the event loop; a call still holding the handle keeps it alive.
-        await asyncio.to_thread(released.clear)
+        await asyncio.get_running_loop().run_in_executor(self.loader(), released.clear)
         log.info("unloaded %s/%s; serving %s", name, version, self.models().get(name, []))
 
     async def start(self) -> None:
         self.load()
+
+    async def close(self) -> None:
+        if self._loader is not None:
+            self._loader.shutdown(wait=False)
+            self._loader = None
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         try:

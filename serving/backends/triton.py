@@ -284,7 +284,7 @@ class TritonBackend(InferenceBackend):
         import json
 
         from exporters.manifest import ManifestError, read_manifest
-        from serving.backends.base import WARM_REQUESTS, warm_inputs
+        from serving.backends.base import WARM_REQUESTS, freeze_heap, warm_inputs, warm_rows
 
         key = (name, version)
         if key in self._handles:
@@ -309,11 +309,13 @@ class TritonBackend(InferenceBackend):
             raise ModelLoadError(f"{name}/{version}: Triton refused to load it as {side}: {exc}") from exc
         self._side[key] = side
         handle = self._handle(key, manifest)
-        for _ in range(WARM_REQUESTS):  # before the table offers it
-            await self.infer(handle, warm_inputs(manifest))
+        most = int(config.get("max_batch_size") or 0)  # a batched model refuses more rows than this
+        for i in range(WARM_REQUESTS):  # before the table offers it; the stub's session sees serving-sized batches
+            await self.infer(handle, warm_inputs(manifest, min(warm_rows(i), most) if most > 0 else warm_rows(i)))
         await self.refresh()
         if key not in self._handles:
             raise ModelLoadError(f"{name}/{version}: Triton loaded {side} but does not report it READY")
+        freeze_heap()
         log.info("Triton loaded %s/%s as %s beside %s", name, version, side, self.models().get(name))
         return self._handles[key]
 

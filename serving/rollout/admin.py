@@ -103,6 +103,18 @@ class RolloutAdminService(rollout_pb2_grpc.RolloutAdminServicer):
             return await asyncio.to_thread(status_message, self.runtime, spec.model, done)
         return await self._call(context, "Start", work)
 
+    async def Stage(self, request, context):  # noqa: N802
+        async def work():
+            model, version = request.model, int(request.version)
+            await asyncio.to_thread(self.runtime.register, model, version, actor=self._actor(request.actor),
+                                    reason=request.reason or "staged: loaded ahead of any traffic")
+            await self.runtime.poll_once()  # loads and warms it here; every other replica at its next poll
+            error = self.runtime.load_errors.get((model, version))
+            done = f"{model}/{version}: staged" + (f", but not loaded here: {error}" if error else
+                                                   ", loaded and warmed here")
+            return await asyncio.to_thread(status_message, self.runtime, model, done)
+        return await self._call(context, "Stage", work)
+
     async def Shadow(self, request, context):  # noqa: N802
         async def work():
             if not 0 <= request.sample_rate <= 1:

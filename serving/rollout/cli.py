@@ -1,4 +1,4 @@
-"""`adrank rollout start|shadow|status|promote|pause|resume|rollback|abort|history`: a client of the
+"""`adrank rollout stage|start|shadow|status|promote|pause|resume|rollback|abort|history`: a client of the
 RolloutAdmin service on a running server (it needs a token with the `admin` scope: --token-file or
 $ADRANK_TOKEN). `status` prints the arms, the versions, the latest checks, and a text plot of the
 canary against live over the analysis windows.
@@ -100,6 +100,9 @@ def _cmd(a: argparse.Namespace) -> int:
                     return 2
                 resp = stub.Start(rollout_pb2.StartRolloutRequest(spec_toml=text, actor=actor, reason=a.reason),
                                   timeout=a.timeout, metadata=metadata)
+            elif a.rollout_verb == "stage":
+                resp = stub.Stage(rollout_pb2.StageRequest(model=a.model, version=a.version, actor=actor,
+                                                           reason=a.reason), timeout=a.timeout, metadata=metadata)
             elif a.rollout_verb == "shadow":
                 resp = stub.Shadow(rollout_pb2.ShadowRequest(model=a.model, version=a.version,
                                                              sample_rate=a.sample_rate, actor=actor, reason=a.reason),
@@ -137,6 +140,11 @@ def add_rollout_parser(sub: argparse._SubParsersAction) -> None:
         client_security_flags(sp)
         sp.set_defaults(func=_cmd)
 
+    sp = verbs.add_parser("stage", help="register a version and load and warm it on every replica (no traffic "
+                          "moves): a later shadow or start then only switches routes")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--version", type=int, required=True)
+    common(sp)
     sp = verbs.add_parser("start", help="preflight, then canary at the spec's first weight; analysis steps it")
     sp.add_argument("spec", help="rollout spec file (TOML, see deploy/rollout-example.toml)")
     common(sp)

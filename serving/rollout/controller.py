@@ -19,7 +19,7 @@ from dataclasses import replace
 from serving.rollout.analysis import AnalysisState, Decision, WindowMetrics, advance, veto_promotion
 from serving.rollout.errors import RolloutError
 from serving.rollout.preflight import PreflightReport
-from serving.rollout.registry import RolloutRegistry
+from serving.rollout.registry import Fence, RolloutRegistry
 from serving.rollout.spec import RolloutSpec
 from serving.rollout.states import VersionState
 from serving.rollout.webhooks import Caller, call_webhook, run_hooks
@@ -33,8 +33,10 @@ class RolloutController:
     """Drives one rollout of `spec.version` of `spec.model` through `registry`."""
 
     def __init__(self, registry: RolloutRegistry, spec: RolloutSpec, *, actor: str = "analysis",
-                 call: Caller = call_webhook) -> None:
+                 call: Caller = call_webhook, fence: Fence | None = None) -> None:
         self.registry, self.spec, self.actor, self._call = registry, spec, actor, call
+        self.fence = fence
+        """The analysis lease `tick`'s writes are fenced by (None: unfenced, one process deciding alone)."""
 
     def start(self, preflight: PreflightReport, *, reason: str = "rollout started") -> AnalysisState:
         """Preflight must have passed and every pre-rollout webhook must allow; then the version becomes
@@ -69,13 +71,14 @@ class RolloutController:
         metrics = decision.audit_metrics()
         if window.pooled is not None:
             metrics["window"] = dict(window.pooled)
+        fence = self.fence
         if decision.action == "step_up":
             self.registry.set_route(spec.model, canary_weight=decision.weight, actor=self.actor,
-                                    reason=decision.reason, metrics=metrics)
+                                    reason=decision.reason, metrics=metrics, fence=fence)
         elif decision.action == "promote":
             self.registry.promote(spec.model, spec.version, actor=self.actor, reason=decision.reason, metrics=metrics,
-                                  expect=VersionState.CANARY)
+                                  expect=VersionState.CANARY, fence=fence)
         elif decision.action == "rollback":
             self.registry.rollback(spec.model, spec.version, actor=self.actor, reason=decision.reason,
-                                   metrics=metrics, expect=VersionState.CANARY)
+                                   metrics=metrics, expect=VersionState.CANARY, fence=fence)
         return decision

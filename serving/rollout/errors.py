@@ -82,3 +82,8 @@ class RegistryUnavailable(RolloutError):
     """The shared registry (Redis) cannot be reached; replicas keep routing by the last tables they read."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class LeaseLost(StateConflict):
+    """A fenced write (the analysis's decision) whose lease another replica holds now, or that expired:
+    refused inside the registry's transaction, so a stalled leader can never apply a late decision."""

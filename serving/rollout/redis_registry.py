@@ -38,6 +38,7 @@ import redis
 from serving.rollout.errors import RegistryUnavailable
 from serving.rollout.registry import (
     AuditEntry,
+    Fence,
     ModelView,
     Plan,
     RolloutRegistry,
@@ -113,15 +114,24 @@ class RedisRegistry(RolloutRegistry):
         except redis.exceptions.RedisError as exc:
             raise RegistryUnavailable(f"rollout registry unreachable: {exc}") from exc
 
-    def _transact(self, model: str, plan: Callable[[ModelView], Plan], actor: str) -> list[AuditEntry]:
+    def _transact(self, model: str, plan: Callable[[ModelView], Plan], actor: str,
+                  fence: Fence | None = None) -> list[AuditEntry]:
         if not actor:
             raise ValueError("actor: every change must name who made it")
         mkey, seq_key = self._key(f"model:{model}"), self._key("audit_seq")
+        lease_key = self._key(f"lease:{fence.name}") if fence is not None else None
         try:
             with self._client.pipeline() as pipe:
                 for _ in range(MAX_RETRIES):
                     try:
-                        pipe.watch(mkey, seq_key)
+                        # A fenced write also WATCHes the lease: a takeover, a release or (Redis >= 6.0.9)
+                        # its expiry between this read and EXEC aborts the transaction, re-read below.
+                        pipe.watch(mkey, seq_key, *([lease_key] if lease_key else []))
+                        if fence is not None:
+                            holder = pipe.get(lease_key)
+                            if holder != fence.holder:
+                                pipe.unwatch()
+                                raise fence.refused(model, holder)
                         view = self._parse(model, pipe.hgetall(mkey))
                         p = plan(view)
                         if not p.states and not p.audit and p.settings is None:

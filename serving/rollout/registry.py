@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from exporters.manifest import ModelManifest
-from serving.rollout.errors import AlreadyRegistered, StateConflict, UnknownVersion
+from serving.rollout.errors import AlreadyRegistered, LeaseLost, StateConflict, UnknownVersion
 from serving.rollout.routing import CanaryRoute, RoutingTable, ShadowRoute
 from serving.rollout.states import SINGLE_PER_MODEL, VersionState, check_transition
 
@@ -273,6 +273,18 @@ def routing_from_view(view: ModelView) -> RoutingTable | None:
             salt=s.shadow_salt or f"{view.model}/{shadow.version}"))
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A write made on behalf of a lease: `holder` must hold lease `name` (unexpired) when it commits."""
+
+    name: str
+    holder: str
+
+    def refused(self, model: str, held_by: str | None) -> LeaseLost:
+        who = f"is held by {held_by}" if held_by else "has expired"
+        return LeaseLost(f"{model}: lease {self.name} {who}, not {self.holder}'s: the decision was not applied")
+
+
 class RolloutRegistry(abc.ABC):
     """The registry contract. Subclasses implement storage (`_transact`, `_view`, `audit`, `models`,
     `change_counter`); every rule lives in the planning functions above."""
@@ -282,9 +294,12 @@ class RolloutRegistry(abc.ABC):
 
     # -- storage primitives ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def _transact(self, model: str, plan: Callable[[ModelView], Plan], actor: str) -> list[AuditEntry]:
+    def _transact(self, model: str, plan: Callable[[ModelView], Plan], actor: str,
+                  fence: Fence | None = None) -> list[AuditEntry]:
         """Atomically: read `model`, call `plan` on it, write its states, settings and audit entries, bump
-        the change counter. Concurrent writers must serialise (or retry) so the plan saw the latest state."""
+        the change counter. Concurrent writers must serialise (or retry) so the plan saw the latest state.
+        With `fence`, the lease must be `fence.holder`'s and unexpired at the commit (else `LeaseLost`,
+        nothing written): the lease check and the write are one transaction."""
 
     @abc.abstractmethod
     def _view(self, model: str) -> ModelView:
@@ -355,26 +370,32 @@ class RolloutRegistry(abc.ABC):
         return self._transact(model, lambda v: plan_transition(v, version, to_state, reason, metrics, salt), actor)
 
     def promote(self, model: str, version: int, *, actor: str, reason: str,
-                metrics: Mapping | None = None, expect: VersionState | None = None) -> list[AuditEntry]:
+                metrics: Mapping | None = None, expect: VersionState | None = None,
+                fence: Fence | None = None) -> list[AuditEntry]:
         """Make `version` live and retire the previous live version, in one transaction. `expect`: refuse
-        (StateConflict) unless the version is in that state when the transaction reads it."""
+        (StateConflict) unless the version is in that state when the transaction reads it; `fence`: refuse
+        (LeaseLost) unless that lease is still the writer's."""
         return self._transact(model, lambda v: plan_promote(_expecting(v, version, expect), version, reason,
-                                                            metrics), actor)
+                                                            metrics), actor, fence)
 
     def rollback(self, model: str, version: int, *, actor: str, reason: str,
-                 metrics: Mapping | None = None, expect: VersionState | None = None) -> list[AuditEntry]:
+                 metrics: Mapping | None = None, expect: VersionState | None = None,
+                 fence: Fence | None = None) -> list[AuditEntry]:
         """Take `version` out of traffic (restoring the previous live one if `version` is live). `expect`
         as for `promote`: the analysis passes canary, so a decision that arrives after the canary left
-        (through an operator or another replica) can never roll back what is live now."""
+        (through an operator or another replica) can never roll back what is live now; `fence` likewise."""
         return self._transact(model, lambda v: plan_rollback(_expecting(v, version, expect), version, reason,
-                                                             metrics), actor)
+                                                             metrics), actor, fence)
 
     def set_route(self, model: str, *, actor: str, reason: str, canary_weight: float | None = None,
-                  shadow_sample_rate: float | None = None, metrics: Mapping | None = None) -> list[AuditEntry]:
-        """Step the canary weight or change the shadow's sample rate; audited."""
+                  shadow_sample_rate: float | None = None, metrics: Mapping | None = None,
+                  fence: Fence | None = None) -> list[AuditEntry]:
+        """Step the canary weight or change the shadow's sample rate; audited. `fence` as for `promote`:
+        the analysis's weight steps are fenced by its lease, so a leader that stalled past its lease
+        cannot step a canary its successor now decides for."""
         return self._transact(model, lambda v: plan_route(v, canary_weight=canary_weight,
                                                           shadow_sample_rate=shadow_sample_rate,
-                                                          reason=reason, metrics=metrics), actor)
+                                                          reason=reason, metrics=metrics), actor, fence)
 
     # -- reads ---------------------------------------------------------------------------------------------
     def get(self, model: str, version: int) -> VersionRecord:

@@ -35,11 +35,11 @@ from serving.columns import ranked_arrays
 from serving.errors import RankingError
 from serving.rollout.analysis import AnalysisState, ArmWindow, CheckResult, Decision, WindowMetrics
 from serving.rollout.controller import RolloutController
-from serving.rollout.errors import RolloutError, StateConflict, UnknownVersion
+from serving.rollout.errors import LeaseLost, RolloutError, StateConflict, UnknownVersion
 from serving.rollout.labels import with_labels
 from serving.rollout.pooled import ArmStats, pooled_window
 from serving.rollout.preflight import CacheOpener, PreflightReport, preflight
-from serving.rollout.registry import RolloutRegistry
+from serving.rollout.registry import Fence, RolloutRegistry
 from serving.rollout.shared import RolloutDoc, SharedAnalysis, canary_key, new_replica_id
 from serving.rollout.spec import RolloutSpec
 from serving.rollout.states import VersionState
@@ -294,6 +294,8 @@ class RolloutRuntime:
                 if mine.doc is not None and not self.shared.hold(mine.doc):
                     log.warning("rollout %s: lost the analysis lease to another replica", model)
                     self._end(model, "handed_over")
+                else:
+                    self.apply_requests(mine)  # a pause / resume that reached another replica
                 continue
             doc = self.shared.load(model)
             if doc is None or doc.ended or doc.state.phase != "progressing" \
@@ -308,9 +310,10 @@ class RolloutRuntime:
         log.warning("rollout %s/%s: taking the analysis over from %s", spec.model, spec.version, doc.leader or "?")
         doc.leader = self.replica
         self.shared.save(doc)
-        rollout = ActiveRollout(spec, RolloutController(self.registry, spec, actor="analysis"), doc.state,
-                                paused=doc.paused, doc=doc)
+        controller = RolloutController(self.registry, spec, actor="analysis", fence=Fence(doc.lease, self.replica))
+        rollout = ActiveRollout(spec, controller, doc.state, paused=doc.paused, doc=doc)
         self.rollouts[spec.model] = rollout
+        self.apply_requests(rollout)
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(lambda: setattr(rollout, "task", loop.create_task(self._analyse(rollout))))
@@ -397,9 +400,11 @@ class RolloutRuntime:
         live = self.manifest(spec.model, table.live) if table is not None else None
         return preflight(candidate, live=live, open_cache=self.open_cache, limits=spec.preflight)
 
-    def register(self, model: str, version: int, *, actor: str) -> None:
+    def register(self, model: str, version: int, *, actor: str, reason: str = "registered for a rollout") -> None:
+        """Registers the version as staged (a retired or rolled-back one is staged again for a new rollout):
+        every replica then loads and warms it at its next poll, while no route points at it yet."""
         manifest = self.manifest(model, version)
-        record = self.registry.register(manifest, actor=actor, reason="registered for a rollout")
+        record = self.registry.register(manifest, actor=actor, reason=reason)
         if record.state in (S.RETIRED, S.ROLLED_BACK):  # a new rollout of an old version starts staged
             self.registry.transition(model, version, S.STAGED, actor=actor, reason="new rollout")
 
@@ -418,6 +423,7 @@ class RolloutRuntime:
         state = await asyncio.to_thread(controller.start, report, reason=reason or "rollout started")
         doc = RolloutDoc(spec, int(time.time() * 1000), state, leader=self.replica)
         await asyncio.to_thread(self._begin, doc, self._stats_snapshot())
+        controller.fence = Fence(doc.lease, self.replica)  # every decision from now on: only while leading
         rollout = ActiveRollout(spec, controller, state, doc=doc)
         self.rollouts[spec.model] = rollout
         rollout.task = asyncio.create_task(self._analyse(rollout))
@@ -458,6 +464,10 @@ class RolloutRuntime:
             await asyncio.sleep(spec.interval_s)
             if rollout.ended:
                 break
+            try:  # a pause recorded through another replica since the last poll holds this window too
+                await asyncio.to_thread(self.apply_requests, rollout)
+            except RolloutError as exc:
+                log.warning("rollout %s/%s: could not read pause requests: %s", spec.model, spec.version, exc)
             if rollout.paused:
                 continue
             try:
@@ -482,6 +492,10 @@ class RolloutRuntime:
             try:                     # read the version's new state as another replica's doing ("superseded")
                 try:
                     decision: Decision = await asyncio.to_thread(rollout.controller.tick, rollout.state, window)
+                except LeaseLost as exc:  # refused in the registry's transaction: the successor decides
+                    log.warning("rollout %s/%s: %s", spec.model, spec.version, exc)
+                    rollout.ended = rollout.ended or "handed_over"
+                    break
                 except RolloutError as exc:
                     log.warning("rollout %s/%s: analysis could not apply its decision: %s", spec.model, spec.version,
                                 exc)
@@ -520,27 +534,45 @@ class RolloutRuntime:
                     rollout.task.get_loop().call_soon_threadsafe(rollout.task.cancel)
         return rollout
 
-    def _rollout(self, model: str) -> ActiveRollout:
+    def pause(self, model: str, *, actor: str, reason: str) -> ActiveRollout | None:
+        """Hold the analysis at its weight (audited). Through any replica: the leader applies it at once,
+        any other replica records it for the leader's next poll (`serving.rollout.shared`)."""
+        return self._set_paused(model, True, actor=actor, reason=reason)
+
+    def resume(self, model: str, *, actor: str, reason: str) -> ActiveRollout | None:
+        return self._set_paused(model, False, actor=actor, reason=reason)
+
+    def _set_paused(self, model: str, paused: bool, *, actor: str, reason: str) -> ActiveRollout | None:
         rollout = self._reconcile(model)
-        if rollout is None or rollout.ended:
-            raise StateConflict(f"{model}: no rollout in progress")
-        return rollout
+        leading = rollout is not None and not rollout.ended
+        doc = rollout.doc if leading else self.shared.load(model)
+        if not leading:
+            if doc is None or doc.ended or doc.state.phase != "progressing" or \
+                    self.registry.get(model, doc.spec.version).state is not S.CANARY:
+                raise StateConflict(f"{model}: no rollout in progress")
+        if doc is not None:
+            self.shared.request_pause(doc, paused, actor=actor, reason=reason, at_ms=int(time.time() * 1000))
+        weight = rollout.state.weight if leading else doc.state.weight
+        if leading:
+            rollout.paused = paused
+            self._store(rollout)
+        verb = "paused" if paused else "resumed"
+        where = "" if leading else f" (recorded through {self.replica}; the leading replica applies it)"
+        self.registry.set_route(model, canary_weight=weight, actor=actor,
+                                reason=f"{verb}: {reason or 'by operator'}{where}")
+        return rollout if leading else None
 
-    def pause(self, model: str, *, actor: str, reason: str) -> ActiveRollout:
-        rollout = self._rollout(model)
-        rollout.paused = True
-        self._store(rollout)
-        self.registry.set_route(model, canary_weight=rollout.state.weight, actor=actor,
-                                reason=f"paused: {reason or 'by operator'}")
-        return rollout
-
-    def resume(self, model: str, *, actor: str, reason: str) -> ActiveRollout:
-        rollout = self._rollout(model)
-        rollout.paused = False
-        self._store(rollout)
-        self.registry.set_route(model, canary_weight=rollout.state.weight, actor=actor,
-                                reason=f"resumed: {reason or 'by operator'}")
-        return rollout
+    def apply_requests(self, rollout: ActiveRollout) -> None:
+        """The leader's side of a pause / resume made through any replica: the latest one recorded wins."""
+        doc = rollout.doc
+        if doc is None or rollout.ended:
+            return
+        request = self.shared.pause_request(doc)
+        if request is not None and bool(request["paused"]) != rollout.paused:
+            rollout.paused = bool(request["paused"])
+            log.info("rollout %s/%s: %s by %s through %s", rollout.spec.model, rollout.spec.version,
+                     "paused" if rollout.paused else "resumed", request.get("actor"), request.get("by"))
+            self._store(rollout)
 
     def _store(self, rollout: ActiveRollout) -> None:
         """Save the rollout for a successor; an ended one gives its lease up."""
@@ -550,6 +582,7 @@ class RolloutRuntime:
         doc.state, doc.paused = rollout.state, rollout.paused
         self.shared.save(doc)
         if doc.state.phase != "progressing":
+            self.shared.forget_requests(doc)
             self.shared.release(doc)
 
     def _end(self, model: str, how: str) -> None:
@@ -567,6 +600,7 @@ class RolloutRuntime:
             if doc is not None and not doc.ended:
                 doc.ended = how
                 self.shared.save(doc)
+                self.shared.forget_requests(doc)
                 self.shared.release(doc)
         except RolloutError as exc:
             log.warning("rollout %s: could not mark the stored rollout ended: %s", model, exc)

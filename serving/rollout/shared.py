@@ -7,6 +7,7 @@ Keys (`RolloutRegistry.put_shared`, none audited, none moving traffic):
 | `stats:<model>:<canary key>:<replica>` | a replica's cumulative per-arm `ArmStats` (this canary) | 3 × lease, ≥10 s |
 | `rollout:<model>`                      | the rollout: spec, analysis state, pause flag, baseline | none            |
 | lease `analysis:<model>:<started_ms>`  | the replica deciding for the rollout                    | `lease_s`       |
+| `control:<model>:<started_ms>`         | the operator's latest pause / resume of that rollout    | removed at end  |
 
 The canary key is the canary's version and a digest of its salt, so a replica's counts restart whenever
 the canary changes. A replica id is host, pid and a random suffix: a restarted replica is a new one, with
@@ -16,6 +17,10 @@ Exactly one replica decides: the one holding the lease, renewed every poll; it c
 right before each decision. When it dies the lease expires and the next replica to poll takes the
 rollout over from `rollout:<model>`: the same step, the same failed windows, and the baseline of what
 was already judged, so the first window it judges is everything since the last decision.
+
+`pause` and `resume` may reach any replica: the one receiving the verb records it under
+`control:<model>:<started_ms>` (its own key, so a leader saving the rollout after a decision can never
+overwrite it), and the leader applies it at its next poll and again right before each decision.
 """
 
 from __future__ import annotations
@@ -109,6 +114,23 @@ class SharedAnalysis:
     def load(self, model: str) -> RolloutDoc | None:
         raw = self.registry.get_shared("rollout:").get(f"rollout:{model}")
         return RolloutDoc.from_json(raw) if raw is not None else None
+
+    def _control_key(self, doc: RolloutDoc) -> str:
+        return f"control:{doc.spec.model}:{doc.started_ms}"
+
+    def request_pause(self, doc: RolloutDoc, paused: bool, *, actor: str, reason: str, at_ms: int) -> None:
+        """Record an operator's pause (True) or resume (False) of `doc`'s rollout for its leader to apply."""
+        self.registry.put_shared(self._control_key(doc), json.dumps(
+            {"paused": paused, "actor": actor, "reason": reason, "at_ms": at_ms, "by": self.replica}))
+
+    def pause_request(self, doc: RolloutDoc) -> dict | None:
+        """The latest pause / resume recorded for `doc`'s rollout, or None."""
+        key = self._control_key(doc)
+        raw = self.registry.get_shared(key.rsplit(":", 1)[0] + ":").get(key)
+        return json.loads(raw) if raw is not None else None
+
+    def forget_requests(self, doc: RolloutDoc) -> None:
+        self.registry.delete_shared(self._control_key(doc))
 
     def hold(self, doc: RolloutDoc) -> bool:
         """Take or renew the rollout's lease; True while this replica leads it."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from serving.rollout.errors import RegistryPathError
 from serving.rollout.registry import (
     AuditEntry,
+    Fence,
     ModelView,
     Plan,
     RolloutRegistry,
@@ -112,12 +113,19 @@ class SqliteRegistry(RolloutRegistry):
             finally:
                 self._db.execute("COMMIT")
 
-    def _transact(self, model: str, plan: Callable[[ModelView], Plan], actor: str) -> list[AuditEntry]:
+    def _transact(self, model: str, plan: Callable[[ModelView], Plan], actor: str,
+                  fence: Fence | None = None) -> list[AuditEntry]:
         if not actor:
             raise ValueError("actor: every change must name who made it")
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")  # holds the write lock: no lease can change before COMMIT
             try:
+                if fence is not None:
+                    row = self._db.execute("SELECT holder, expires_ms FROM leases WHERE name = ?",
+                                           (fence.name,)).fetchone()
+                    if row is None or row[0] != fence.holder or row[1] <= self._clock_ms():
+                        raise fence.refused(model, row[0] if row is not None and row[1] > self._clock_ms()
+                                            else None)
                 entries = self._apply(model, plan(self._read(model)), actor)
                 self._db.execute("COMMIT")
             except BaseException:

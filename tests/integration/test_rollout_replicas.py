@@ -62,6 +62,17 @@ def _served(srv: ServerProcess, catalog, users=range(30)) -> set[tuple[int, str]
         return out
 
 
+def _phase(srv, expected: str, timeout_s: float = 5.0) -> str:
+    """The rollout phase `srv` reports, polled until it is `expected` or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = _cli(srv, "status", "--model", "vm", "--json")
+        phase = json.loads(out.stdout).get("phase", "") if out.returncode == 0 else out.stderr
+        if phase == expected or time.monotonic() > deadline:
+            return phase
+        time.sleep(0.2)
+
+
 def _until(srv, catalog, expected: set, timeout_s: float = 5.0) -> tuple[set, float]:
     t0 = time.monotonic()
     while True:
@@ -116,10 +127,14 @@ def test_a_change_through_one_replica_moves_the_other(replicas):
     seen, waited = _until(b, catalog, {(2, "canary")})  # b loads v2 itself, then routes every user to it
     assert seen == {(2, "canary")} and waited < 5.0, (seen, waited)
 
+    # the analysis runs in a (the replica that started it); b records the pause and a applies it
     paused = _cli(b, "pause", "--model", "vm", "--reason", "look at it")
-    # the analysis runs in a (the replica that started it): b has no rollout task to pause
-    assert paused.returncode == 2 and "no rollout in progress" in paused.stderr
-    paused = _cli(a, "pause", "--model", "vm", "--reason", "look at it")
+    assert paused.returncode == 0 and "paused: analysis holds" in paused.stdout, paused.stderr
+    assert _phase(a, "paused") == "paused"  # within a poll (0.2 s) of a
+    resumed = _cli(b, "resume", "--model", "vm", "--reason", "seen it")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _phase(a, "progressing") == "progressing"
+    paused = _cli(a, "pause", "--model", "vm", "--reason", "look again")  # the leader applies its own at once
     assert paused.returncode == 0 and "phase paused" in paused.stdout, paused.stderr
     resumed = _cli(a, "resume", "--model", "vm")
     assert resumed.returncode == 0 and "phase progressing" in resumed.stdout, resumed.stderr
@@ -138,6 +153,7 @@ def test_a_change_through_one_replica_moves_the_other(replicas):
         assert seen == {(1, "live")}
 
     history = _cli(b, "history", "--model", "vm").stdout
-    for text in ("staged → canary", "paused: look at it", "resumed", "canary → live", "enough seen",
+    for text in ("staged → canary", "paused: look at it (recorded through", "resumed: seen it", "paused: look again",
+                 "canary → live", "enough seen",
                  "live → rolled_back", "retired → live"):
         assert text in history, (text, history)

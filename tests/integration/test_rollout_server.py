@@ -129,6 +129,7 @@ def test_every_rollout_call_is_refused_without_the_admin_scope(served):
     target = rollout_pb2.RolloutTarget(model="vm")
     calls = {"Start": rollout_pb2.StartRolloutRequest(spec_toml=SPEC.format(version=2, interval=1, threshold=2)),
              "Shadow": rollout_pb2.ShadowRequest(model="vm", version=2, sample_rate=0.5),
+             "Stage": rollout_pb2.StageRequest(model="vm", version=2),
              **{m: target for m in ("Status", "Promote", "Pause", "Resume", "Rollback", "Abort", "History")}}
     assert set(calls) == set(rollout_pb2.DESCRIPTOR.services_by_name["RolloutAdmin"].methods_by_name)
     with ch:
@@ -238,6 +239,24 @@ def test_shadow_scores_a_sample_of_live_requests_off_the_response_path(served):
     aborted = _cli(srv, "abort", "--model", "vm", "--reason", "seen enough")
     assert aborted.returncode == 0, aborted.stderr
     assert "shadow" not in aborted.stdout.splitlines()[1]
+
+
+def test_stage_loads_a_version_with_no_route_at_it(served):
+    """`adrank rollout stage`: v4 exported now is registered, loaded and warmed, and no caller meets it."""
+    srv = served["srv"]
+    copy_version(served["repo"], "vm", 1, 4)
+    staged = _cli(srv, "stage", "--model", "vm", "--version", "4", "--reason", "ahead of the shadow")
+    assert staged.returncode == 0, staged.stderr
+    assert "vm/4: staged, loaded and warmed here" in staged.stdout and "v4    staged" in staged.stdout, staged.stdout
+    status = json.loads(_cli(srv, "status", "--model", "vm", "--json").stdout)
+    v4 = next(v for v in status["versions"] if v["version"] == "4")
+    assert v4["state"] == "staged" and v4["loaded"], v4
+    with Load(srv, served["catalog"]) as load:
+        time.sleep(1.0)
+    assert load.failed == [] and load.calls > 10
+    assert {seen for user in load.by_user.values() for seen in user} == {(2, "live")}
+    history = _cli(srv, "history", "--model", "vm").stdout
+    assert "v4    - → staged" in history and "ahead of the shadow" in history, history
 
 
 def test_without_a_token_file_the_rollout_api_is_closed(tiny_run: Path, tmp_path: Path):

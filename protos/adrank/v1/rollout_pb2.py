@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/adrank/v1/rollout.proto\x12\tadrank.v1\"G\n\x13StartRolloutRequest\x12\x11\n\tspec_toml\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"c\n\rShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rRolloutTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nfm_version\x18\x03 \x01(\t\x12\x0e\n\x06loaded\x18\x04 \x01(\x08\"k\n\tCheckInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\thas_value\x18\x04 \x01(\x08\x12\r\n\x05\x62ound\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xfa\x01\n\nWindowInfo\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x15\n\rlive_requests\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61nary_requests\x18\x05 \x01(\x03\x12\x13\n\x0blive_p99_ms\x18\x06 \x01(\x01\x12\x15\n\rcanary_p99_ms\x18\x07 \x01(\x01\x12\x19\n\x11\x63\x61nary_error_rate\x18\x08 \x01(\x01\x12\x0b\n\x03psi\x18\t \x01(\x01\x12\x13\n\x0bp_ctr_ratio\x18\n \x01(\x01\x12$\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x14.adrank.v1.CheckInfo\"{\n\nShadowInfo\x12\r\n\x05pairs\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\x12\x18\n\x10rank_correlation\x18\x03 \x01(\x01\x12\x15\n\rtop_k_overlap\x18\x04 \x01(\x01\x12\x1c\n\x14mean_abs_delta_p_ctr\x18\x05 \x01(\x01\"\xfe\x02\n\rRolloutStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0clive_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x63\x61nary_version\x18\x03 \x01(\x03\x12\x15\n\rcanary_weight\x18\x04 \x01(\x01\x12\x16\n\x0eshadow_version\x18\x05 \x01(\x03\x12\x1a\n\x12shadow_sample_rate\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61iled_windows\x18\x08 \x01(\x05\x12\x11\n\tthreshold\x18\t \x01(\x05\x12\x12\n\ninterval_s\x18\n \x01(\x01\x12\r\n\x05steps\x18\x0b \x03(\x01\x12(\n\x08versions\x18\x0c \x03(\x0b\x32\x16.adrank.v1.VersionInfo\x12&\n\x07windows\x18\r \x03(\x0b\x32\x15.adrank.v1.WindowInfo\x12%\n\x06shadow\x18\x0e \x01(\x0b\x32\x15.adrank.v1.ShadowInfo\x12\x0f\n\x07message\x18\x0f \x01(\t\"\xb7\x01\n\tAuditInfo\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nfrom_state\x18\x03 \x01(\t\x12\x10\n\x08to_state\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x08 \x01(\t\x12\x0e\n\x06weight\x18\t \x01(\x01\x12\x12\n\nhas_weight\x18\n \x01(\x08\"8\n\x0fHistoryResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.adrank.v1.AuditInfo2\xc5\x04\n\x0cRolloutAdmin\x12\x41\n\x05Start\x12\x1e.adrank.v1.StartRolloutRequest\x1a\x18.adrank.v1.RolloutStatus\x12<\n\x06Shadow\x12\x18.adrank.v1.ShadowRequest\x1a\x18.adrank.v1.RolloutStatus\x12<\n\x06Status\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12=\n\x07Promote\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12;\n\x05Pause\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12<\n\x06Resume\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12>\n\x08Rollback\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12;\n\x05\x41\x62ort\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12?\n\x07History\x12\x18.adrank.v1.RolloutTarget\x1a\x1a.adrank.v1.HistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/adrank/v1/rollout.proto\x12\tadrank.v1\"G\n\x13StartRolloutRequest\x12\x11\n\tspec_toml\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"M\n\x0cStageRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"c\n\rShadowRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"=\n\rRolloutTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"Q\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\r\n\x05state\x18\x02 \x01(\t\x12\x12\n\nfm_version\x18\x03 \x01(\t\x12\x0e\n\x06loaded\x18\x04 \x01(\x08\"k\n\tCheckInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\thas_value\x18\x04 \x01(\x08\x12\r\n\x05\x62ound\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\xfa\x01\n\nWindowInfo\x12\r\n\x05\x61t_ms\x18\x01 \x01(\x03\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x15\n\rlive_requests\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61nary_requests\x18\x05 \x01(\x03\x12\x13\n\x0blive_p99_ms\x18\x06 \x01(\x01\x12\x15\n\rcanary_p99_ms\x18\x07 \x01(\x01\x12\x19\n\x11\x63\x61nary_error_rate\x18\x08 \x01(\x01\x12\x0b\n\x03psi\x18\t \x01(\x01\x12\x13\n\x0bp_ctr_ratio\x18\n \x01(\x01\x12$\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x14.adrank.v1.CheckInfo\"{\n\nShadowInfo\x12\r\n\x05pairs\x18\x01 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x03\x12\x18\n\x10rank_correlation\x18\x03 \x01(\x01\x12\x15\n\rtop_k_overlap\x18\x04 \x01(\x01\x12\x1c\n\x14mean_abs_delta_p_ctr\x18\x05 \x01(\x01\"\xfe\x02\n\rRolloutStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0clive_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x63\x61nary_version\x18\x03 \x01(\x03\x12\x15\n\rcanary_weight\x18\x04 \x01(\x01\x12\x16\n\x0eshadow_version\x18\x05 \x01(\x03\x12\x1a\n\x12shadow_sample_rate\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12\x16\n\x0e\x66\x61iled_windows\x18\x08 \x01(\x05\x12\x11\n\tthreshold\x18\t \x01(\x05\x12\x12\n\ninterval_s\x18\n \x01(\x01\x12\r\n\x05steps\x18\x0b \x03(\x01\x12(\n\x08versions\x18\x0c \x03(\x0b\x32\x16.adrank.v1.VersionInfo\x12&\n\x07windows\x18\r \x03(\x0b\x32\x15.adrank.v1.WindowInfo\x12%\n\x06shadow\x18\x0e \x01(\x0b\x32\x15.adrank.v1.ShadowInfo\x12\x0f\n\x07message\x18\x0f \x01(\t\"\xb7\x01\n\tAuditInfo\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nfrom_state\x18\x03 \x01(\t\x12\x10\n\x08to_state\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x14\n\x0cmetrics_json\x18\x08 \x01(\t\x12\x0e\n\x06weight\x18\t \x01(\x01\x12\x12\n\nhas_weight\x18\n \x01(\x08\"8\n\x0fHistoryResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.adrank.v1.AuditInfo2\x81\x05\n\x0cRolloutAdmin\x12\x41\n\x05Start\x12\x1e.adrank.v1.StartRolloutRequest\x1a\x18.adrank.v1.RolloutStatus\x12:\n\x05Stage\x12\x17.adrank.v1.StageRequest\x1a\x18.adrank.v1.RolloutStatus\x12<\n\x06Shadow\x12\x18.adrank.v1.ShadowRequest\x1a\x18.adrank.v1.RolloutStatus\x12<\n\x06Status\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12=\n\x07Promote\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12;\n\x05Pause\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12<\n\x06Resume\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12>\n\x08Rollback\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12;\n\x05\x41\x62ort\x12\x18.adrank.v1.RolloutTarget\x1a\x18.adrank.v1.RolloutStatus\x12?\n\x07History\x12\x18.adrank.v1.RolloutTarget\x1a\x1a.adrank.v1.HistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTROLLOUTREQUEST']._serialized_start=45
   _globals['_STARTROLLOUTREQUEST']._serialized_end=116
-  _globals['_SHADOWREQUEST']._serialized_start=118
-  _globals['_SHADOWREQUEST']._serialized_end=217
-  _globals['_ROLLOUTTARGET']._serialized_start=219
-  _globals['_ROLLOUTTARGET']._serialized_end=280
-  _globals['_VERSIONINFO']._serialized_start=282
-  _globals['_VERSIONINFO']._serialized_end=363
-  _globals['_CHECKINFO']._serialized_start=365
-  _globals['_CHECKINFO']._serialized_end=472
-  _globals['_WINDOWINFO']._serialized_start=475
-  _globals['_WINDOWINFO']._serialized_end=725
-  _globals['_SHADOWINFO']._serialized_start=727
-  _globals['_SHADOWINFO']._serialized_end=850
-  _globals['_ROLLOUTSTATUS']._serialized_start=853
-  _globals['_ROLLOUTSTATUS']._serialized_end=1235
-  _globals['_AUDITINFO']._serialized_start=1238
-  _globals['_AUDITINFO']._serialized_end=1421
-  _globals['_HISTORYRESPONSE']._serialized_start=1423
-  _globals['_HISTORYRESPONSE']._serialized_end=1479
-  _globals['_ROLLOUTADMIN']._serialized_start=1482
-  _globals['_ROLLOUTADMIN']._serialized_end=2063
+  _globals['_STAGEREQUEST']._serialized_start=118
+  _globals['_STAGEREQUEST']._serialized_end=195
+  _globals['_SHADOWREQUEST']._serialized_start=197
+  _globals['_SHADOWREQUEST']._serialized_end=296
+  _globals['_ROLLOUTTARGET']._serialized_start=298
+  _globals['_ROLLOUTTARGET']._serialized_end=359
+  _globals['_VERSIONINFO']._serialized_start=361
+  _globals['_VERSIONINFO']._serialized_end=442
+  _globals['_CHECKINFO']._serialized_start=444
+  _globals['_CHECKINFO']._serialized_end=551
+  _globals['_WINDOWINFO']._serialized_start=554
+  _globals['_WINDOWINFO']._serialized_end=804
+  _globals['_SHADOWINFO']._serialized_start=806
+  _globals['_SHADOWINFO']._serialized_end=929
+  _globals['_ROLLOUTSTATUS']._serialized_start=932
+  _globals['_ROLLOUTSTATUS']._serialized_end=1314
+  _globals['_AUDITINFO']._serialized_start=1317
+  _globals['_AUDITINFO']._serialized_end=1500
+  _globals['_HISTORYRESPONSE']._serialized_start=1502
+  _globals['_HISTORYRESPONSE']._serialized_end=1558
+  _globals['_ROLLOUTADMIN']._serialized_start=1561
+  _globals['_ROLLOUTADMIN']._serialized_end=2202
 # @@protoc_insertion_point(module_scope)

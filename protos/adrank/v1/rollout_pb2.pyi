@@ -16,6 +16,18 @@ class StartRolloutRequest(_message.Message):
     reason: str
     def __init__(self, spec_toml: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class StageRequest(_message.Message):
+    __slots__ = ("model", "version", "actor", "reason")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    actor: str
+    reason: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ShadowRequest(_message.Message):
     __slots__ = ("model", "version", "sample_rate", "actor", "reason")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class RolloutAdminStub:
                 request_serializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.StartRolloutRequest.SerializeToString,
                 response_deserializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.RolloutStatus.FromString,
                 _registered_method=True)
+        self.Stage = channel.unary_unary(
+                '/adrank.v1.RolloutAdmin/Stage',
+                request_serializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.StageRequest.SerializeToString,
+                response_deserializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.RolloutStatus.FromString,
+                _registered_method=True)
         self.Shadow = channel.unary_unary(
                 '/adrank.v1.RolloutAdmin/Shadow',
                 request_serializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.ShadowRequest.SerializeToString,
@@ -86,6 +91,14 @@ class RolloutAdminServicer:
 
     def Start(self, request, context):
         """Preflight, pre-rollout webhooks, then canary at the spec's first weight; analysis runs every interval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stage(self, request, context):
+        """Register a version (staged) and load and warm it on every replica, moving no traffic: a later shadow
+        or start then switches routes only, with no load inside the switch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +163,11 @@ def add_RolloutAdminServicer_to_server(servicer, server):
             'Start': grpc.unary_unary_rpc_method_handler(
                     servicer.Start,
                     request_deserializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.StartRolloutRequest.FromString,
+                    response_serializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.RolloutStatus.SerializeToString,
+            ),
+            'Stage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stage,
+                    request_deserializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.StageRequest.FromString,
                     response_serializer=protos_dot_adrank_dot_v1_dot_rollout__pb2.RolloutStatus.SerializeToString,
             ),
             'Shadow': grpc.unary_unary_rpc_method_handler(
@@ -219,6 +237,33 @@ class RolloutAdmin:
             target,
             '/adrank.v1.RolloutAdmin/Start',
             protos_dot_adrank_dot_v1_dot_rollout__pb2.StartRolloutRequest.SerializeToString,
+            protos_dot_adrank_dot_v1_dot_rollout__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/adrank.v1.RolloutAdmin/Stage',
+            protos_dot_adrank_dot_v1_dot_rollout__pb2.StageRequest.SerializeToString,
             protos_dot_adrank_dot_v1_dot_rollout__pb2.RolloutStatus.FromString,
             options,
             channel_credentials,

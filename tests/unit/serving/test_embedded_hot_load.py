@@ -4,15 +4,18 @@ before it becomes resolvable, and unloads one on request; a broken export is ref
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from serving.backends.base import warm_inputs
-from serving.backends.embedded import EmbeddedBackend
+from serving.backends.base import WARM_BATCH_ROWS, warm_inputs
+from serving.backends.embedded import LOADER_NICE, EmbeddedBackend
 from serving.errors import ModelLoadError, ModelNotFound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
@@ -70,3 +73,38 @@ def test_a_broken_export_is_refused_naming_it_and_the_serving_versions_stay(repo
     assert backend.models() == {"vm": [1]} and ("vm", 2) in backend.load_errors
     with pytest.raises(ModelLoadError, match="vm/7"):
         asyncio.run(backend.load_version("vm", 7))
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priorities need POSIX setpriority")
+def test_a_hot_load_runs_in_a_nicer_thread_warms_on_serving_sized_batches_and_freezes_the_heap(repo: Path):
+    backend = EmbeddedBackend(repo)
+    backend.load()
+    copy_version(repo, "vm", 1, 2)
+    serving_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runs = []
+    original = backend._session
+
+    class Recording:  # what each warm-up run saw: its thread's niceness and its batch rows
+        def __init__(self, session) -> None:
+            self.session = session
+
+        def run(self, outputs, feed):
+            rows = {k: v.shape[0] for k, v in feed.items() if v.ndim and v.shape[0] > 1}
+            runs.append((os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), max(rows.values(), default=1)))
+            return self.session.run(outputs, feed)
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+    backend._session = lambda path: Recording(original(path))
+    frozen = gc.get_freeze_count()
+    try:
+        asyncio.run(backend.load_version("vm", 2))
+        assert [rows for _, rows in runs] == list(WARM_BATCH_ROWS)
+        # the loader thread is LOADER_NICE nicer than the thread that serves (capped at 19), on every run
+        assert {nice for nice, _ in runs} == {min(19, serving_nice + LOADER_NICE)}
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == serving_nice  # the caller's own stays
+        assert gc.get_freeze_count() > frozen  # the loaded heap is out of every later collection's walk
+    finally:
+        gc.unfreeze()
+        asyncio.run(backend.close())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,14 @@ from rollout_fixtures import FEATURE_SPEC, make_manifest
 from serving.rollout.errors import (
     AlreadyRegistered,
     IllegalTransition,
+    LeaseLost,
     RegistryPathError,
     RegistryUnavailable,
     StateConflict,
     UnknownVersion,
 )
 from serving.rollout.redis_registry import RedisRegistry
-from serving.rollout.registry import spec_hash
+from serving.rollout.registry import Fence, spec_hash
 from serving.rollout.routing import CanaryRoute, RoutingTable, ShadowRoute
 from serving.rollout.sqlite_registry import SqliteRegistry
 from serving.rollout.states import TRANSITIONS, VersionState, check_transition
@@ -376,3 +378,33 @@ def test_a_decision_for_a_canary_that_moved_on_is_refused_in_the_transaction(reg
     with pytest.raises(StateConflict, match="not canary"):
         registry.promote("vm", 2, actor="leader-a", reason="late", expect=VersionState.CANARY)
     assert registry.routing("vm").live == 2 and len(registry.audit("vm")) == before
+
+
+def test_a_stalled_leaders_late_weight_step_is_fenced_by_its_lease(open_registry):
+    """A leader stalled past its lease between its lease check and its write: the successor took the lease,
+    so the old leader's weight step (and promotion) is refused inside the write transaction, nothing
+    written; the successor's fenced step applies; and an expired lease fences every writer."""
+    a, b = open_registry(), open_registry()
+    live_v1(a)
+    a.register(make_manifest(2), actor="ci")
+    a.transition("vm", 2, "canary", actor="ci", reason="start")
+    a.set_route("vm", canary_weight=10, actor="ci", reason="first step")
+    lease = "analysis:vm:1"
+    assert a.acquire_lease(lease, "replica-a", 300)
+    a.set_route("vm", canary_weight=20, actor="analysis", reason="a leads", fence=Fence(lease, "replica-a"))
+    time.sleep(0.4)  # replica-a stalls past its lease; replica-b takes over
+    assert b.acquire_lease(lease, "replica-b", 5_000)
+    before, counter = len(a.audit("vm")), a.change_counter()
+    with pytest.raises(LeaseLost, match="held by replica-b, not replica-a's"):
+        a.set_route("vm", canary_weight=50, actor="analysis", reason="late step", fence=Fence(lease, "replica-a"))
+    with pytest.raises(LeaseLost):
+        a.promote("vm", 2, actor="analysis", reason="late promotion", expect=VersionState.CANARY,
+                  fence=Fence(lease, "replica-a"))
+    assert (a.routing("vm").canary.weight, len(a.audit("vm")), a.change_counter()) == (20, before, counter)
+    b.set_route("vm", canary_weight=50, actor="analysis", reason="b leads", fence=Fence(lease, "replica-b"))
+    assert a.routing("vm").canary.weight == 50
+    b.release_lease(lease, "replica-b")
+    with pytest.raises(LeaseLost, match="has expired"):
+        b.rollback("vm", 2, actor="analysis", reason="no lease", expect=VersionState.CANARY,
+                   fence=Fence(lease, "replica-b"))
+    assert a.get("vm", 2).state is VersionState.CANARY
