@@ -42,7 +42,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, methodcaller
@@ -231,7 +231,11 @@ def _list_array(values: list, dtype: np.dtype) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(_offsets(lengths)), pa.array(flat, type=pa.from_numpy_dtype(dtype)))
 
 
-def check_records(records: Sequence[RequestRecord]) -> np.ndarray:
+def _no_pause() -> None:
+    pass
+
+
+def check_records(records: Sequence[RequestRecord], pause: Callable[[], None] = _no_pause) -> np.ndarray:
     """`RequestRecord.check` for many records at once: a bool mask, True where `check` would pass.
 
     Why: the writer checks every record it writes; one `check` is ~20 µs of Python, which for a batch holds
@@ -239,6 +243,8 @@ def check_records(records: Sequence[RequestRecord]) -> np.ndarray:
     (lengths from a C-level `map(len, …)`, the `order` values of all records in one array). Raises
     (TypeError, ValueError, …) on values no batch rule can judge (a scalar where an array belongs, ids that
     do not fit int64): the caller then checks record by record with `check`, which names the field.
+    `pause` is called between two rules (each one array operation over the batch): the writer thread hands
+    the interpreter lock over there.
     """
     k = len(records)
     if not k:
@@ -247,6 +253,7 @@ def check_records(records: Sequence[RequestRecord]) -> np.ndarray:
     n = _lengths(_values(records, "ad_id"))
     for name in CANDIDATE_COLUMNS:
         ok &= _lengths(_values(records, name)) == n
+        pause()
     dense = _values(records, "dense_features")
     if any(d is not None for d in dense):
         fits = (d is None or (np.ndim(d) == 2 and len(d) == m) for d, m in zip(dense, n.tolist(), strict=True))
@@ -254,17 +261,20 @@ def check_records(records: Sequence[RequestRecord]) -> np.ndarray:
     lengths = {name: _lengths(_values(records, name)) for name in _FLOAT32_OPTIONAL}
     for name in _FLOAT32_OPTIONAL:
         ok &= (lengths[name] == 0) | (lengths[name] == n)
+    pause()
     ints = {name: np.fromiter(map(int, _values(records, name)), np.int64, k) for name in _INT64_COLUMNS}
     for values in ints.values():
         ok &= values >= 0
     shadow_n = lengths["p_ctr_shadow"]
     ok &= (shadow_n == lengths["p_cvr_shadow"]) & ((shadow_n > 0) == (ints["shadow_model_version"] > 0))
+    pause()
     orders = _values(records, "order")
     order_n = _lengths(orders)
     if order_n.any():
         values = _flat(orders, np.dtype(np.int64))
         owner = np.repeat(np.arange(k), order_n)
         bad = (values < 0) | (values >= n[owner])
+        pause()
         sort = np.lexsort((values, owner))  # by record, then value: a repeat within a record is adjacent
         repeat = (values[sort][1:] == values[sort][:-1]) & (owner[sort][1:] == owner[sort][:-1])
         bad_records = np.zeros(k, dtype=bool)
@@ -274,7 +284,8 @@ def check_records(records: Sequence[RequestRecord]) -> np.ndarray:
     return ok
 
 
-def records_to_batch(records: Sequence[RequestRecord], logged_at_ms: int = 0) -> pa.RecordBatch:
+def records_to_batch(records: Sequence[RequestRecord], logged_at_ms: int = 0,
+                     pause: Callable[[], None] = _no_pause) -> pa.RecordBatch:
     """Rows for `records` (assumed checked) as one RecordBatch in REQUEST_LOG_SCHEMA; `logged_at_ms` fills
     the records whose own is 0.
 
@@ -283,38 +294,46 @@ def records_to_batch(records: Sequence[RequestRecord], logged_at_ms: int = 0) ->
     whose loop runs in C (`map(attrgetter(…))`, `np.concatenate`, `pa.array` of a flat list), never a Python
     loop over candidates and only one over records where a record may have dense features. The cost is a
     few µs per record, so a caller bounds how long one call holds the lock by the number of records it
-    passes (`serving.requestlog.writer.CHUNK_ROWS`). Raises TypeError / ValueError / OverflowError (or an
-    Arrow error, which subclasses them) for values that do not fit their column.
+    passes (`serving.requestlog.writer.CHUNK_ROWS`), and `pause` is called after each column (one C-level
+    step of tens of µs for a chunk), where the writer thread hands the lock over. Raises TypeError /
+    ValueError / OverflowError (or an Arrow error, which subclasses them) for values that do not fit their
+    column.
     """
     k = len(records)
     cols: dict[str, pa.Array] = {}
-    for name in _STRING_COLUMNS:
-        cols[name] = pa.array(_values(records, name), type=pa.string())
-    for name in _INT64_COLUMNS:
-        cols[name] = pa.array(_values(records, name), type=pa.int64())
-    for name in _INT32_COLUMNS:
-        cols[name] = pa.array(_values(records, name), type=pa.int32())
+    for names, t in ((_STRING_COLUMNS, pa.string()), (_INT64_COLUMNS, pa.int64()), (_INT32_COLUMNS, pa.int32())):
+        for name in names:
+            cols[name] = pa.array(_values(records, name), type=t)
+            pause()
     logged = _values(records, "logged_at_ms")
     if logged_at_ms and not all(logged):
         logged = [t or logged_at_ms for t in logged]
     cols["logged_at_ms"] = pa.array(logged, type=pa.int64())
     cols["recent_categories"] = _list_array(_values(records, "recent_categories"), np.dtype(np.int32))
+    pause()
     cols["order"] = _list_array(_values(records, "order"), np.dtype(np.int32))
+    pause()
     for name, dtype in CANDIDATE_COLUMNS.items():
         cols[name] = _list_array(_values(records, name), dtype)
+        pause()
     for name in _FLOAT32_OPTIONAL:
         cols[name] = _list_array(_values(records, name), np.dtype(np.float32))
+    pause()
     n = _lengths(_values(records, "ad_id"))
     cols["dense_features"] = _dense_column(_values(records, "dense_features"), n)
+    pause()
     flags = _values(records, "flags")
     cols["flags"] = pa.ListArray.from_arrays(pa.array(_offsets(_lengths(flags))),
                                              pa.array(list(chain.from_iterable(flags)), type=pa.string()))
+    pause()
     stages = _values(records, "stage_us")
     n_stages = _lengths(stages)
     stage_values = np.fromiter(chain.from_iterable(map(methodcaller("values"), stages)), np.int64,
                                int(n_stages.sum()))
-    cols["stage_us"] = pa.MapArray.from_arrays(pa.array(_offsets(n_stages)),
-                                               pa.array(list(chain.from_iterable(stages)), type=pa.string()),
+    pause()
+    stage_keys = pa.array(list(chain.from_iterable(stages)), type=pa.string())
+    pause()
+    cols["stage_us"] = pa.MapArray.from_arrays(pa.array(_offsets(n_stages)), stage_keys,
                                                pa.array(stage_values, type=pa.int64()))
     batch = pa.RecordBatch.from_arrays([cols[f.name] for f in REQUEST_LOG_SCHEMA], schema=REQUEST_LOG_SCHEMA)
     if batch.num_rows != k:  # pragma: no cover - every column above has one entry per record

@@ -483,6 +483,7 @@ class RequestLogSink:
                     writer.publish()
             except Exception:  # noqa: BLE001 - a bug here must not stop the writer: count what it held, keep going
                 writer.fail_pass()
+            self._writer_step(False)
             self._sync_metrics()
             self._account_cpu(time.thread_time() - self._slice_start)
             if flushing:

@@ -23,9 +23,9 @@ def test_records_are_converted_in_chunks_with_a_step_between_them(tmp_path: Path
     sizes: list[int] = []
     real = writer_module.records_to_batch
 
-    def spy(records, logged_at_ms=0):
+    def spy(records, logged_at_ms=0, pause=lambda: None):
         sizes.append(len(records))
-        return real(records, logged_at_ms)
+        return real(records, logged_at_ms, pause)
 
     monkeypatch.setattr(writer_module, "records_to_batch", spy)
     steps: list[bool] = []
@@ -34,7 +34,7 @@ def test_records_are_converted_in_chunks_with_a_step_between_them(tmp_path: Path
     w.add([make_record(f"r{i}", n=3) for i in range(1000)])
     full = 1000 // CHUNK_ROWS * CHUNK_ROWS  # the rest waits for a full chunk (or a publish)
     assert sizes == [CHUNK_ROWS] * (1000 // CHUNK_ROWS) and len(w.incoming) == 1000 - full
-    assert steps.count(False) == len(sizes)  # the lock is handed over after every chunk
+    assert steps.count(False) >= 20 * len(sizes)  # the lock is handed over between the steps of a chunk
     assert steps.count(True) == full // 300  # full row groups of 300 written (Parquet: lock released inside)
     assert w.pending == 1000 and w.files.rows_open == full // 300 * 300 and w.batched_rows == full % 300
     w.publish()
