@@ -249,6 +249,32 @@ def gil_probe(*, seconds: float = 20.0, offers_per_tick: int = 2, tick_s: float 
             "writer_max_slice_us": stats.feeder_max_slice_s * 1e6}
 
 
+def conversion_cost(*, n_records: int = 1024, n_candidates: int = 50, chunk: int = 128, repeats: int = 5) -> dict:
+    """CPU time (`thread_time`, best of `repeats`) to check and convert `n_records` records to Arrow: one
+    `check()` per record and one `records_to_table` call (the previous writer's way), and, where the tree has
+    them, `check_records` and `records_to_batch` per `chunk` (the current one's). Runs on older trees too."""
+    from models.data import requestlog as rl
+
+    records = _probe_records(n_records, n_candidates, 0)
+
+    def best(f) -> float:
+        out = float("inf")
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            f()
+            out = min(out, time.thread_time() - t0)
+        return out * 1e3
+
+    report = {"n_records": n_records, "n_candidates": n_candidates, "load": os.getloadavg()[0],
+              "check_each_ms": best(lambda: [r.check() for r in records]),
+              "records_to_table_ms": best(lambda: rl.records_to_table(records))}
+    if hasattr(rl, "check_records"):
+        parts = [records[i:i + chunk] for i in range(0, n_records, chunk)]
+        report["check_records_ms"] = best(lambda: [rl.check_records(c) for c in parts])
+        report["records_to_batch_ms"] = best(lambda: [rl.records_to_batch(c) for c in parts])
+    return report
+
+
 def render_probe(report: dict) -> str:
     lines = [f"load average before {report['load_before'][0]:.2f}, after {report['load_after'][0]:.2f} (1 min); "
              f"{report['config']['writer']} writer, {report['offered']} offered, {report['written']} written in "
@@ -299,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gil-probe", action="store_true", help="no servers: how late a thread wakes while the "
                    "sink's writer works in the same process (gil_probe)")
     p.add_argument("--probe-seconds", type=float, default=20.0)
+    p.add_argument("--conversion", action="store_true", help="no servers: CPU time to check and convert 1,024 "
+                   "records (conversion_cost)")
     p.add_argument("--requests", type=int, default=BenchConfig.requests_per_block, help="per block")
     p.add_argument("--blocks", type=int, default=BenchConfig.blocks, help="per server, alternating")
     p.add_argument("--concurrency", type=int, default=BenchConfig.concurrency)
@@ -309,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the logging server's --request-log-writer (default: the server's default, thread)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
+    if a.conversion:
+        print(json.dumps(conversion_cost(n_candidates=a.candidates), indent=2))
+        return 0
     if a.gil_probe:
         probe = gil_probe(seconds=a.probe_seconds, queue=a.queue, n_candidates=a.candidates, writer=a.writer)
         print(render_probe(probe))

@@ -95,8 +95,12 @@ RESTART_WINDOW_S = 60.0
 PIPE_BYTES = 1 << 20
 """Pipe to the writer process: the writer reads it once per poll interval, the frames wait there meanwhile."""
 YIELD_S = 50e-6
-"""The thread writer's pause between two steps (`RequestLogSink._writer_step`): long enough for a thread
-waiting for the interpreter lock to take it."""
+"""The thread writer's pause when it hands the lock over (`RequestLogSink._writer_step`): long enough for a
+thread waiting for the interpreter lock to take it."""
+SLICE_TARGET_S = 250e-6
+"""The thread writer hands the lock over at the first step boundary after this much CPU time: every
+hand-over to a thread that is not on a CPU costs a wake-up, so one per step (~40 per chunk) cost more, on a
+loaded 2-core host, than the steps themselves."""
 SLICE_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 20e-3, 100e-3)
 log = logging.getLogger(__name__)
 _ROOT = Path(__file__).resolve().parents[2]
@@ -492,16 +496,19 @@ class RequestLogSink:
                 return
 
     def _writer_step(self, native: bool) -> None:
-        """Called by the in-process writer after each step (`LogWriter`): accounts the stretch that just
-        ended and gives the interpreter lock back before the next one.
+        """Called by the in-process writer after each step (`LogWriter`): once the stretch since the last
+        hand-over has used SLICE_TARGET_S of CPU (or after a Parquet step), accounts it and gives the
+        interpreter lock back before the next step.
 
-        A stretch of Python (`native=False`: a chunk checked and converted) held the lock throughout: it is
-        a slice (`feeder_slices`, `feeder_max_slice_s`). A Parquet write or publish (`native=True`) ran in
+        A stretch of Python (`native=False`: array operations of a chunk's check and conversion) held the
+        lock throughout: it is a slice (`feeder_slices`, `feeder_max_slice_s`). A Parquet write or publish (`native=True`) ran in
         Arrow's C++ with the lock released; its CPU time is counted apart (`writer_native_cpu_s`). The sleep
         is what makes the hand-over real: a bare release, reacquired at once, lets a waiting thread's wait
         restart instead of ending, so the event loop could still wait a whole switch interval (5 ms).
         """
         now = time.thread_time()
+        if not native and now - self._slice_start < SLICE_TARGET_S:
+            return  # go on: the next step keeps this stretch short enough
         if native:
             self._native_cpu_s += now - self._slice_start
             self._native_max_s = max(self._native_max_s, now - self._slice_start)
