@@ -153,6 +153,11 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
                     "written": written, "dropped": dropped,
                     "feeder_cpu_us_per_record": feeder_cpu_s * 1e6 / max(1, handed),
                     "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6,
+                    # thread writer: its Parquet writes and publishes, which release the lock inside (absent
+                    # from older trees, whose slices included them)
+                    "writer_native_cpu_us_per_record":
+                        _metric(text, "adrank_requestlog_writer_native_cpu_seconds_total") * 1e6 / max(1, handed),
+                    "writer_native_max_us": _metric(text, "adrank_requestlog_writer_native_max_seconds") * 1e6,
                     "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
                     "feeder_slices_over": {
                         f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
@@ -173,6 +178,117 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
     return report
 
 
+def _probe_records(n_records: int, n_candidates: int, seed: int) -> list:
+    """Records shaped as the serving path builds them (numpy arrays of the schema's dtypes, 8 stages)."""
+    from models.data.requestlog import RequestRecord
+
+    rng = np.random.default_rng(seed)
+    stages = ("decode", "validate", "route", "history", "features", "infer", "rank", "encode")
+    out = []
+    for i in range(n_records):
+        n = n_candidates
+        p_ctr = rng.random(n, dtype=np.float32)
+        out.append(RequestRecord(
+            request_id=f"probe-{i}", request_time_ms=1_700_000_000_000 + i, user_id=int(rng.integers(1, 10**6)),
+            placement=1, device=2, hour=int(i % 24), user_segment=3,
+            recent_categories=rng.integers(0, 50, 5).astype(np.int32), ad_id=rng.integers(0, 10**6, n),
+            advertiser_id=rng.integers(0, 10**4, n), campaign_id=rng.integers(0, 10**5, n),
+            category=rng.integers(0, 50, n).astype(np.int32), bid=rng.random(n), p_ctr=p_ctr,
+            p_cvr=rng.random(n, dtype=np.float32), expected_value=rng.random(n),
+            order=np.argsort(-p_ctr)[:10].astype(np.int32), model_name="vm_loopfm", model_version=1,
+            rollout_arm="live", backend="embedded", fm_version="fm-1", snapshot_id="s000001",
+            flags=["FLAG_USER_HISTORY_MISSING"] if i % 7 == 0 else [],
+            stage_us={s: int(rng.integers(5, 400)) for s in stages}))
+    return out
+
+
+def gil_probe(*, seconds: float = 20.0, offers_per_tick: int = 2, tick_s: float = 0.001, queue: int = 16,
+              n_candidates: int = 50, writer: str = "thread", row_group_rows: int = 1024, seed: int = 0) -> dict:
+    """How long a thread that wants the interpreter lock waits behind the request log's writer.
+
+    The calling thread plays the event loop: it sleeps `tick_s`, offers `offers_per_tick` records (into a
+    `queue`-record queue, as the overloaded server does) and measures how late it woke. The same loop
+    runs first without a sink (the baseline, same process); the difference is what the writer costs a
+    thread of the serving process. Uses only the sink's public API, so the same function measures an
+    older tree (`PYTHONPATH=OLD python loadtests/bench_requestlog.py --gil-probe`)."""
+    from serving.requestlog import RequestLogSink, SinkConfig
+
+    pool = _probe_records(512, n_candidates, seed)
+
+    def loop(sink) -> np.ndarray:
+        late = []
+        i = 0
+        end = time.perf_counter() + seconds
+        while (now := time.perf_counter()) < end:
+            time.sleep(tick_s)
+            late.append(time.perf_counter() - now - tick_s)
+            if sink is not None:
+                for _ in range(offers_per_tick):
+                    record = pool[i % len(pool)]
+                    i += 1
+                    sink.offer(record)
+        return np.array(late) * 1e6
+
+    def summary(us: np.ndarray) -> dict:
+        return {"ticks": int(us.size), "p50_us": float(np.percentile(us, 50)),
+                "p99_us": float(np.percentile(us, 99)), "p999_us": float(np.percentile(us, 99.9)),
+                "max_us": float(us.max()), "over_1ms": int((us > 1000).sum()), "over_5ms": int((us > 5000).sum())}
+
+    load_before = os.getloadavg()
+    baseline = loop(None)
+    with tempfile.TemporaryDirectory(prefix="gil-probe-") as tmp:
+        sink = RequestLogSink(SinkConfig(folder=tmp, queue_size=queue, row_group_rows=row_group_rows,
+                                         writer=writer))
+        logged = loop(sink)
+        stats = sink.close()
+    return {"config": {"seconds": seconds, "offers_per_tick": offers_per_tick, "tick_s": tick_s, "queue": queue,
+                       "n_candidates": n_candidates, "writer": writer, "row_group_rows": row_group_rows},
+            "load_before": load_before, "load_after": os.getloadavg(), "without_sink": summary(baseline),
+            "with_sink": summary(logged), "written": stats.written, "dropped": stats.dropped_total,
+            "offered": stats.offered, "files": stats.files, "writer_cpu_s": stats.feeder_cpu_s,
+            "writer_max_slice_us": stats.feeder_max_slice_s * 1e6}
+
+
+def conversion_cost(*, n_records: int = 1024, n_candidates: int = 50, chunk: int = 128, repeats: int = 5) -> dict:
+    """CPU time (`thread_time`, best of `repeats`) to check and convert `n_records` records to Arrow: one
+    `check()` per record and one `records_to_table` call (the previous writer's way), and, where the tree has
+    them, `check_records` and `records_to_batch` per `chunk` (the current one's). Runs on older trees too."""
+    from models.data import requestlog as rl
+
+    records = _probe_records(n_records, n_candidates, 0)
+
+    def best(f) -> float:
+        out = float("inf")
+        for _ in range(repeats):
+            t0 = time.thread_time()
+            f()
+            out = min(out, time.thread_time() - t0)
+        return out * 1e3
+
+    report = {"n_records": n_records, "n_candidates": n_candidates, "load": os.getloadavg()[0],
+              "check_each_ms": best(lambda: [r.check() for r in records]),
+              "records_to_table_ms": best(lambda: rl.records_to_table(records))}
+    if hasattr(rl, "check_records"):
+        parts = [records[i:i + chunk] for i in range(0, n_records, chunk)]
+        report["check_records_ms"] = best(lambda: [rl.check_records(c) for c in parts])
+        report["records_to_batch_ms"] = best(lambda: [rl.records_to_batch(c) for c in parts])
+    return report
+
+
+def render_probe(report: dict) -> str:
+    lines = [f"load average before {report['load_before'][0]:.2f}, after {report['load_after'][0]:.2f} (1 min); "
+             f"{report['config']['writer']} writer, {report['offered']} offered, {report['written']} written in "
+             f"{report['files']} files, {report['dropped']} dropped"]
+    for name in ("without_sink", "with_sink"):
+        s = report[name]
+        lines.append(f"{name.replace('_', ' '):>12}: wake-up lateness p50 {s['p50_us']:.0f} µs, p99 {s['p99_us']:.0f} "
+                     f"µs, p99.9 {s['p999_us']:.0f} µs, max {s['max_us']:.0f} µs; {s['over_1ms']} of {s['ticks']} "
+                     f"ticks over 1 ms, {s['over_5ms']} over 5 ms")
+    lines.append(f"writer thread: {report['writer_cpu_s'] * 1e3:.0f} ms CPU, longest accounted slice "
+                 f"{report['writer_max_slice_us']:.0f} µs")
+    return "\n".join(lines)
+
+
 def render(report: dict) -> str:
     lines = [f"load average before {report['load_before'][0]:.2f}, after {report['load_after'][0]:.2f} (1 min)"]
     for name in ("off", "on"):
@@ -189,6 +305,10 @@ def render(report: dict) -> str:
                  f"{report['feeder_cpu_us_per_record']:.1f} µs CPU per record handed over; of its "
                  f"{report['feeder_slices']:.0f} stretches between lock releases {over['100us']:.0f} were over "
                  f"100 µs and {over['1000us']:.0f} over 1 ms (longest {report['feeder_max_slice_us']:.0f} µs)")
+    if report.get("writer_native_max_us"):
+        lines.append(f"  besides, Parquet writes and publishes (lock released inside): "
+                     f"{report['writer_native_cpu_us_per_record']:.1f} µs CPU per record, longest "
+                     f"{report['writer_native_max_us']:.0f} µs")
     bound = report["config"]["max_ratio"]
     verdict = "PASS" if report["within_bound"] else "FAIL"
     lines.append(f"verdict: server p99 on/off {report['p99_ratio_server']:.3f} "
@@ -198,10 +318,15 @@ def render(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench_requestlog", description=__doc__.split("\n")[0])
-    p.add_argument("--repository", required=True)
-    p.add_argument("--cache-dir", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--catalog", required=True)
+    p.add_argument("--repository")
+    p.add_argument("--cache-dir")
+    p.add_argument("--model")
+    p.add_argument("--catalog")
+    p.add_argument("--gil-probe", action="store_true", help="no servers: how late a thread wakes while the "
+                   "sink's writer works in the same process (gil_probe)")
+    p.add_argument("--probe-seconds", type=float, default=20.0)
+    p.add_argument("--conversion", action="store_true", help="no servers: CPU time to check and convert 1,024 "
+                   "records (conversion_cost)")
     p.add_argument("--requests", type=int, default=BenchConfig.requests_per_block, help="per block")
     p.add_argument("--blocks", type=int, default=BenchConfig.blocks, help="per server, alternating")
     p.add_argument("--concurrency", type=int, default=BenchConfig.concurrency)
@@ -212,6 +337,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="the logging server's --request-log-writer (default: the server's default, thread)")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
+    if a.conversion:
+        print(json.dumps(conversion_cost(n_candidates=a.candidates), indent=2))
+        return 0
+    if a.gil_probe:
+        probe = gil_probe(seconds=a.probe_seconds, queue=a.queue, n_candidates=a.candidates, writer=a.writer)
+        print(render_probe(probe))
+        if a.json:
+            Path(a.json).write_text(json.dumps(probe, indent=2))
+        return 0
+    missing = [f"--{n.replace('_', '-')}" for n in ("repository", "cache_dir", "model", "catalog") if not getattr(a, n)]
+    if missing:
+        p.error(f"{', '.join(missing)} required (or --gil-probe)")
     config = BenchConfig(a.repository, a.cache_dir, a.model, a.catalog, requests_per_block=a.requests,
                          blocks=a.blocks, concurrency=a.concurrency, n_candidates=a.candidates, queue=a.queue,
                          transfer_sample=a.transfer_sample, writer=a.writer)

@@ -26,8 +26,12 @@ its labels and (later) replayed:
   candidate in request order — the pair of score vectors a shadow comparison needs; 0 and empty lists for
   every other request (not mirrored, or the mirror was dropped under load or failed).
 
+* `shadow_snapshot_id`: the embedding snapshot that shadow's FM history came from (its own history lookup,
+  or live's when the shadow reuses live's tensors); "" when it read none.
+
 Older files are read as if the columns they lack were empty: `requestlog/1` (without the no-history and
-shadow columns) and `requestlog/2` (without the shadow columns).
+shadow columns), `requestlog/2` (without the shadow columns) and `requestlog/3` (without
+`shadow_snapshot_id`).
 
 Usage::
 
@@ -38,20 +42,25 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter, methodcaller
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_TAG = b"requestlog/3"
-"""Stored in every file's schema metadata under b"adrank.schema"; readers refuse other tags (but V1_TAG, V2_TAG)."""
+SCHEMA_TAG = b"requestlog/4"
+"""Stored in every file's schema metadata under b"adrank.schema"; readers refuse other tags (but V1_TAG to
+V3_TAG)."""
 V1_TAG = b"requestlog/1"
 """The first layout: REQUEST_LOG_SCHEMA without the no-history and shadow columns; readers upgrade it."""
 V2_TAG = b"requestlog/2"
 """The second layout: without the shadow columns; readers upgrade it."""
+V3_TAG = b"requestlog/3"
+"""The third layout: without `shadow_snapshot_id`; readers upgrade it."""
 
 CANDIDATE_COLUMNS: dict[str, np.dtype] = {
     "ad_id": np.dtype(np.int64),
@@ -69,7 +78,7 @@ NO_HISTORY_COLUMNS = ("p_ctr_no_history", "p_cvr_no_history")
 """Scores with FM history masked out, for the sampled requests that were scored so (else empty lists)."""
 SHADOW_SCORE_COLUMNS = ("p_ctr_shadow", "p_cvr_shadow")
 """The shadow version's scores, for the live requests it mirrored (else empty lists)."""
-SHADOW_COLUMNS = ("shadow_model_version", *SHADOW_SCORE_COLUMNS)
+SHADOW_COLUMNS = ("shadow_model_version", *SHADOW_SCORE_COLUMNS, "shadow_snapshot_id")
 
 REQUEST_LOG_SCHEMA = pa.schema(
     [
@@ -99,9 +108,12 @@ REQUEST_LOG_SCHEMA = pa.schema(
         *(pa.field(name, pa.list_(pa.float32()), nullable=False) for name in NO_HISTORY_COLUMNS),
         pa.field("shadow_model_version", pa.int64(), nullable=False),
         *(pa.field(name, pa.list_(pa.float32()), nullable=False) for name in SHADOW_SCORE_COLUMNS),
+        pa.field("shadow_snapshot_id", pa.string(), nullable=False),
     ],
     metadata={b"adrank.schema": SCHEMA_TAG},
 )
+V3_SCHEMA = pa.schema([f for f in REQUEST_LOG_SCHEMA if f.name != "shadow_snapshot_id"],
+                      metadata={b"adrank.schema": V3_TAG})
 V2_SCHEMA = pa.schema([f for f in REQUEST_LOG_SCHEMA if f.name not in SHADOW_COLUMNS],
                       metadata={b"adrank.schema": V2_TAG})
 V1_SCHEMA = pa.schema([f for f in V2_SCHEMA if f.name not in NO_HISTORY_COLUMNS],
@@ -153,6 +165,7 @@ class RequestRecord:
     shadow_model_version: int = 0  # the shadow version that also scored this request; 0 = none
     p_ctr_shadow: Sequence[float] | np.ndarray = ()  # empty, or one per candidate
     p_cvr_shadow: Sequence[float] | np.ndarray = ()
+    shadow_snapshot_id: str = ""  # the embedding snapshot the shadow's history came from ("" = none read)
 
     @property
     def n_candidates(self) -> int:
@@ -182,63 +195,168 @@ class RequestRecord:
                 raise RequestLogError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-def _list_column(values: list[np.ndarray], dtype: np.dtype, value_type: pa.DataType) -> pa.ListArray:
-    """One list per record from per-record arrays: a single concatenation, no per-element Python work."""
-    offsets = np.zeros(len(values) + 1, dtype=np.int32)
-    np.cumsum([len(v) for v in values], out=offsets[1:])
-    flat = np.concatenate(values).astype(dtype, copy=False) if values else np.empty(0, dtype)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=value_type))
+_INT64_COLUMNS = ("request_time_ms", "user_id", "model_version", "shadow_model_version")
+_INT32_COLUMNS = ("placement", "device", "hour", "user_segment")
+_STRING_COLUMNS = ("request_id", "model_name", "rollout_arm", "backend", "fm_version", "snapshot_id",
+                   "shadow_snapshot_id")
+_FLOAT32_OPTIONAL = (*NO_HISTORY_COLUMNS, *SHADOW_SCORE_COLUMNS)
 
 
-def records_to_table(records: Sequence[RequestRecord]) -> pa.Table:
-    """Rows for `records`, in REQUEST_LOG_SCHEMA. Records are assumed checked (`RequestRecord.check`)."""
+def _values(records: Sequence[RequestRecord], name: str) -> list:
+    """One attribute of every record: a C-level `map`, no Python bytecode per record."""
+    return list(map(attrgetter(name), records))
+
+
+def _lengths(values: list) -> np.ndarray:
+    return np.fromiter(map(len, values), np.int64, len(values))
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def _flat(values: list, dtype: np.dtype) -> np.ndarray:
+    """The per-record arrays end to end, cast as `np.asarray(v, dtype)` would (a no-op for the serving path's
+    arrays): one `np.concatenate`, whose loop over the records runs in C."""
+    if not values:
+        return np.empty(0, dtype)
+    return np.concatenate(values, dtype=dtype, casting="unsafe")
+
+
+def _list_array(values: list, dtype: np.dtype) -> pa.ListArray:
+    lengths = _lengths(values)
+    flat = _flat(values, dtype) if lengths.any() else np.empty(0, dtype)  # e.g. no shadow scores in the chunk
+    return pa.ListArray.from_arrays(pa.array(_offsets(lengths)), pa.array(flat, type=pa.from_numpy_dtype(dtype)))
+
+
+def _no_pause() -> None:
+    pass
+
+
+def check_records(records: Sequence[RequestRecord], pause: Callable[[], None] = _no_pause) -> np.ndarray:
+    """`RequestRecord.check` for many records at once: a bool mask, True where `check` would pass.
+
+    Why: the writer checks every record it writes; one `check` is ~20 µs of Python, which for a batch holds
+    the interpreter lock the serving loop needs. Here every rule is an array comparison over the batch
+    (lengths from a C-level `map(len, …)`, the `order` values of all records in one array). Raises
+    (TypeError, ValueError, …) on values no batch rule can judge (a scalar where an array belongs, ids that
+    do not fit int64): the caller then checks record by record with `check`, which names the field.
+    `pause` is called between two rules (each one array operation over the batch): the writer thread hands
+    the interpreter lock over there.
+    """
+    k = len(records)
+    if not k:
+        return np.zeros(0, dtype=bool)
+    ok = np.fromiter((type(x) is str and x != "" for x in _values(records, "request_id")), bool, k)
+    n = _lengths(_values(records, "ad_id"))
+    for name in CANDIDATE_COLUMNS:
+        ok &= _lengths(_values(records, name)) == n
+        pause()
+    dense = _values(records, "dense_features")
+    if any(d is not None for d in dense):
+        fits = (d is None or (np.ndim(d) == 2 and len(d) == m) for d, m in zip(dense, n.tolist(), strict=True))
+        ok &= np.fromiter(fits, bool, k)
+    lengths = {name: _lengths(_values(records, name)) for name in _FLOAT32_OPTIONAL}
+    for name in _FLOAT32_OPTIONAL:
+        ok &= (lengths[name] == 0) | (lengths[name] == n)
+    pause()
+    ints = {name: np.fromiter(map(int, _values(records, name)), np.int64, k) for name in _INT64_COLUMNS}
+    for values in ints.values():
+        ok &= values >= 0
+    shadow_n = lengths["p_ctr_shadow"]
+    ok &= (shadow_n == lengths["p_cvr_shadow"]) & ((shadow_n > 0) == (ints["shadow_model_version"] > 0))
+    pause()
+    orders = _values(records, "order")
+    order_n = _lengths(orders)
+    if order_n.any():
+        values = _flat(orders, np.dtype(np.int64))
+        owner = np.repeat(np.arange(k), order_n)
+        bad = (values < 0) | (values >= n[owner])
+        pause()
+        sort = np.lexsort((values, owner))  # by record, then value: a repeat within a record is adjacent
+        repeat = (values[sort][1:] == values[sort][:-1]) & (owner[sort][1:] == owner[sort][:-1])
+        bad_records = np.zeros(k, dtype=bool)
+        bad_records[owner[bad]] = True
+        bad_records[owner[sort][1:][repeat]] = True
+        ok &= ~bad_records
+    return ok
+
+
+def records_to_batch(records: Sequence[RequestRecord], logged_at_ms: int = 0,
+                     pause: Callable[[], None] = _no_pause) -> pa.RecordBatch:
+    """Rows for `records` (assumed checked) as one RecordBatch in REQUEST_LOG_SCHEMA; `logged_at_ms` fills
+    the records whose own is 0.
+
+    Why this shape: it runs on the writer thread of a serving process, where every stretch of Python holds
+    the interpreter lock the event loop needs. Each column is built from the records' arrays in one step
+    whose loop runs in C (`map(attrgetter(…))`, `np.concatenate`, `pa.array` of a flat list), never a Python
+    loop over candidates and only one over records where a record may have dense features. The cost is a
+    few µs per record, so a caller bounds how long one call holds the lock by the number of records it
+    passes (`serving.requestlog.writer.CHUNK_ROWS`), and `pause` is called after each column (one C-level
+    step of tens of µs for a chunk), where the writer thread hands the lock over. Raises TypeError /
+    ValueError / OverflowError (or an Arrow error, which subclasses them) for values that do not fit their
+    column.
+    """
+    k = len(records)
     cols: dict[str, pa.Array] = {}
-    for name, t in (("request_id", pa.string()), ("request_time_ms", pa.int64()), ("logged_at_ms", pa.int64()),
-                    ("user_id", pa.int64()), ("placement", pa.int32()), ("device", pa.int32()), ("hour", pa.int32()),
-                    ("user_segment", pa.int32()), ("model_name", pa.string()), ("model_version", pa.int64()),
-                    ("rollout_arm", pa.string()), ("backend", pa.string()), ("fm_version", pa.string()),
-                    ("snapshot_id", pa.string()), ("shadow_model_version", pa.int64())):
-        cols[name] = pa.array([getattr(r, name) for r in records], type=t)
-    cols["recent_categories"] = _list_column([np.asarray(r.recent_categories, np.int32) for r in records],
-                                             np.dtype(np.int32), pa.int32())
-    cols["order"] = _list_column([np.asarray(r.order, np.int32) for r in records], np.dtype(np.int32), pa.int32())
+    for names, t in ((_STRING_COLUMNS, pa.string()), (_INT64_COLUMNS, pa.int64()), (_INT32_COLUMNS, pa.int32())):
+        for name in names:
+            cols[name] = pa.array(_values(records, name), type=t)
+            pause()
+    logged = _values(records, "logged_at_ms")
+    if logged_at_ms and not all(logged):
+        logged = [t or logged_at_ms for t in logged]
+    cols["logged_at_ms"] = pa.array(logged, type=pa.int64())
+    cols["recent_categories"] = _list_array(_values(records, "recent_categories"), np.dtype(np.int32))
+    pause()
+    cols["order"] = _list_array(_values(records, "order"), np.dtype(np.int32))
+    pause()
     for name, dtype in CANDIDATE_COLUMNS.items():
-        cols[name] = _list_column([np.asarray(getattr(r, name), dtype) for r in records], dtype,
-                                  pa.from_numpy_dtype(dtype))
-    for name in (*NO_HISTORY_COLUMNS, *SHADOW_SCORE_COLUMNS):
-        cols[name] = _list_column([np.asarray(getattr(r, name), np.float32) for r in records],
-                                  np.dtype(np.float32), pa.float32())
-    cols["dense_features"] = _dense_column(records)
-    cols["flags"] = pa.array([list(r.flags) for r in records], type=pa.list_(pa.string()))
-    key_offsets = np.zeros(len(records) + 1, dtype=np.int32)
-    np.cumsum([len(r.stage_us) for r in records], out=key_offsets[1:])
-    keys = [k for r in records for k in r.stage_us]
-    items = [int(v) for r in records for v in r.stage_us.values()]
-    cols["stage_us"] = pa.MapArray.from_arrays(pa.array(key_offsets), pa.array(keys, pa.string()),
-                                               pa.array(items, pa.int64()))
-    return pa.Table.from_arrays([cols[f.name] for f in REQUEST_LOG_SCHEMA], schema=REQUEST_LOG_SCHEMA)
+        cols[name] = _list_array(_values(records, name), dtype)
+        pause()
+    for name in _FLOAT32_OPTIONAL:
+        cols[name] = _list_array(_values(records, name), np.dtype(np.float32))
+    pause()
+    n = _lengths(_values(records, "ad_id"))
+    cols["dense_features"] = _dense_column(_values(records, "dense_features"), n)
+    pause()
+    flags = _values(records, "flags")
+    cols["flags"] = pa.ListArray.from_arrays(pa.array(_offsets(_lengths(flags))),
+                                             pa.array(list(chain.from_iterable(flags)), type=pa.string()))
+    pause()
+    stages = _values(records, "stage_us")
+    n_stages = _lengths(stages)
+    stage_values = np.fromiter(chain.from_iterable(map(methodcaller("values"), stages)), np.int64,
+                               int(n_stages.sum()))
+    pause()
+    stage_keys = pa.array(list(chain.from_iterable(stages)), type=pa.string())
+    pause()
+    cols["stage_us"] = pa.MapArray.from_arrays(pa.array(_offsets(n_stages)), stage_keys,
+                                               pa.array(stage_values, type=pa.int64()))
+    batch = pa.RecordBatch.from_arrays([cols[f.name] for f in REQUEST_LOG_SCHEMA], schema=REQUEST_LOG_SCHEMA)
+    if batch.num_rows != k:  # pragma: no cover - every column above has one entry per record
+        raise ValueError(f"request log batch has {batch.num_rows} rows for {k} records")
+    return batch
 
 
-def _dense_column(records: Sequence[RequestRecord]) -> pa.ListArray:
+def records_to_table(records: Sequence[RequestRecord], logged_at_ms: int = 0) -> pa.Table:
+    """Rows for `records`, in REQUEST_LOG_SCHEMA. Records are assumed checked (`RequestRecord.check`)."""
+    return pa.Table.from_batches([records_to_batch(records, logged_at_ms)], schema=REQUEST_LOG_SCHEMA)
+
+
+def _dense_column(dense: list, n: np.ndarray) -> pa.ListArray:
     """list<list<float32>>: per record, one (possibly empty) list per candidate."""
-    per_candidate: list[np.ndarray] = []
-    widths: list[np.ndarray] = []
-    for r in records:
-        n = r.n_candidates
-        if r.dense_features is None:
-            widths.append(np.zeros(n, dtype=np.int32))
-        else:
-            d = np.asarray(r.dense_features, dtype=np.float32)
-            widths.append(np.full(n, d.shape[1], dtype=np.int32))
-            per_candidate.append(d.reshape(-1))
-    width = np.concatenate(widths) if widths else np.empty(0, np.int32)
-    inner_offsets = np.zeros(len(width) + 1, dtype=np.int32)
-    np.cumsum(width, out=inner_offsets[1:])
-    flat = np.concatenate(per_candidate) if per_candidate else np.empty(0, np.float32)
+    present = [d for d in dense if d is not None]
+    if present:
+        width = np.fromiter((0 if d is None else np.shape(d)[1] for d in dense), np.int64, len(dense))
+        inner_offsets = _offsets(np.repeat(width, n))
+        flat = np.concatenate([np.asarray(d, dtype=np.float32).reshape(-1) for d in present])
+    else:  # the serving path's usual case: no record has dense features
+        inner_offsets, flat = np.zeros(int(n.sum()) + 1, np.int32), np.empty(0, np.float32)
     inner = pa.ListArray.from_arrays(pa.array(inner_offsets), pa.array(flat, type=pa.float32()))
-    outer_offsets = np.zeros(len(records) + 1, dtype=np.int32)
-    np.cumsum([r.n_candidates for r in records], out=outer_offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(outer_offsets), inner)
+    return pa.ListArray.from_arrays(pa.array(_offsets(n)), inner)
 
 
 def request_log_files(folder: str | Path) -> list[Path]:
@@ -260,10 +378,11 @@ def request_log_files(folder: str | Path) -> list[Path]:
 
 
 def check_schema(schema: pa.Schema, where: str) -> bytes:
-    """The file's layout tag (SCHEMA_TAG, V2_TAG or V1_TAG); RequestLogError when it is none of them or its
-    columns differ."""
+    """The file's layout tag (SCHEMA_TAG, V3_TAG, V2_TAG or V1_TAG); RequestLogError when it is none of them or
+    its columns differ."""
     tag = (schema.metadata or {}).get(b"adrank.schema")
-    expected = {SCHEMA_TAG: REQUEST_LOG_SCHEMA, V2_TAG: V2_SCHEMA, V1_TAG: V1_SCHEMA}.get(tag)  # type: ignore
+    expected = {SCHEMA_TAG: REQUEST_LOG_SCHEMA, V3_TAG: V3_SCHEMA, V2_TAG: V2_SCHEMA,
+                V1_TAG: V1_SCHEMA}.get(tag)  # type: ignore
     if expected is None:
         raise RequestLogError(f"{where}: schema tag {tag!r}, expected {SCHEMA_TAG!r} (not a request log?)")
     if not schema.equals(expected, check_metadata=False):
@@ -272,11 +391,13 @@ def check_schema(schema: pa.Schema, where: str) -> bytes:
 
 
 def _upgrade(table: pa.Table) -> pa.Table:
-    """An older layout's table with the columns it lacks added empty (lists) or 0 (shadow_model_version)."""
+    """An older layout's table with the columns it lacks added empty (lists, strings) or 0 (shadow_model_version)."""
     empty = pa.ListArray.from_arrays(pa.array(np.zeros(table.num_rows + 1, np.int32)), pa.array([], pa.float32()))
     for f in REQUEST_LOG_SCHEMA:
         if f.name not in table.column_names:
-            column = pa.array(np.zeros(table.num_rows, np.int64)) if f.name == "shadow_model_version" else empty
+            column = (pa.array(np.zeros(table.num_rows, np.int64)) if f.name == "shadow_model_version"
+                      else pa.repeat(pa.scalar("", pa.string()), table.num_rows) if f.name == "shadow_snapshot_id"
+                      else empty)
             table = table.append_column(f, column)
     return table.select([f.name for f in REQUEST_LOG_SCHEMA]).replace_schema_metadata(REQUEST_LOG_SCHEMA.metadata)
 

@@ -60,7 +60,8 @@ class RequestContext:
     """Seconds per stage name, filled by the pipeline as each stage returns (failed stages absent)."""
     shadow: asyncio.Future | None = None
     """Set when a rollout's shadow version mirrors this request (serving.pipeline.shadow): resolves, off the
-    response path, to the shadow's `(version, p_ctr, p_cvr)` in request order, or None if the mirror failed.
+    response path, to the shadow's `(version, p_ctr, p_cvr, snapshot_id)` (scores in request order), or None if
+    the mirror failed.
     The request logger waits on it to record the pair of score vectors."""
 
     @classmethod

@@ -10,8 +10,9 @@ shadow version — its own fm_version, its own codes — and keep the pair of sc
 
 - the latest `keep_pairs` pairs (request id, live and shadow p_ctr in request order), for inspection;
 - for the request log, `ctx.shadow`: a future set when the request is queued, resolved with the shadow's
-  `(version, p_ctr, p_cvr)` (or None when the mirror failed or was never scored), so the logged record
-  holds both score vectors (`serving.requestlog.recorder`);
+  `(version, p_ctr, p_cvr, snapshot_id)` (or None when the mirror failed or was never scored), so the
+  logged record holds both score vectors and the snapshot the shadow's history came from
+  (`serving.requestlog.recorder`);
 - per model: pairs, dropped, failed, and the running means of the Spearman rank correlation of the two
   vectors, the overlap of their top-k candidates, and mean |Δp_ctr| (also as Prometheus histograms).
 """
@@ -101,9 +102,10 @@ class _Job:
     request_id: str
     live_p_ctr: np.ndarray = field(repr=False)
     live_inputs: ModelInputs | None = field(default=None, repr=False)
+    live_snapshot_id: str = ""  # the snapshot live's tensors were built from (a shadow reusing them used it too)
     result: asyncio.Future | None = field(default=None, repr=False)  # the RequestContext.shadow of the request
 
-    def resolve(self, value: tuple[int, np.ndarray, np.ndarray] | None) -> None:
+    def resolve(self, value: tuple[int, np.ndarray, np.ndarray, str] | None) -> None:
         if self.result is not None and not self.result.done():
             self.result.set_result(value)
 
@@ -198,7 +200,7 @@ class ShadowScorer:
             self.outcomes.labels(scores.handle.name, "dropped").inc()
             return False
         job = _Job(scores.handle.name, scores.request, scores.handle.version, shadow, ctx.request_id,
-                   np.array(scores.p_ctr, copy=True), inputs)
+                   np.array(scores.p_ctr, copy=True), inputs, ctx.snapshot_id)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -244,11 +246,13 @@ class ShadowScorer:
             # The same tensors as live's (a retrained or re-exported graph on the same features): only
             # the inference runs again, so a mirror costs the loop one model run, not a whole request.
             model_inputs = ModelInputs(job.request, handle, live.tensors)
+            ctx.snapshot_id = job.live_snapshot_id
         else:
             with_history = await self._history(Route(job.request, handle), ctx)
             model_inputs = await self._features(with_history, ctx)
         scores = await self._infer(model_inputs, ctx)
-        job.resolve((job.shadow, np.asarray(scores.p_ctr, np.float32), np.asarray(scores.p_cvr, np.float32)))
+        job.resolve((job.shadow, np.asarray(scores.p_ctr, np.float32), np.asarray(scores.p_cvr, np.float32),
+                     ctx.snapshot_id))
         live, shadow = job.live_p_ctr.astype(np.float64), np.asarray(scores.p_ctr, np.float64)
         self.pairs.append(Pair(job.request_id, name, job.live_version, job.shadow, job.live_p_ctr,
                                np.asarray(scores.p_ctr)))

@@ -12,7 +12,7 @@ Layout (little endian)::
 
     kind: 1 byte (b"R" record, b"F" flush, b"C" close) | body length: uint32 | body
     record body: n_flags, n_stages: 2 × uint32 | element count per array: 16 × uint32 |
-                 byte length per string: uint32 each | strings (6 fields, flags, stage names) |
+                 byte length per string: uint32 each | strings (7 fields, flags, stage names) |
                  11 × int64 (time, ids, versions, dense shape or -1) | arrays (15 columns, stage µs)
     flush body:  uint64 ticket
 
@@ -44,7 +44,7 @@ MAX_FRAME_BYTES = 256 << 20
 _INTS = ("request_time_ms", "logged_at_ms", "user_id", "placement", "device", "hour", "user_segment",
          "model_version", "shadow_model_version", "dense_rows", "dense_cols")
 _INT_STRUCT = struct.Struct(f"<{len(_INTS)}q")
-_STRINGS = ("request_id", "model_name", "rollout_arm", "backend", "fm_version", "snapshot_id")
+_STRINGS = ("request_id", "model_name", "rollout_arm", "backend", "fm_version", "snapshot_id", "shadow_snapshot_id")
 _ARRAYS: tuple[tuple[str, np.dtype], ...] = tuple((name, np.dtype(t)) for name, t in (
     ("recent_categories", np.int32), ("ad_id", np.int64), ("advertiser_id", np.int64), ("campaign_id", np.int64),
     ("category", np.int32), ("bid", np.float64), ("p_ctr", np.float32), ("p_cvr", np.float32),

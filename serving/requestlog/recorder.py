@@ -47,14 +47,15 @@ _FLAG_NAMES: dict[int, str] = {v.number: v.name for v in ranking_pb2.Flag.DESCRI
 
 def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int = 0,
                         no_history: tuple[np.ndarray, np.ndarray] | None = None,
-                        shadow: tuple[int, np.ndarray, np.ndarray] | None = None) -> RequestRecord:
+                        shadow: tuple[int, np.ndarray, np.ndarray] | tuple[int, np.ndarray, np.ndarray, str] | None
+                        = None) -> RequestRecord:
     """The log row of a request the pipeline scored: what the model saw (the validated request, the
     context as the model's indices) and every candidate's scores in request order.
 
     `encode_us` is the encode stage's own time, which the pipeline records only after the wrapped
     stage returns; the other stages come from `ctx.timings`. `no_history`: the (p_ctr, p_cvr) of the
     same candidates scored with FM history masked out, for a request in the transfer sample. `shadow`: the
-    (version, p_ctr, p_cvr) of a rollout's shadow version for a request it mirrored."""
+    (version, p_ctr, p_cvr[, snapshot_id]) of a rollout's shadow version for a request it mirrored."""
     r, handle = ranking.request, ranking.handle
     stage_us = {name: int(s * 1e6) for name, s in ctx.timings.items()}
     stage_us["encode"] = encode_us
@@ -73,6 +74,7 @@ def record_from_ranking(ranking: Ranking, ctx: RequestContext, *, encode_us: int
         p_cvr_no_history=no_history[1] if no_history is not None else (),
         shadow_model_version=int(shadow[0]) if shadow is not None else 0,
         p_ctr_shadow=shadow[1] if shadow is not None else (), p_cvr_shadow=shadow[2] if shadow is not None else (),
+        shadow_snapshot_id=str(shadow[3]) if shadow is not None and len(shadow) > 3 else "",
     )
 
 

@@ -89,15 +89,19 @@ def test_a_shadowed_request_is_logged_with_both_score_vectors(tiny_run: Path, tm
     shadow_version = table.column("shadow_model_version").to_pylist()
     p_ctr_shadow = table.column("p_ctr_shadow").to_pylist()
     p_cvr_shadow = table.column("p_cvr_shadow").to_pylist()
+    shadow_snapshot = table.column("shadow_snapshot_id").to_pylist()
+    live_snapshot = table.column("snapshot_id").to_pylist()
     by_id = {rid: i for i, rid in enumerate(table.column("request_id").to_pylist())}
     mirrored = [r for r in measured if shadow_version[by_id[r["request_id"]]] == 2]
     for r in measured:
         j = by_id[r["request_id"]]
         assert r["model_version"] == 1
         if shadow_version[j] == 0:
-            assert p_ctr_shadow[j] == [] and p_cvr_shadow[j] == []
+            assert p_ctr_shadow[j] == [] and p_cvr_shadow[j] == [] and shadow_snapshot[j] == ""
         else:
             assert shadow_version[j] == 2 and len(p_ctr_shadow[j]) == len(p_cvr_shadow[j]) == len(r["ad_id"])
+            # v2 is a copy of v1's graph on the same features: it reused live's tensors, so live's snapshot
+            assert shadow_snapshot[j] == live_snapshot[j]
     print(f"{len(mirrored)} of {N_REQUESTS} logged requests carry shadow v2 scores")
     assert 0.3 * N_REQUESTS <= len(mirrored) <= 0.7 * N_REQUESTS  # a 50 % sample by request id
     offline = asyncio.run(_offline_scores(repo, mirrored, 2))

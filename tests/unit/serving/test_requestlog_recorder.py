@@ -83,7 +83,7 @@ def test_a_shadowed_request_is_recorded_with_both_score_vectors_once_the_shadow_
             if ctx.request_id != "plain":
                 loop = asyncio.get_running_loop()
                 ctx.shadow = loop.create_future()
-                value = None if ctx.request_id == "failed" else (7, scores.p_ctr * 2, scores.p_cvr / 2)
+                value = None if ctx.request_id == "failed" else (7, scores.p_ctr * 2, scores.p_cvr / 2, "s000042")
                 loop.call_later(0.02, ctx.shadow.set_result, value)
             return scores
         return stage
@@ -105,10 +105,11 @@ def test_a_shadowed_request_is_recorded_with_both_score_vectors_once_the_shadow_
     assert stats.written == 3
     rows = {r["request_id"]: r for r in read_request_log(tmp_path).to_pylist()}
     shadowed = rows["shadowed"]
-    assert shadowed["shadow_model_version"] == 7
+    assert shadowed["shadow_model_version"] == 7 and shadowed["shadow_snapshot_id"] == "s000042"
     np.testing.assert_array_equal(np.array(shadowed["p_ctr_shadow"], np.float32),
                                   np.array(shadowed["p_ctr"], np.float32) * 2)
     np.testing.assert_array_equal(np.array(shadowed["p_cvr_shadow"], np.float32),
                                   np.array(shadowed["p_cvr"], np.float32) / 2)
     for rid in ("failed", "plain"):
         assert rows[rid]["shadow_model_version"] == 0 and rows[rid]["p_ctr_shadow"] == []
+        assert rows[rid]["shadow_snapshot_id"] == ""

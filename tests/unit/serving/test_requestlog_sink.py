@@ -193,11 +193,11 @@ def test_an_unexpected_writer_failure_is_counted_and_the_writer_goes_on(tmp_path
     import serving.requestlog.writer as sink_module
 
     sink = RequestLogSink(SinkConfig(folder=str(tmp_path), poll_interval_s=0.005, writer="thread"))
-    real = sink_module.records_to_table
-    monkeypatch.setattr(sink_module, "records_to_table", lambda records: (_ for _ in ()).throw(RuntimeError("bug")))
+    real = sink_module.records_to_batch
+    monkeypatch.setattr(sink_module, "records_to_batch", lambda *a: (_ for _ in ()).throw(RuntimeError("bug")))
     sink.offer(make_record("lost"))
     assert sink.flush()
-    monkeypatch.setattr(sink_module, "records_to_table", real)
+    monkeypatch.setattr(sink_module, "records_to_batch", real)
     sink.offer(make_record("kept"))
     stats = sink.close()
     assert stats.dropped["write_error"] == 1 and stats.written == 1 and stats.offered == 2

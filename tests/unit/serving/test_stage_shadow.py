@@ -125,8 +125,9 @@ def test_a_mirrored_request_carries_a_future_of_the_shadow_scores_and_close_reso
         return scored, late.shadow
 
     scored, late = asyncio.run(go())
-    for version, p_ctr, p_cvr in scored:
+    for version, p_ctr, p_cvr, snapshot_id in scored:
         assert version == 2 and p_ctr.shape == p_cvr.shape == (4,) and p_ctr.dtype == np.float32
+        assert snapshot_id == ""  # the fakes' history provider reads no snapshot
     assert late.done() and late.result() is None
 
 

@@ -155,3 +155,24 @@ def test_shadow_scores_round_trip_and_a_second_layout_file_reads_without_them(tm
 def test_shadow_scores_come_with_their_version_and_cover_every_candidate(override: dict, field: str) -> None:
     with pytest.raises(RequestLogError, match=field):
         make_record("r", **override).check()
+
+
+def test_the_shadow_snapshot_round_trips_and_a_third_layout_file_reads_without_it(tmp_path: Path) -> None:
+    from models.data.requestlog import SCHEMA_TAG, V3_SCHEMA, check_schema
+
+    shadow = np.array([0.3, 0.1, 0.2, 0.4], np.float32)
+    records = [make_record("a", shadow_model_version=3, p_ctr_shadow=shadow, p_cvr_shadow=shadow,
+                           shadow_snapshot_id="s000007"), make_record("b", n=2)]
+    v4 = records_to_table(records)
+    pq.write_table(v4, tmp_path / "new.parquet")
+    assert check_schema(pq.read_schema(tmp_path / "new.parquet"), "new.parquet") == SCHEMA_TAG == b"requestlog/4"
+    assert read_request_log(tmp_path).column("shadow_snapshot_id").to_pylist() == ["s000007", ""]
+    old = tmp_path / "old"
+    old.mkdir()
+    v3 = v4.drop_columns(["shadow_snapshot_id"]).replace_schema_metadata(V3_SCHEMA.metadata)
+    pq.write_table(v3, old / "requests-1.parquet")
+    table = read_request_log(old)
+    assert table.schema.equals(REQUEST_LOG_SCHEMA, check_metadata=False)
+    assert table.column("shadow_snapshot_id").to_pylist() == ["", ""]
+    assert table.column("shadow_model_version").to_pylist() == [3, 0]
+    assert table.drop_columns(["shadow_snapshot_id"]).equals(v3, check_metadata=False)
