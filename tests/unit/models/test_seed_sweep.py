@@ -92,6 +92,21 @@ def test_run_sweep_runs_every_seed_into_its_own_folder_and_writes_the_summary(tm
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_fm_gap_options_reach_every_seed_and_the_command(tmp_path, monkeypatch):
+    seen = []
+
+    def job(study, dataset, seed, out_dir, quick, threads, **options):
+        seen.append(options)
+        return _gap_payload(seed, 0.01, 0.01)
+
+    monkeypatch.setattr(sweep, "_seed_job", job)
+    out = sweep.run_sweep("fm-gap", 2, tmp_path, quick=True, jobs=1, candidates=("interaction",), ablations=False)
+    assert seen == [{"candidates": ("interaction",), "ablations": False}] * 2
+    assert out["command"] == (f"adrank fm-gap --seeds 2 --jobs 1 --quick --candidates interaction --no-ablations "
+                              f"--out {tmp_path}")
+    assert sweep.gap_flags() == ""
+
+
 @pytest.mark.parametrize(("study", "seeds", "field"), [("fm-gap", 1, "--seeds"), ("nope", 3, "study")])
 def test_bad_arguments_name_the_field(tmp_path, study, seeds, field):
     with pytest.raises(ValueError, match=field):
