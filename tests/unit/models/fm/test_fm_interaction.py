@@ -157,3 +157,24 @@ def test_no_event_at_or_after_the_example_changes_its_output() -> None:
     earlier = none.copy()
     earlier[np.flatnonzero((users == users[r]) & (ts < ts[r]))[-1]] = True
     assert outputs(perturbed(none, earlier), rows)[0] != base[0]
+
+
+def test_onnx_export_with_the_switch_on_keeps_dynamic_batch_and_history_length(tmp_path) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from models.fm.model import FMOutput
+
+    inputs = ("hist_item", "hist_category", "hist_type", "hist_age", "hist_mask", "target_sparse", "target_dense")
+    model, batch = reference_case(replace(CFG, interaction=True), b=2, t=12)
+    model.eval()
+    dynamic = {n: ({0: "batch", 1: "events"} if n.startswith("hist_") else {0: "batch"}) for n in inputs}
+    path = tmp_path / "fm.onnx"
+    torch.onnx.export(model, tuple(batch[n] for n in inputs), str(path), input_names=list(inputs),
+                      output_names=list(FMOutput._fields), dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, other = reference_case(replace(CFG, interaction=True), b=3, t=20)  # new B and T
+    got = session.run(None, {n: other[n].numpy() for n in inputs})
+    with torch.no_grad():
+        want = model(**other)
+    for g_, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g_, w.numpy(), rtol=1e-4, atol=1e-5)
