@@ -44,7 +44,9 @@ def count_flops(cfg: FMConfig, seq_len: int) -> dict[str, int]:
     c["hsp"] += _hsp_macs(cfg, t)  # readout
     c["target_attention"] = cfg.n_ns_tokens * d * d + 2 * t * d * d + 2 * t * d + d * d
     if cfg.interaction:  # clicked − unclicked pooling over the history, then two per-head dot products
-        c["interaction"] = t * d + 2 * d
+        c["interaction"] += t * d + 2 * d
+    if cfg.interaction_category:  # the same pooling over the history's categories, one dot product
+        c["interaction"] += t * d + d
     c["head"] = (cfg.dense_dim * d + cfg.hidden0_inputs * cfg.hidden_dim
                  + 2 * (cfg.hidden_dim * cfg.tower_dim + cfg.tower_dim))
     c["total"] = sum(c[k] for k in COMPONENTS)

@@ -47,11 +47,14 @@ def test_switch_off_reproduces_the_model_before_the_switch() -> None:
     assert model.hidden0.in_features == (CFG.n_summary + CFG.n_ns_tokens + 1) * CFG.d_model + 2
 
 
-def test_switch_on_adds_two_scalars_per_head_and_every_weight_learns() -> None:
-    cfg = replace(CFG, interaction=True)
+@pytest.mark.parametrize(("overrides", "per_head"), [({"interaction": True}, 2), ({"interaction_category": True}, 1),
+                                                     ({"interaction": True, "interaction_category": True}, 3)])
+def test_switch_on_adds_scalars_per_head_and_every_weight_learns(overrides: dict, per_head: int) -> None:
+    cfg = replace(CFG, **overrides)
     model, batch = reference_case(cfg)
     off, _ = reference_case()
-    assert model.hidden0.in_features == off.hidden0.in_features + 2 * cfg.n_heads
+    assert cfg.n_interactions == per_head * cfg.n_heads
+    assert model.hidden0.in_features == off.hidden0.in_features + per_head * cfg.n_heads
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in off.named_parameters()]  # no new weights
     out = model(**batch)
     assert out.ctr_logit.shape == (6,) and out.cvr_logit.shape == (6,) and out.hidden0.shape == (6, cfg.hidden_dim)
@@ -60,8 +63,9 @@ def test_switch_on_adds_two_scalars_per_head_and_every_weight_learns() -> None:
     assert [n for n, p in model.named_parameters() if p.grad is None and "cvr" not in n] == []
     states, ns, _ = model.encode_history(**batch)
     view = model.target_attention(states, batch["hist_mask"], ns)
-    scalars = model.interactions(view, ns, batch["hist_item"], batch["hist_type"], batch["hist_mask"])
-    assert scalars.shape == (6, 2 * cfg.n_heads)
+    scalars = model.interactions(view, ns, batch["hist_item"], batch["hist_category"], batch["hist_type"],
+                                 batch["hist_mask"])
+    assert scalars.shape == (6, per_head * cfg.n_heads)
 
 
 def test_interaction_scalars_are_the_per_head_dot_products() -> None:
@@ -87,14 +91,17 @@ def test_interaction_scalars_are_the_per_head_dot_products() -> None:
 
 
 def test_switch_needs_the_shared_vocabulary_and_a_valid_item_field() -> None:
-    with pytest.raises(ValueError, match="shared_target_vocab"):
-        replace(CFG, interaction=True, shared_target_vocab=False)
-    with pytest.raises(ValueError, match="item_field"):
-        replace(CFG, item_field=3)
+    for switch in ("interaction", "interaction_category"):
+        with pytest.raises(ValueError, match="shared_target_vocab"):
+            replace(CFG, **{switch: True}, shared_target_vocab=False)
+    for field in ("item_field", "category_field"):
+        with pytest.raises(ValueError, match=field):
+            replace(CFG, **{field: 3})
 
 
-@pytest.mark.parametrize("overrides", [{"interaction": True}, {"interaction": True, "compskip": False,
-                                                                "windowed": False}])
+@pytest.mark.parametrize("overrides", [{"interaction": True}, {"interaction_category": True},
+                                       {"interaction": True, "interaction_category": True, "compskip": False,
+                                        "windowed": False}])
 def test_flops_with_the_switch_match_torch_flop_counter(overrides: dict) -> None:
     cfg = replace(CFG, **overrides)
     model, batch = reference_case(cfg, b=1, t=40)
@@ -102,10 +109,11 @@ def test_flops_with_the_switch_match_torch_flop_counter(overrides: dict) -> None
         model(**batch)
     c = count_flops(cfg, 40)
     assert counter.get_total_flops() == 2 * c["total"]
-    assert c["interaction"] == 40 * cfg.d_model + 2 * cfg.d_model
-    off = count_flops(replace(cfg, interaction=False), 40)
+    assert c["interaction"] == (cfg.interaction + cfg.interaction_category) * 40 * cfg.d_model + \
+        (2 * cfg.interaction + cfg.interaction_category) * cfg.d_model
+    off = count_flops(replace(cfg, interaction=False, interaction_category=False), 40)
     assert off["interaction"] == 0
-    assert c["total"] - off["total"] == c["interaction"] + 2 * cfg.n_heads * cfg.hidden_dim
+    assert c["total"] - off["total"] == c["interaction"] + cfg.n_interactions * cfg.hidden_dim
 
 
 def test_no_event_at_or_after_the_example_changes_its_output() -> None:
@@ -120,7 +128,8 @@ def test_no_event_at_or_after_the_example_changes_its_output() -> None:
     cfg = FMConfig(n_items=int(ev.cardinality["ad_id"]) + 1, n_categories=int(ev.cardinality["category"]) + 1,
                    n_sparse=data.spec.vocab_size, n_sparse_fields=data.spec.n_fields, dense_dim=data.spec.dense_width,
                    d_model=16, n_heads=2, n_layers=2, window=8, hidden_dim=32, shared_target_vocab=True,
-                   item_field=SPARSE_FIELDS.index("ad_id"), interaction=True)
+                   item_field=SPARSE_FIELDS.index("ad_id"), category_field=SPARSE_FIELDS.index("category"),
+                   interaction=True, interaction_category=True)
     torch.manual_seed(0)
     model = FoundationModel(cfg).eval()
     users, ts = ev["user_id"], ev["ts_ms"]
@@ -133,14 +142,14 @@ def test_no_event_at_or_after_the_example_changes_its_output() -> None:
 
     def perturbed(change: np.ndarray, label_only: np.ndarray) -> VMData:
         """Flips the outcome of every row in `change` or `label_only` and moves each row of `change` to
-        another ad (an example's own row keeps its features: they are the candidate)."""
+        another ad and category (an example's own row keeps its features: they are the candidate)."""
         cols = {k: v.copy() for k, v in ev.columns.items()}
         flip = change | label_only
         cols["click"][flip] = 1 - cols["click"][flip]
         cols["conversion"][flip] = 0
         sparse = data.feats["sparse"].copy()
-        col = SPARSE_FIELDS.index("ad_id")
-        sparse[change, col] = sparse[::-1][change, col]
+        for col in (SPARSE_FIELDS.index("ad_id"), SPARSE_FIELDS.index("category")):
+            sparse[change, col] = sparse[::-1][change, col]
         return VMData(EventLog(cols, ev.cardinality, ev.source), data.spec, {**data.feats, "sparse": sparse},
                       data.train_idx, data.test_idx)
 
@@ -165,7 +174,7 @@ def test_onnx_export_with_the_switch_on_keeps_dynamic_batch_and_history_length(t
     from models.fm.model import FMOutput
 
     inputs = ("hist_item", "hist_category", "hist_type", "hist_age", "hist_mask", "target_sparse", "target_dense")
-    model, batch = reference_case(replace(CFG, interaction=True), b=2, t=12)
+    model, batch = reference_case(replace(CFG, interaction=True, interaction_category=True), b=2, t=12)
     model.eval()
     dynamic = {n: ({0: "batch", 1: "events"} if n.startswith("hist_") else {0: "batch"}) for n in inputs}
     path = tmp_path / "fm.onnx"
