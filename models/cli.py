@@ -140,8 +140,10 @@ def _sweep(study: str, a: argparse.Namespace) -> int:
                + f" --seeds {a.seeds}" + (f" --jobs {a.jobs}" if a.jobs else "") + f" --out {a.out}"
                + (" --quick" if a.quick else ""))
     options = gap_options(a) if study == "fm-gap" else {}
-    command += seed_sweep.gap_flags(**options)
-    run_sweep(study, a.seeds, a.out, dataset=dataset, quick=a.quick, jobs=a.jobs, command=command, **options)
+    resume = bool(getattr(a, "resume", False))
+    command += seed_sweep.gap_flags(**options) + (" --resume" if resume else "")
+    run_sweep(study, a.seeds, a.out, dataset=dataset, quick=a.quick, jobs=a.jobs, command=command, resume=resume,
+              **options)
     print(Path(a.out, "results.md").read_text())
     return 0
 
@@ -299,6 +301,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--no-ablations", action="store_true",
                     help="train only the full world (its FM, the history bound, the candidates): skip the world-term "
                          "ablations and the short-history probe")
+    sp.add_argument("--resume", action="store_true",
+                    help="with --seeds: read each seed-S/results.json that already holds that seed of the same study "
+                         "(profile, candidates, ablations) instead of training it again")
     sp.set_defaults(func=_cmd_fm_gap)
 
     sp = sub.add_parser("history-bound", help="synthetic world: the NE a model that knows the world but infers each "

@@ -60,9 +60,13 @@ def gap_flags(candidates: tuple[str, ...] | None = None, ablations: bool = True)
 
 
 def run_sweep(study: str, seeds: int, out_dir: str | Path, *, dataset: str = "synthetic", quick: bool = False,
-              jobs: int | None = None, command: str = "", **options) -> dict:
+              jobs: int | None = None, command: str = "", resume: bool = False, **options) -> dict:
     """Runs `study` for seeds 0 … seeds-1 (`jobs` at a time; default one per core) and writes the summary.
-    `options` are passed to every seed's study (fm-gap: `candidates`, `ablations`)."""
+    `options` are passed to every seed's study (fm-gap: `candidates`, `ablations`).
+
+    `resume` (fm-gap only): a seed whose `seed-S/results.json` already holds that seed's study with the same
+    profile, candidates and ablations (an earlier sweep's, or `adrank fm-gap --seed S` run into that folder)
+    is read, not trained again; seeds are deterministic, so the summary is the one a full run writes."""
     from models.experiment import default_jobs
 
     if study not in STUDIES:
@@ -75,19 +79,44 @@ def run_sweep(study: str, seeds: int, out_dir: str | Path, *, dataset: str = "sy
     threads = max(1, default_jobs() // jobs)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    args = [(study, dataset, s, str(out / f"seed-{s}"), quick, threads) for s in range(seeds)]
+    if resume and study != "fm-gap":
+        raise ValueError("--resume is supported for fm-gap only")
+    done = {s: p for s in range(seeds) if resume and (p := _finished_gap_seed(out / f"seed-{s}", s, quick, **options))}
+    args = [(study, dataset, s, str(out / f"seed-{s}"), quick, threads) for s in range(seeds) if s not in done]
     job = partial(_seed_job, **options) if options else _seed_job  # a partial of a module function pickles
-    if jobs == 1:
-        per_seed = [job(*a) for a in args]
+    if not args:
+        ran = []
+    elif min(jobs, len(args)) == 1:
+        ran = [job(*a) for a in args]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            per_seed = list(pool.map(job, *zip(*args, strict=True)))
+            ran = list(pool.map(job, *zip(*args, strict=True)))
+    by_seed = {**done, **{a[2]: p for a, p in zip(args, ran, strict=True)}}
+    per_seed = [by_seed[s] for s in range(seeds)]
     summary = summarize_fm_gap(per_seed) if study == "fm-gap" else summarize_fm_scaling(per_seed)
     summary.update(study=study, seeds=list(range(seeds)), jobs=jobs, seconds=time.perf_counter() - t0,
+                   reused_seeds=sorted(done),
+                   seed_seconds=[float(p.get("seconds", float("nan"))) for p in per_seed],
                    command=command or f"adrank {study} --seeds {seeds} --jobs {jobs}"
                                       f"{' --quick' if quick else ''}{gap_flags(**options)} --out {out_dir}")
     write_summary(out, summary)
     return summary
+
+
+def _finished_gap_seed(folder: Path, seed: int, quick: bool, candidates: tuple[str, ...] | None = None,
+                       ablations: bool = True) -> dict | None:
+    """The fm-gap payload in `folder` if it is seed `seed` of the study these options ask for, else None."""
+    from models.fm_gap import PROFILES
+
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    profile = "quick" if quick else "default"
+    names = [name for _, name, _ in PROFILES[profile].candidate_subset(candidates)]
+    same = (payload.get("seed") == seed and payload.get("profile_name") == profile
+            and payload.get("ablations", True) == ablations and list(payload.get("candidates", {})) == names)
+    return payload if same else None
 
 
 def _interval(values: list[float]) -> dict:
@@ -168,7 +197,10 @@ def summary_markdown(summary: dict) -> str:
     n = summary["n_seeds"]
     lines = [f"# {summary['study']} over {n} seeds (mean, 95% t interval)", "",
              f"Command: `{summary['command']}`  ",
-             f"Wall time: {summary['seconds'] / 60:.1f} min ({summary['jobs']} seeds at a time). "
+             f"Wall time: {summary['seconds'] / 60:.1f} min ({summary['jobs']} seeds at a time"
+             + (f"; seeds {', '.join(map(str, summary['reused_seeds']))} read from an earlier run of the same study"
+                if summary.get("reused_seeds") else "") + "); per seed: "
+             + ", ".join(f"{s / 60:.1f}" for s in summary.get("seed_seconds", [])) + " min. "
              "Per-seed results: `seed-S/` beside this file.", ""]
     if summary["study"] == "fm-gap":
         lines += ["| world (one term removed) | FM test NE | oracle NE | gap | FM / oracle | share of the full "
