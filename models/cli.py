@@ -297,7 +297,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--quick", action="store_true", help="tiny profile for tests")
     sp.add_argument("--candidates", default=None,
                     help="comma-separated FM candidates to train, by key (default profile: experiment, all-global, "
-                         "wider, longer, interaction, wider-interaction); the experiment FM always runs")
+                         "wider, longer, interaction, category-preference, interaction-category, wider-interaction); "
+                         "the experiment FM always runs")
     sp.add_argument("--no-ablations", action="store_true",
                     help="train only the full world (its FM, the history bound, the candidates): skip the world-term "
                          "ablations and the short-history probe")

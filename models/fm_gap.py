@@ -57,6 +57,7 @@ class GapProfile:
         ("wider", "wider: d=32, hidden 128", (("d_model", 32), ("hidden_dim", 128))),
         ("longer", "longer history: T=64", (("history_len", 64),)),
         ("interaction", "interaction scalars (d=16)", (("interaction", True),)),
+        ("category-preference", "category preference scalars (d=16)", (("interaction_category", True),)),
         ("interaction-category", "interaction scalars + category preference (d=16)",
          (("interaction", True), ("interaction_category", True))),
         ("wider-interaction", "wider + interaction scalars (d=32, hidden 128)",
