@@ -64,8 +64,10 @@ class GapProfile:
          (("d_model", 32), ("hidden_dim", 128), ("interaction", True))),
     )
     """(key, name, overrides) of FM changes compared on validation; `history_len` overrides the FM's T. The
-    first (no overrides) is the experiment FM every other candidate is paired with; `--candidates` picks
-    a subset by key."""
+    first (no overrides) is the FM every other candidate is paired with; `--candidates` picks a subset by
+    key. That first FM is `SMALL_FM` without the interaction switches, the experiment's FM when these
+    candidates were chosen; the experiment's default profile has since adopted `interaction_category`
+    on this study's validation figures (docs/results.md), and the name is kept so earlier runs resume."""
 
     def candidate_subset(self, keys: tuple[str, ...] | None) -> tuple[tuple[str, str, tuple], ...]:
         """The candidates named by `keys` (None: all), in profile order, always with the experiment FM first."""
