@@ -132,25 +132,45 @@ def _cmd_fm_scaling(a: argparse.Namespace) -> int:
 
 def _sweep(study: str, a: argparse.Namespace) -> int:
     """`--seeds N`: the study over seeds 0 … N-1 in parallel processes, summarised with 95% t intervals."""
+    from models import seed_sweep
     from models.seed_sweep import run_sweep
 
     dataset = getattr(a, "dataset", "synthetic")
     command = (f"adrank {study}" + (f" --dataset {dataset}" if study == "fm-scaling" else "")
                + f" --seeds {a.seeds}" + (f" --jobs {a.jobs}" if a.jobs else "") + f" --out {a.out}"
                + (" --quick" if a.quick else ""))
-    run_sweep(study, a.seeds, a.out, dataset=dataset, quick=a.quick, jobs=a.jobs, command=command)
+    options = gap_options(a) if study == "fm-gap" else {}
+    resume = bool(getattr(a, "resume", False))
+    command += seed_sweep.gap_flags(**options) + (" --resume" if resume else "")
+    run_sweep(study, a.seeds, a.out, dataset=dataset, quick=a.quick, jobs=a.jobs, command=command, resume=resume,
+              **options)
     print(Path(a.out, "results.md").read_text())
     return 0
 
 
+def gap_options(a: argparse.Namespace) -> dict:
+    """fm-gap's `--candidates` / `--no-ablations` as run_fm_gap keywords (only the ones given)."""
+    from models.fm_gap import PROFILES
+
+    options: dict = {}
+    if a.candidates is not None:
+        options["candidates"] = tuple(k.strip() for k in a.candidates.split(",") if k.strip())
+        PROFILES["quick" if a.quick else "default"].candidate_subset(options["candidates"])  # unknown keys fail here
+    if a.no_ablations:
+        options["ablations"] = False
+    return options
+
+
 def _cmd_fm_gap(a: argparse.Namespace) -> int:
     from models.fm_gap import run_fm_gap
+    from models.seed_sweep import gap_flags
 
     if a.seeds is not None:
         return _sweep("fm-gap", a)
+    options = gap_options(a)
     command = ("adrank fm-gap" + (f" --seed {a.seed}" if a.seed else "") + f" --out {a.out}"
-               + (" --quick" if a.quick else ""))
-    run_fm_gap(a.out, quick=a.quick, seed=a.seed, command=command)
+               + (" --quick" if a.quick else "") + gap_flags(**options))
+    run_fm_gap(a.out, quick=a.quick, seed=a.seed, command=command, **options)
     print(Path(a.out, "results.md").read_text())
     return 0
 
@@ -275,6 +295,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "(models/seed_sweep.py); --seed is then ignored")
     sp.add_argument("--jobs", type=int, default=None, help="seeds trained at once with --seeds (default: one per core)")
     sp.add_argument("--quick", action="store_true", help="tiny profile for tests")
+    sp.add_argument("--candidates", default=None,
+                    help="comma-separated FM candidates to train, by key (default profile: experiment, all-global, "
+                         "wider, longer, interaction, category-preference, interaction-category, wider-interaction); "
+                         "the experiment FM always runs")
+    sp.add_argument("--no-ablations", action="store_true",
+                    help="train only the full world (its FM, the history bound, the candidates): skip the world-term "
+                         "ablations and the short-history probe")
+    sp.add_argument("--resume", action="store_true",
+                    help="with --seeds: read each seed-S/results.json that already holds that seed of the same study "
+                         "(profile, candidates, ablations) instead of training it again")
     sp.set_defaults(func=_cmd_fm_gap)
 
     sp = sub.add_parser("history-bound", help="synthetic world: the NE a model that knows the world but infers each "

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from models.data.synthetic import SyntheticConfig, generate_synthetic
+from models.fm.flops import count_flops
 from models.fm_pipeline import SMALL_FM, FMTrainConfig, train_fm
 from models.history_bound import bound_table, history_bound
 from models.metrics import summarize
@@ -50,20 +51,43 @@ class GapProfile:
     history_len: int
     short_history: int
     fm_size: tuple[tuple[str, int | bool], ...] = tuple(SMALL_FM.items())
-    candidates: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = (
-        ("experiment FM (CompSkip + window, d=16, T=32)", ()),
-        ("all-global layers (no CompSkip)", (("compskip", False),)),
-        ("wider: d=32, hidden 128", (("d_model", 32), ("hidden_dim", 128))),
-        ("longer history: T=64", (("history_len", 64),)),
+    candidates: tuple[tuple[str, str, tuple[tuple[str, object], ...]], ...] = (
+        ("experiment", "experiment FM (CompSkip + window, d=16, T=32)", ()),
+        ("all-global", "all-global layers (no CompSkip)", (("compskip", False),)),
+        ("wider", "wider: d=32, hidden 128", (("d_model", 32), ("hidden_dim", 128))),
+        ("longer", "longer history: T=64", (("history_len", 64),)),
+        ("interaction", "interaction scalars (d=16)", (("interaction", True),)),
+        ("category-preference", "category preference scalars (d=16)", (("interaction_category", True),)),
+        ("interaction-category", "interaction scalars + category preference (d=16)",
+         (("interaction", True), ("interaction_category", True))),
+        ("wider-interaction", "wider + interaction scalars (d=32, hidden 128)",
+         (("d_model", 32), ("hidden_dim", 128), ("interaction", True))),
     )
-    """(name, overrides) of FM changes compared on validation; `history_len` overrides the FM's T."""
+    """(key, name, overrides) of FM changes compared on validation; `history_len` overrides the FM's T. The
+    first (no overrides) is the FM every other candidate is paired with; `--candidates` picks a subset by
+    key. That first FM is `SMALL_FM` without the interaction switches, the experiment's FM when these
+    candidates were chosen; the experiment's default profile has since adopted `interaction_category`
+    on this study's validation figures (docs/results.md), and the name is kept so earlier runs resume."""
+
+    def candidate_subset(self, keys: tuple[str, ...] | None) -> tuple[tuple[str, str, tuple], ...]:
+        """The candidates named by `keys` (None: all), in profile order, always with the experiment FM first."""
+        if keys is None:
+            return self.candidates
+        known = [c[0] for c in self.candidates]
+        unknown = [k for k in keys if k not in known]
+        if unknown:
+            raise ValueError(f"--candidates: unknown {', '.join(unknown)}; this profile has {', '.join(known)}")
+        wanted = {known[0], *keys}
+        return tuple(c for c in self.candidates if c[0] in wanted)
 
 
 PROFILES = {
     "quick": GapProfile(n_events=10_000, epochs=1, history_len=8, short_history=2,
                         fm_size=tuple({**SMALL_FM, "d_model": 8, "n_layers": 1, "hidden_dim": 16,
                                        "window": 4}.items()),
-                        candidates=(("experiment FM", ()), ("all-global layers", (("compskip", False),)))),
+                        candidates=(("experiment", "experiment FM", ()),
+                                    ("all-global", "all-global layers", (("compskip", False),)),
+                                    ("interaction", "interaction scalars", (("interaction", True),)))),
     "default": GapProfile(n_events=50_000, epochs=2, history_len=32, short_history=4),
 }
 
@@ -72,21 +96,31 @@ def _fm(data, profile: GapProfile, seed: int, overrides: dict | None = None) -> 
     overrides = dict(overrides or {})
     t = int(overrides.pop("history_len", profile.history_len))
     cfg = FMTrainConfig(history_len=t, epochs=profile.epochs, seed=seed, fm={**dict(profile.fm_size), **overrides})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fm = train_fm(data, cfg, progress=False)
     return {"test_ne": fm.metrics["test"]["ctr_ne"], "test_auc": fm.metrics["test"]["ctr_auc"],
             "validation_ne": min(fm.validation_ne) if fm.validation_ne else float("nan"),
-            "best_epoch": fm.best_epoch, "seconds": time.perf_counter() - t0, "history_len": t}
+            "best_epoch": fm.best_epoch, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0, "history_len": t,
+            "flops_per_example": 2 * count_flops(fm.model.cfg, t)["total"]}
 
 
 def run_fm_gap(out_dir: str | Path, *, quick: bool = False, seed: int = 0, command: str = "",
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, candidates: tuple[str, ...] | None = None,
+               ablations: bool = True) -> dict:
+    """One seed of the study. `candidates`: keys of the FM changes to train (None: all; the experiment FM
+    always runs, it is what the others are paired with). `ablations=False` trains only the full world
+    (its FM, the history bound and the candidates), for a paired candidate comparison that skips the
+    world-term ablations and the short-history probe."""
     profile_name = "quick" if quick else "default"
     profile = PROFILES[profile_name]
+    chosen_candidates = profile.candidate_subset(candidates)
     t0 = time.perf_counter()
     worlds: dict[str, dict] = {}
     full_data = bound = None
     for name, change in WORLD_ABLATIONS.items():
+        if change and not ablations:
+            continue
         world_config = replace(SyntheticConfig(n_events=profile.n_events, seed=seed), **change)
         events = generate_synthetic(world_config)
         data = prepare_vm_data(events, TrainConfig.for_dataset("synthetic", seed=seed))
@@ -104,6 +138,8 @@ def run_fm_gap(out_dir: str | Path, *, quick: bool = False, seed: int = 0, comma
             log(f"  history bound NE {bound['ne']:.4f} (category vectors only {bound['ne_category_only']:.4f}, "
                 f"prior only {bound['ne_prior_only']:.4f}): it leaves {bound['information_share']:.0%} of the "
                 "FM's gap open")
+            if not ablations:
+                continue
             short = _fm(data, profile, seed, {"history_len": profile.short_history})
             short.update(oracle_ne=oracle, gap=short["test_ne"] - oracle, ratio=short["test_ne"] / oracle,
                          change={"fm history_len": profile.short_history})
@@ -113,14 +149,15 @@ def run_fm_gap(out_dir: str | Path, *, quick: bool = False, seed: int = 0, comma
     for r in worlds.values():
         r["gap_share_removed"] = (full_gap - r["gap"]) / full_gap if full_gap > 0 else float("nan")
     candidates: dict[str, dict] = {}
-    for name, overrides in profile.candidates:
+    for _, name, overrides in chosen_candidates:
         c = worlds["full world"] if not overrides else _fm(full_data, profile, seed, dict(overrides))
-        candidates[name] = {k: c[k] for k in ("validation_ne", "test_ne", "test_auc", "best_epoch", "seconds")}
+        candidates[name] = {k: c.get(k, float("nan")) for k in ("validation_ne", "test_ne", "test_auc", "best_epoch",
+                                                                  "seconds", "cpu_seconds", "flops_per_example")}
         log(f"candidate {name:44s} validation NE {c['validation_ne']:.4f}  test NE {c['test_ne']:.4f}")
     chosen = min(candidates, key=lambda n: (candidates[n]["validation_ne"], n))
     payload = {"seed": seed, "profile_name": profile_name, "profile": asdict(profile),
                "seconds": time.perf_counter() - t0, "worlds": worlds, "history_bound": bound, "candidates": candidates,
-               "chosen_on_validation": chosen,
+               "chosen_on_validation": chosen, "ablations": ablations,
                "command": command or f"adrank fm-gap{' --quick' if quick else ''} --out {out_dir}"}
     write_results(Path(out_dir), payload)
     return payload
@@ -149,8 +186,11 @@ def write_results(out_dir: Path, payload: dict) -> None:
                   f"Share of the FM's gap to the oracle that even the history bound leaves open (information the "
                   f"user's history does not hold): {b['information_share']:.0%}."]
     lines += ["", "FM changes on the full world, chosen by validation NE (the early-stopping slice; test NE is "
-              "shown, not used):", "", "| candidate | validation NE | test NE | test AUC |", "|---|---|---|---|"]
+              "shown, not used):", "", "| candidate | validation NE | test NE | test AUC | FLOPs / example | "
+              "train s (CPU s) |", "|---|---|---|---|---|---|"]
     for name, c in payload["candidates"].items():
         mark = " **(chosen)**" if name == payload["chosen_on_validation"] else ""
-        lines.append(f"| {name}{mark} | {c['validation_ne']:.4f} | {c['test_ne']:.4f} | {c['test_auc']:.4f} |")
+        flops = c.get("flops_per_example", float("nan"))
+        lines.append(f"| {name}{mark} | {c['validation_ne']:.4f} | {c['test_ne']:.4f} | {c['test_auc']:.4f} | "
+                     f"{flops / 1e6:.3f} M | {c['seconds']:.0f} ({c.get('cpu_seconds', float('nan')):.0f}) |")
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")

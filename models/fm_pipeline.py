@@ -137,7 +137,8 @@ def train_fm(data: VMData, config: FMTrainConfig = FMTrainConfig(), *, progress:
                          "n_categories": int(data.events.cardinality["category"]) + 1,
                          "n_sparse": data.spec.vocab_size, "n_sparse_fields": data.spec.n_fields,
                          "dense_dim": data.spec.dense_width, "max_len": config.history_len,
-                         "shared_target_vocab": True, **config.fm})
+                         "shared_target_vocab": True, "item_field": SPARSE_FIELDS.index("ad_id"),
+                         "category_field": SPARSE_FIELDS.index("category"), **config.fm})
     batcher = FMBatcher(data, config.history_len, shared_vocab=fm_cfg.shared_target_vocab)
     dev = world.device
     model = FoundationModel(fm_cfg).to(dev)

@@ -32,8 +32,9 @@ from models.stats import paired_interval
 STUDIES = ("fm-gap", "fm-scaling")
 
 
-def _seed_job(study: str, dataset: str, seed: int, out_dir: str, quick: bool, threads: int) -> dict:
-    """One seed of `study` in a fresh spawned interpreter with `threads` torch threads."""
+def _seed_job(study: str, dataset: str, seed: int, out_dir: str, quick: bool, threads: int, **options) -> dict:
+    """One seed of `study` in a fresh spawned interpreter with `threads` torch threads; `options` go to the
+    study (fm-gap: `candidates`, `ablations`)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -42,17 +43,30 @@ def _seed_job(study: str, dataset: str, seed: int, out_dir: str, quick: bool, th
     if study == "fm-gap":
         from models.fm_gap import run_fm_gap
 
-        return run_fm_gap(out_dir, quick=quick, seed=seed, log=log,
-                          command=f"adrank fm-gap --seed {seed}{quick_flag} --out {out_dir}")
+        return run_fm_gap(out_dir, quick=quick, seed=seed, log=log, **options,
+                          command=f"adrank fm-gap --seed {seed}{quick_flag}{gap_flags(**options)} --out {out_dir}")
+    if options:
+        raise ValueError(f"fm-scaling takes no study options, got {sorted(options)}")
     from models.fm_scaling import run_fm_scaling
 
     return run_fm_scaling(dataset, out_dir, quick=quick, seed=seed, log=log,
                           command=f"adrank fm-scaling --dataset {dataset} --seed {seed}{quick_flag} --out {out_dir}")
 
 
+def gap_flags(candidates: tuple[str, ...] | None = None, ablations: bool = True) -> str:
+    """The fm-gap command-line flags that reproduce these study options ("" for the defaults)."""
+    return ((f" --candidates {','.join(candidates)}" if candidates is not None else "")
+            + ("" if ablations else " --no-ablations"))
+
+
 def run_sweep(study: str, seeds: int, out_dir: str | Path, *, dataset: str = "synthetic", quick: bool = False,
-              jobs: int | None = None, command: str = "") -> dict:
-    """Runs `study` for seeds 0 … seeds-1 (`jobs` at a time; default one per core) and writes the summary."""
+              jobs: int | None = None, command: str = "", resume: bool = False, **options) -> dict:
+    """Runs `study` for seeds 0 … seeds-1 (`jobs` at a time; default one per core) and writes the summary.
+    `options` are passed to every seed's study (fm-gap: `candidates`, `ablations`).
+
+    `resume` (fm-gap only): a seed whose `seed-S/results.json` already holds that seed's study with the same
+    profile, candidates and ablations (an earlier sweep's, or `adrank fm-gap --seed S` run into that folder)
+    is read, not trained again; seeds are deterministic, so the summary is the one a full run writes."""
     from models.experiment import default_jobs
 
     if study not in STUDIES:
@@ -65,18 +79,44 @@ def run_sweep(study: str, seeds: int, out_dir: str | Path, *, dataset: str = "sy
     threads = max(1, default_jobs() // jobs)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    args = [(study, dataset, s, str(out / f"seed-{s}"), quick, threads) for s in range(seeds)]
-    if jobs == 1:
-        per_seed = [_seed_job(*a) for a in args]
+    if resume and study != "fm-gap":
+        raise ValueError("--resume is supported for fm-gap only")
+    done = {s: p for s in range(seeds) if resume and (p := _finished_gap_seed(out / f"seed-{s}", s, quick, **options))}
+    args = [(study, dataset, s, str(out / f"seed-{s}"), quick, threads) for s in range(seeds) if s not in done]
+    job = partial(_seed_job, **options) if options else _seed_job  # a partial of a module function pickles
+    if not args:
+        ran = []
+    elif min(jobs, len(args)) == 1:
+        ran = [job(*a) for a in args]
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            per_seed = list(pool.map(_seed_job, *zip(*args, strict=True)))
+            ran = list(pool.map(job, *zip(*args, strict=True)))
+    by_seed = {**done, **{a[2]: p for a, p in zip(args, ran, strict=True)}}
+    per_seed = [by_seed[s] for s in range(seeds)]
     summary = summarize_fm_gap(per_seed) if study == "fm-gap" else summarize_fm_scaling(per_seed)
     summary.update(study=study, seeds=list(range(seeds)), jobs=jobs, seconds=time.perf_counter() - t0,
+                   reused_seeds=sorted(done),
+                   seed_seconds=[float(p.get("seconds", float("nan"))) for p in per_seed],
                    command=command or f"adrank {study} --seeds {seeds} --jobs {jobs}"
-                                      f"{' --quick' if quick else ''} --out {out_dir}")
+                                      f"{' --quick' if quick else ''}{gap_flags(**options)} --out {out_dir}")
     write_summary(out, summary)
     return summary
+
+
+def _finished_gap_seed(folder: Path, seed: int, quick: bool, candidates: tuple[str, ...] | None = None,
+                       ablations: bool = True) -> dict | None:
+    """The fm-gap payload in `folder` if it is seed `seed` of the study these options ask for, else None."""
+    from models.fm_gap import PROFILES
+
+    path = folder / "results.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    profile = "quick" if quick else "default"
+    names = [name for _, name, _ in PROFILES[profile].candidate_subset(candidates)]
+    same = (payload.get("seed") == seed and payload.get("profile_name") == profile
+            and payload.get("ablations", True) == ablations and list(payload.get("candidates", {})) == names)
+    return payload if same else None
 
 
 def _interval(values: list[float]) -> dict:
@@ -102,6 +142,8 @@ def summarize_fm_gap(per_seed: list[dict]) -> dict:
         rows = [p["candidates"][name] for p in per_seed]
         c = {"validation_ne": float(np.mean([r["validation_ne"] for r in rows])),
              "test_ne": float(np.mean([r["test_ne"] for r in rows])),
+             "flops_per_example": float(np.mean([r.get("flops_per_example", np.nan) for r in rows])),
+             "cpu_seconds": float(np.mean([r.get("cpu_seconds", np.nan) for r in rows])),
              "ratio": float(np.mean([r["test_ne"] / o for r, o in zip(rows, oracle, strict=True)])),
              "chosen_on_validation": sum(p["chosen_on_validation"] == name for p in per_seed)}
         if name != base:  # > 0: the candidate's NE is lower than the experiment FM's on the same seed
@@ -155,7 +197,10 @@ def summary_markdown(summary: dict) -> str:
     n = summary["n_seeds"]
     lines = [f"# {summary['study']} over {n} seeds (mean, 95% t interval)", "",
              f"Command: `{summary['command']}`  ",
-             f"Wall time: {summary['seconds'] / 60:.1f} min ({summary['jobs']} seeds at a time). "
+             f"Wall time: {summary['seconds'] / 60:.1f} min ({summary['jobs']} seeds at a time"
+             + (f"; seeds {', '.join(map(str, summary['reused_seeds']))} read from an earlier run of the same study"
+                if summary.get("reused_seeds") else "") + "); per seed: "
+             + ", ".join(f"{s / 60:.1f}" for s in summary.get("seed_seconds", [])) + " min. "
              "Per-seed results: `seed-S/` beside this file.", ""]
     if summary["study"] == "fm-gap":
         lines += ["| world (one term removed) | FM test NE | oracle NE | gap | FM / oracle | share of the full "
@@ -177,13 +222,14 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", f"FM candidates on the full world; gains are paired differences against "
                       f"*{summary['baseline_candidate']}* on the same seed (> 0: lower NE). The choice is made on "
                       "validation; test is shown, not used:", "",
-                  "| candidate | validation NE | test NE | FM / oracle | validation gain | test gain | "
-                  "chosen on validation |", "|---|---|---|---|---|---|---|"]
+                  "| candidate | FLOPs / example | validation NE | test NE | FM / oracle | validation gain | "
+                  "test gain | chosen on validation | train CPU s |", "|---|---|---|---|---|---|---|---|---|"]
         for name, c in summary["candidates"].items():
             gains = (f"{_fmt(c['validation_gain'])} {c['validation_gain']['verdict']} | "
                      f"{_fmt(c['test_gain'])} {c['test_gain']['verdict']}") if "test_gain" in c else "— | —"
-            lines.append(f"| {name} | {c['validation_ne']:.4f} | {c['test_ne']:.4f} | {c['ratio']:.3f} | {gains} | "
-                         f"{c['chosen_on_validation']} of {n} |")
+            lines.append(f"| {name} | {c.get('flops_per_example', float('nan')) / 1e6:.3f} M | "
+                         f"{c['validation_ne']:.4f} | {c['test_ne']:.4f} | {c['ratio']:.3f} | {gains} | "
+                         f"{c['chosen_on_validation']} of {n} | {c.get('cpu_seconds', float('nan')):.0f} |")
     else:
         lines += ["| architecture | NE ≈ a·C^(−b): b | R² per seed | NE − NE_oracle: b | R² per seed |",
                   "|---|---|---|---|---|"]

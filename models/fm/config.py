@@ -72,6 +72,21 @@ class FMConfig:
     # --- head ---
     hidden_dim: int = 128
     """Width of Hidden-0, the first layer after merging history summary and target features."""
+    interaction: bool = False
+    """Explicit user × ad interaction scalars in Hidden-0's input, 2 per head: ⟨target view, candidate
+    ad token⟩ and ⟨mean of clicked − mean of unclicked history ad tokens, candidate ad token⟩. The
+    world's interest term is a dot product, which an MLP over concatenated vectors learns poorly; these
+    hand it the dot products directly. Needs `shared_target_vocab` (history ads and the candidate in one
+    table). Off by default: `adrank fm-gap` compares it on validation (docs/results.md)."""
+    item_field: int = 0
+    """Which of the F target fields holds the candidate's ad id (read only when `interaction` is on)."""
+    interaction_category: bool = False
+    """One more interaction scalar per head: ⟨mean of clicked − mean of unclicked history *category* tokens,
+    candidate category token⟩. A category is seen far more often than any one ad, so this user × category
+    preference is learnt from less data than the per-ad one (the history bound's category-only reading
+    is where half of the FM's reachable gap lies, docs/results.md). Needs `shared_target_vocab`."""
+    category_field: int = 0
+    """Which of the F target fields holds the candidate's category (read only with `interaction_category`)."""
     tower_dim: int = 64
     dropout: float = 0.0
 
@@ -84,6 +99,13 @@ class FMConfig:
             raise ValueError(f"type_windows needs {self.n_event_types} entries, got {self.type_windows}")
         if len(self.type_widths) != self.n_event_types:
             raise ValueError(f"type_widths needs {self.n_event_types} entries, got {self.type_widths}")
+        if (self.interaction or self.interaction_category) and not self.shared_target_vocab:
+            raise ValueError("interaction and interaction_category need shared_target_vocab=True (history ads and "
+                             "the candidate in one table)")
+        for name in ("item_field", "category_field"):
+            if not 0 <= getattr(self, name) < self.n_sparse_fields:
+                raise ValueError(f"{name} must be in [0, n_sparse_fields={self.n_sparse_fields}), "
+                                 f"got {getattr(self, name)}")
         if self.gdpa_activation not in ("silu", "gelu"):
             raise ValueError(f"gdpa_activation must be silu|gelu, got {self.gdpa_activation!r}")
 
@@ -95,6 +117,18 @@ class FMConfig:
     def n_ns_tokens(self) -> int:
         """Non-sequence tokens: one per categorical field plus one for the dense features."""
         return self.n_sparse_fields + 1
+
+    @property
+    def n_interactions(self) -> int:
+        """Scalars the interaction switches add to Hidden-0's input (two per head for `interaction`, one per
+        head for `interaction_category`), 0 when both are off."""
+        return (2 * self.interaction + self.interaction_category) * self.n_heads
+
+    @property
+    def hidden0_inputs(self) -> int:
+        """Width of Hidden-0's input: summary tokens, target view, non-sequence tokens, the two history-count
+        features and the interaction scalars."""
+        return (self.n_summary + self.n_ns_tokens + 1) * self.d_model + 2 + self.n_interactions
 
     def layer_kinds(self) -> tuple[str, ...]:
         """'global' or 'local' per encoder layer, fixed at construction (no data-dependent branching)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from models.fm.config import FMConfig
 
-COMPONENTS = ("personalization", "attention", "gdpa", "hsp", "ffn", "target_attention", "head")
+COMPONENTS = ("personalization", "attention", "gdpa", "hsp", "ffn", "target_attention", "interaction", "head")
 
 
 def _hsp_macs(cfg: FMConfig, t: int) -> int:
@@ -43,8 +43,12 @@ def count_flops(cfg: FMConfig, seq_len: int) -> dict[str, int]:
         c["ffn"] += 2 * t * d * cfg.ffn_mult * d
     c["hsp"] += _hsp_macs(cfg, t)  # readout
     c["target_attention"] = cfg.n_ns_tokens * d * d + 2 * t * d * d + 2 * t * d + d * d
-    merged = (cfg.n_summary + cfg.n_ns_tokens + 1) * d + 2
-    c["head"] = cfg.dense_dim * d + merged * cfg.hidden_dim + 2 * (cfg.hidden_dim * cfg.tower_dim + cfg.tower_dim)
+    if cfg.interaction:  # clicked − unclicked pooling over the history, then two per-head dot products
+        c["interaction"] += t * d + 2 * d
+    if cfg.interaction_category:  # the same pooling over the history's categories, one dot product
+        c["interaction"] += t * d + d
+    c["head"] = (cfg.dense_dim * d + cfg.hidden0_inputs * cfg.hidden_dim
+                 + 2 * (cfg.hidden_dim * cfg.tower_dim + cfg.tower_dim))
     c["total"] = sum(c[k] for k in COMPONENTS)
     return c
 

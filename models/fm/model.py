@@ -5,7 +5,8 @@ Hidden-0 activations LoopFM extracts.
     candidate (target_sparse [B, F], target_dense [B, D]) ──► non-sequence tokens [B, F+1, d]
     CompSkipEncoder(event tokens, non-seq tokens) ──► states [B, T, d]
     readout: HSP(states) ──► summary [B, S', d];  target attention(candidate → states) ──► [B, d]
-    Hidden-0 = GELU(W0 · [summary ; target view ; non-seq tokens ; log1p(n_events) ; has_history] + b0)
+    Hidden-0 = GELU(W0 · [summary ; target view ; non-seq tokens ; log1p(n_events) ; has_history
+                          (; interaction scalars, with `FMConfig.interaction` / `interaction_category`)] + b0)
     ctr_logit = tower_ctr(Hidden-0),  cvr_logit = tower_cvr(Hidden-0)
 
 **Hidden-0** (what LoopFM compresses and caches) is precisely the post-GELU output of the first
@@ -73,6 +74,40 @@ class TargetAttentionReadout(nn.Module):
         return self.out(pooled.flatten(1) * scale)
 
 
+def _head_dots(a: torch.Tensor, b: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, H]: ⟨a, b⟩ over each head's slice of d, scaled by 1/sqrt(d_head) as an attention score is (an einsum:
+    a matmul, counted by `models/fm/flops.py`)."""
+    heads = (a.shape[0], n_heads, a.shape[-1] // n_heads)
+    return torch.einsum("bhk,bhk->bh", a.reshape(heads), b.reshape(heads)) / math.sqrt(heads[-1])
+
+
+def preference_scalars(candidate: torch.Tensor, history: torch.Tensor, hist_type: torch.Tensor,
+                       hist_mask: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, H]: per head, ⟨mean of clicked − mean of unclicked history tokens, candidate⟩ / sqrt(d_head).
+
+    candidate [B, d], history [B, T, d] (each history event's token in the candidate's space), hist_type
+    [B, T] (0 impression, 1 click, 2 conversion: clicked = type > 0), hist_mask [B, T]. A history with no
+    clicked (or no unclicked) event contributes a zero mean for that side; padded events are never read.
+    Only the given history is read: the batcher's history holds events strictly before the example, with
+    those past events' own outcomes, so nothing at or after t enters. No data-dependent control flow.
+    """
+    real = hist_mask.to(history.dtype)
+    clicked = (hist_type > 0).to(history.dtype) * real
+    unclicked = real - clicked
+    weights = (clicked / clicked.sum(1, keepdim=True).clamp(min=1.0)
+               - unclicked / unclicked.sum(1, keepdim=True).clamp(min=1.0))  # [B, T]
+    preference = torch.einsum("bt,btd->bd", weights, history)  # clicked − unclicked mean
+    return _head_dots(preference, candidate, n_heads)
+
+
+def interaction_scalars(target_view: torch.Tensor, candidate: torch.Tensor, history: torch.Tensor,
+                        hist_type: torch.Tensor, hist_mask: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[B, 2H]: per head h, ⟨target view, candidate⟩_h, then the H `preference_scalars` of the history.
+    target_view [B, d], candidate [B, d] (the candidate ad's token); the rest as in `preference_scalars`."""
+    return torch.cat([_head_dots(target_view, candidate, n_heads),
+                      preference_scalars(candidate, history, hist_type, hist_mask, n_heads)], dim=1)
+
+
 class FoundationModel(nn.Module):
     """Kunlun-style FM: personalized event tokens → CompSkip encoder → HSP readout → Hidden-0 → CTR/CVR towers."""
 
@@ -88,8 +123,7 @@ class FoundationModel(nn.Module):
         self.encoder = CompSkipEncoder(cfg)
         self.readout = HierarchicalSeedPooling(d, cfg.n_heads, cfg.n_seeds, cfg.n_summary, cfg.kron_rank)
         self.target_attention = TargetAttentionReadout(d, cfg.n_heads, cfg.n_ns_tokens, cfg.gdpa_activation)
-        merged = (cfg.n_summary + cfg.n_ns_tokens + 1) * d + 2
-        self.hidden0 = nn.Linear(merged, cfg.hidden_dim)
+        self.hidden0 = nn.Linear(cfg.hidden0_inputs, cfg.hidden_dim)
         self.ctr_tower = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.tower_dim), nn.GELU(), nn.Linear(cfg.tower_dim, 1))
         self.cvr_tower = nn.Sequential(nn.Linear(cfg.hidden_dim, cfg.tower_dim), nn.GELU(), nn.Linear(cfg.tower_dim, 1))
 
@@ -101,6 +135,22 @@ class FoundationModel(nn.Module):
         """[B, F+1, d]: one token per categorical field (shared vocab) plus one for the dense features."""
         tokens = torch.cat([self.sparse(target_sparse), self.dense(target_dense).unsqueeze(1)], dim=1)
         return self.ns_norm(tokens)
+
+    def interactions(self, target_view: torch.Tensor, ns: torch.Tensor, hist_item: torch.Tensor,
+                     hist_category: torch.Tensor, hist_type: torch.Tensor, hist_mask: torch.Tensor) -> torch.Tensor:
+        """[B, n_interactions]: `interaction_scalars` (with `interaction`), then the category
+        `preference_scalars` (with `interaction_category`). The candidate and the history's ads (categories)
+        are all read as non-sequence tokens (the shared table, then the same LayerNorm), so a clicked ad in
+        the history and the same ad as the candidate are one vector of unit-scale components."""
+        cfg, parts = self.cfg, []
+        if cfg.interaction:
+            history = self.ns_norm(self.sparse(hist_item))
+            parts.append(interaction_scalars(target_view, ns[:, cfg.item_field], history, hist_type, hist_mask,
+                                             cfg.n_heads))
+        if cfg.interaction_category:
+            history = self.ns_norm(self.sparse(hist_category))
+            parts.append(preference_scalars(ns[:, cfg.category_field], history, hist_type, hist_mask, cfg.n_heads))
+        return torch.cat(parts, dim=1)
 
     def encode_history(self, hist_item: torch.Tensor, hist_category: torch.Tensor, hist_type: torch.Tensor,
                        hist_age: torch.Tensor, hist_mask: torch.Tensor, target_sparse: torch.Tensor,
@@ -127,7 +177,8 @@ class FoundationModel(nn.Module):
                                                   target_sparse, target_dense)
         target_view = self.target_attention(states, hist_mask, ns)
         count = hist_mask.sum(dim=1, keepdim=True).to(summary.dtype)
-        merged = torch.cat([summary.flatten(1), target_view, ns.flatten(1), torch.log1p(count),
-                            (count > 0).to(count.dtype)], dim=1)
-        h0 = F.gelu(self.hidden0(merged))
+        parts = [summary.flatten(1), target_view, ns.flatten(1), torch.log1p(count), (count > 0).to(count.dtype)]
+        if self.cfg.n_interactions:  # config switches, fixed at construction: no data-dependent branch
+            parts.append(self.interactions(target_view, ns, hist_item, hist_category, hist_type, hist_mask))
+        h0 = F.gelu(self.hidden0(torch.cat(parts, dim=1)))
         return FMOutput(self.ctr_tower(h0).squeeze(-1), self.cvr_tower(h0).squeeze(-1), h0)

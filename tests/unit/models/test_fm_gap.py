@@ -47,3 +47,22 @@ def test_every_world_term_is_removed_once_and_the_choice_is_made_on_validation(t
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["chosen_on_validation"] == "experiment FM"
     assert "**(chosen)**" in (tmp_path / "results.md").read_text()
+
+
+def test_a_candidate_subset_without_ablations_trains_only_the_full_world(tmp_path, fake_fm):
+    out = fm_gap.run_fm_gap(tmp_path, quick=True, log=lambda _: None, candidates=("interaction",), ablations=False)
+    assert list(out["worlds"]) == ["full world"]  # no world-term ablation, no short-history probe
+    assert list(out["candidates"]) == ["experiment FM", "interaction scalars"]  # the experiment FM is kept, first
+    assert [c["overrides"] for c in fake_fm] == [{}, {"interaction": True}]
+    assert out["history_bound"]["fm_ne"] == out["worlds"]["full world"]["test_ne"]
+    assert out["ablations"] is False
+    md = (tmp_path / "results.md").read_text()
+    assert "interaction scalars" in md and "no drift" not in md and "FLOPs / example" in md
+
+
+def test_an_unknown_candidate_key_names_the_known_ones():
+    with pytest.raises(ValueError, match="--candidates: unknown widest; this profile has experiment, all-global"):
+        fm_gap.PROFILES["default"].candidate_subset(("interaction", "widest"))
+    keys = [c[0] for c in fm_gap.PROFILES["default"].candidates]
+    assert keys[0] == "experiment" and fm_gap.PROFILES["default"].candidates[0][2] == ()
+    assert {"interaction", "wider-interaction"} <= set(keys)

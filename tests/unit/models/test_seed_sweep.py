@@ -92,6 +92,47 @@ def test_run_sweep_runs_every_seed_into_its_own_folder_and_writes_the_summary(tm
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_fm_gap_options_reach_every_seed_and_the_command(tmp_path, monkeypatch):
+    seen = []
+
+    def job(study, dataset, seed, out_dir, quick, threads, **options):
+        seen.append(options)
+        return _gap_payload(seed, 0.01, 0.01)
+
+    monkeypatch.setattr(sweep, "_seed_job", job)
+    out = sweep.run_sweep("fm-gap", 2, tmp_path, quick=True, jobs=1, candidates=("interaction",), ablations=False)
+    assert seen == [{"candidates": ("interaction",), "ablations": False}] * 2
+    assert out["command"] == (f"adrank fm-gap --seeds 2 --jobs 1 --quick --candidates interaction --no-ablations "
+                              f"--out {tmp_path}")
+    assert sweep.gap_flags() == ""
+
+
+def test_resume_reads_the_seeds_already_run_with_the_same_options_and_runs_the_rest(tmp_path, monkeypatch):
+    def payload(seed: int, ablations: bool = False) -> dict:
+        p = _gap_payload(seed, 0.01, 0.01)
+        p["candidates"] = {"experiment FM": p["candidates"]["experiment FM"],
+                           "interaction scalars": p["candidates"]["wider"]}
+        return {**p, "profile_name": "quick", "ablations": ablations, "seconds": 60.0}
+
+    for seed, ablations in ((0, False), (1, True)):  # seed 1 was run with the ablations: another study
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps(payload(seed, ablations)))
+    ran = []
+
+    def job(study, dataset, seed, out_dir, quick, threads, **options):
+        ran.append(seed)
+        return payload(seed)
+
+    monkeypatch.setattr(sweep, "_seed_job", job)
+    out = sweep.run_sweep("fm-gap", 3, tmp_path, quick=True, jobs=1, resume=True, candidates=("interaction",),
+                          ablations=False)
+    assert ran == [1, 2] and out["reused_seeds"] == [0]
+    assert out["candidates"]["interaction scalars"]["validation_gain"]["n"] == 3
+    assert "seeds 0 read from an earlier run" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match="--resume"):
+        sweep.run_sweep("fm-scaling", 2, tmp_path, resume=True)
+
+
 @pytest.mark.parametrize(("study", "seeds", "field"), [("fm-gap", 1, "--seeds"), ("nope", 3, "study")])
 def test_bad_arguments_name_the_field(tmp_path, study, seeds, field):
     with pytest.raises(ValueError, match=field):
