@@ -144,17 +144,22 @@ def _kernel_says(decoded, config) -> bool:
                                  float(config.max_bid), float(config.max_abs_dense_feature))
 
 
-@pytest.mark.parametrize(("field", "value"), BAD)
-def test_candidates_ok_says_no_exactly_when_the_numpy_checks_refuse(field, value):
-    config, decoded = ServerConfig(), _decoded_with_dense()
-    assert _kernel_says(decoded, config)
-    validate_request(decoded, config, "vm", now_ms=fakes.NOW_MS)  # the unbroken request passes
+def _broken(decoded, field: str, value):
+    """A copy of `decoded` with one bad value in `field` (row 3 of dense, row 1 of the others)."""
     arr = getattr(decoded, field).copy()
     if field == "dense":
         arr[3, 1] = value
     else:
         arr[1] = value
-    bad = decoded.__class__(**{**{f: getattr(decoded, f) for f in decoded.__slots__}, field: arr})
+    return decoded.__class__(**{**{f: getattr(decoded, f) for f in decoded.__slots__}, field: arr})
+
+
+@pytest.mark.parametrize(("field", "value"), BAD)
+def test_candidates_ok_says_no_exactly_when_the_numpy_checks_refuse(field, value):
+    config, decoded = ServerConfig(), _decoded_with_dense()
+    assert _kernel_says(decoded, config)
+    validate_request(decoded, config, "vm", now_ms=fakes.NOW_MS)  # the unbroken request passes
+    bad = _broken(decoded, field, value)
     assert not _kernel_says(bad, config)
     with pytest.raises(InvalidRequest) as got:
         validate_request(bad, config, "vm", now_ms=fakes.NOW_MS)
@@ -169,12 +174,7 @@ def test_validate_messages_are_the_numpy_reference_messages(monkeypatch):
     config = ServerConfig()
     for field, value in BAD:
         decoded = _decoded_with_dense()
-        arr = getattr(decoded, field).copy()
-        if field == "dense":
-            arr[3, 1] = value
-        else:
-            arr[1] = value
-        bad = decoded.__class__(**{**{f: getattr(decoded, f) for f in decoded.__slots__}, field: arr})
+        bad = _broken(decoded, field, value)
         with pytest.raises(InvalidRequest) as fast:
             validate_request(bad, config, "vm", now_ms=fakes.NOW_MS)
         monkeypatch.setattr(validate, "KERNELS", None)
