@@ -61,6 +61,18 @@ def _kernel_helper(fn):
 
 
 @_kernel_helper
+def _first_at_or_after(ts, a, b, t):
+    """First row in [a, b) of the sorted `ts` with ts >= t (b if none): the rows before it are strictly before t."""
+    while a < b:
+        mid = (a + b) >> 1
+        if ts[mid] < t:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+@_kernel_helper
 def _find(keys, starts, low, shift, dense, key):
     """Row of `key` in the sorted unique `keys` (an IdIndex over them: starts, low, shift, dense), or -1."""
     if key < low:
@@ -137,13 +149,7 @@ def _lookup_request(snapshot, user_id, t, req_ads, out_hist, out_ts, out_ads, ou
     u = _find(user_ids, u_starts, u_low, u_shift, u_dense, user_id)
     if u >= 0:
         start = offsets[u]
-        a, b = start, offsets[u + 1]
-        while a < b:  # first row with ts >= t: the rows before it are strictly before t
-            mid = (a + b) >> 1
-            if ts[mid] < t:
-                a = mid + 1
-            else:
-                b = mid
+        a = _first_at_or_after(ts, start, offsets[u + 1], t)
         n_found = min(a - start, max_len)
         for j in range(n_found):
             row = a - 1 - j  # most recent first; on equal timestamps the later append counts as newer
@@ -251,12 +257,7 @@ def _served_history(desc_address, user_id, t, out):
             a = b                    # predictable branch, so the rows' loads start before ts[b - 1] arrives
             newest = ts[b - 1]
         else:
-            while a < b:  # first row with ts >= t: the rows before it are strictly before t
-                mid = (a + b) >> 1
-                if ts[mid] < t:
-                    a = mid + 1
-                else:
-                    b = mid
+            a = _first_at_or_after(ts, a, b, t)
             if a > start:
                 newest = ts[a - 1]
         n_found = min(a - start, max_len)
