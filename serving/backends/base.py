@@ -77,10 +77,17 @@ class InferenceBackend(abc.ABC):
     _where: str = ""  # how NOT_FOUND messages describe where models are looked for
 
     def models(self) -> dict[str, list[int]]:
-        """Loaded versions per model name, ascending."""
+        """Loaded versions per model name, ascending. Read-only: the table is kept until `_handles` is
+        replaced (backends replace it by a new dict on every load and unload, never change it in place),
+        so the route stage's two resolutions per request do not rebuild it each time."""
+        handles = self._handles
+        memo = self.__dict__.get("_models_memo")
+        if memo is not None and memo[0] is handles and memo[1] == len(handles):  # len: a change made in place
+            return memo[2]
         out: dict[str, list[int]] = {}
-        for name, version in sorted(self._handles):
+        for name, version in sorted(handles):
             out.setdefault(name, []).append(version)
+        self._models_memo = (handles, len(handles), out)
         return out
 
     def resolve(self, model_name: str, version: int | None) -> ModelHandle:
@@ -98,6 +105,12 @@ class InferenceBackend(abc.ABC):
     @abc.abstractmethod
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         """Runs the model once on the assembled batch."""
+
+    async def infer_aside(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        """An inference no caller waits for (a shadow mirror, the transfer sample's second scoring): it
+        must give way to the requests being answered. A remote backend's call already leaves the event
+        loop free while it runs, so by default it is `infer`; an in-process backend runs it off the loop."""
+        return await self.infer(handle, inputs)
 
     async def ready(self) -> bool:
         """Whether the backend can infer now (a remote server answers); in-process backends always can.

@@ -16,6 +16,10 @@ for it. It only ever loads, so it never needs its priority back (raising it agai
 privileges). After each load the interpreter's objects are frozen (`gc.freeze`): the next full garbage
 collection then walks only what was allocated since, not every module, protobuf class and tensor the
 server holds, so the allocations of a load do not trigger a long collection on the event loop.
+
+Inferences no caller waits for (`infer_aside`: shadow mirrors, the transfer sample's second scoring)
+run in a second low-priority thread rather than inline on the event loop: inline, a mirror's model run
+held the loop for its whole length, and a live request arriving meanwhile waited behind it.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from serving.model_repository import scan
 log = logging.getLogger(__name__)
 LOADER_NICE = 10
 """How much nicer than the process the loader thread runs (0..19; Linux and other POSIX hosts)."""
+ASIDE_NICE = 10
+"""How much nicer than the process the thread of `infer_aside` runs (shadow mirrors, the transfer sample)."""
 
 
 def lower_thread_priority(by: int = LOADER_NICE) -> int | None:
@@ -89,6 +95,7 @@ class EmbeddedBackend(InferenceBackend):
         self._handles: dict[tuple[str, int], ModelHandle] = {}
         self.load_errors: dict[tuple[str, int], str] = {}
         self._loader: ThreadPoolExecutor | None = None
+        self._aside: ThreadPoolExecutor | None = None
 
     def loader(self) -> ThreadPoolExecutor:
         """The one thread hot loads run in, at a lower OS priority (module docstring); made on first use."""
@@ -96,6 +103,13 @@ class EmbeddedBackend(InferenceBackend):
             self._loader = ThreadPoolExecutor(1, thread_name_prefix="adrank-loader", initializer=lower_thread_priority,
                                               initargs=(self.loader_nice,))
         return self._loader
+
+    def aside(self) -> ThreadPoolExecutor:
+        """The one thread `infer_aside` runs in, at a lower OS priority; made on first use."""
+        if self._aside is None:
+            self._aside = ThreadPoolExecutor(1, thread_name_prefix="adrank-aside", initializer=lower_thread_priority,
+                                             initargs=(ASIDE_NICE,))
+        return self._aside
 
     def _session(self, path: Path) -> ort.InferenceSession:
         opts = ort.SessionOptions()
@@ -170,18 +184,28 @@ class EmbeddedBackend(InferenceBackend):
         self.load()
 
     async def close(self) -> None:
-        if self._loader is not None:
-            self._loader.shutdown(wait=False)
-            self._loader = None
+        for pool in (self._loader, self._aside):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._loader = self._aside = None
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        # A few hundred rows take tens of microseconds: running inline beats a thread hop.
+        return self._run(handle, inputs)
+
+    async def infer_aside(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        """`infer` in the aside thread (one, at ASIDE_NICE): onnxruntime releases the interpreter lock while
+        it computes, so a mirror's run no longer holds the event loop for its whole length — a request that
+        arrives meanwhile is answered at once, and the OS gives the loop's thread the core first."""
+        return await asyncio.get_running_loop().run_in_executor(self.aside(), self._run, handle, inputs)
+
+    def _run(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
         try:
             session = self._sessions[(handle.name, handle.version)]  # the handle's own, even if just retired
         except KeyError:  # a handle from another backend, or of a version no longer loaded
             raise ModelNotFound(f"model.version: {handle.name}/{handle.version} is not loaded; "
                                 f"loaded versions {self.models().get(handle.name, [])}") from None
         try:
-            # A few hundred rows take tens of microseconds: running inline beats a thread hop.
             p_ctr, p_cvr = session.run(["p_ctr", "p_cvr"], inputs)
         except Exception as exc:  # onnxruntime raises one type per error kind, all plain Exceptions
             raise map_onnxruntime_error(exc, f"{handle.name}/{handle.version}") from exc

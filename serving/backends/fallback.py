@@ -147,13 +147,19 @@ class FallbackBackend(InferenceBackend):
             log.info("%s backend reachable: its model table is loaded", self.primary.name)
 
     async def infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        return await self._infer(handle, inputs, aside=False)
+
+    async def infer_aside(self, handle: ModelHandle, inputs: dict[str, np.ndarray]) -> InferenceResult:
+        return await self._infer(handle, inputs, aside=True)
+
+    async def _infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray], *, aside: bool) -> InferenceResult:
         if not self.has_fallback:
-            return await self.primary.infer(handle, inputs)
+            return await (self.primary.infer_aside if aside else self.primary.infer)(handle, inputs)
         if self.breaker.allow():
             was_closed = self.breaker.is_closed
             try:
                 await self._start_primary()
-                result = await self.primary.infer(handle, inputs)
+                result = await (self.primary.infer_aside if aside else self.primary.infer)(handle, inputs)
             except (*OUTAGE_ERRORS, ModelLoadError) as exc:
                 self.breaker.failure()
                 if was_closed and not self.breaker.is_closed:
@@ -164,6 +170,6 @@ class FallbackBackend(InferenceBackend):
                     log.info("%s backend answered the probe: breaker closed", self.primary.name)
                 self.breaker.success()
                 return dataclasses.replace(result, backend=result.backend or self.primary.name)
-        result = await self.fallback.infer(handle, inputs)
+        result = await (self.fallback.infer_aside if aside else self.fallback.infer)(handle, inputs)
         self.fallback_calls += 1
         return dataclasses.replace(result, backend=result.backend or self.fallback.name)

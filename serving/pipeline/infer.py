@@ -13,13 +13,15 @@ from serving.pipeline.values import ModelInputs, Scores
 
 
 class InferStage:
-    """ModelInputs → Scores, computed by `backend`."""
+    """ModelInputs → Scores, computed by `backend`; with `aside=True` by its `infer_aside`, for scorings
+    no caller waits for (the shadow's), which must give way to the requests being answered."""
 
     name = "infer"
 
-    def __init__(self, backend: InferenceBackend) -> None:
+    def __init__(self, backend: InferenceBackend, *, aside: bool = False) -> None:
         self.backend = backend
+        self._infer = backend.infer_aside if aside else backend.infer
 
     async def __call__(self, value: ModelInputs, ctx: RequestContext) -> Scores:
-        result = await self.backend.infer(value.handle, value.tensors)
+        result = await self._infer(value.handle, value.tensors)
         return Scores(value.request, value.handle, result.backend or self.backend.name, result.p_ctr, result.p_cvr)

@@ -6,7 +6,10 @@ bounded queue and the live scores go on to rank and encode at once: the caller w
 one `put_nowait`. When the queue is full, or `busy()` says the server is loaded (the server passes
 "half of max_in_flight is running"), the mirror is dropped and counted: under load the shadow gives way,
 never the caller. Workers take requests off the queue and run history → features → infer for the
-shadow version — its own fm_version, its own codes — and keep the pair of score vectors:
+shadow version — its own fm_version, its own codes — and keep the pair of score vectors. The model run
+itself goes through the backend's `infer_aside`: with the in-process backend it runs in a low-priority
+thread with the interpreter lock released, so the loop answers live requests while a mirror computes
+(inline, a live request arriving during a mirror's run waited behind it):
 
 - the latest `keep_pairs` pairs (request id, live and shadow p_ctr in request order), for inspection;
 - for the request log, `ctx.shadow`: a future set when the request is queued, resolved with the shadow's
@@ -128,7 +131,8 @@ class ShadowScorer:
                  queue_size: int = 64, workers: int = 1, keep_pairs: int = 1000,
                  busy: Callable[[], bool] | None = None, registry: CollectorRegistry | None = None) -> None:
         self.backend, self.router, self.busy = backend, router, busy or (lambda: False)
-        self._history, self._features, self._infer = HistoryStage(history), FeaturesStage(), InferStage(backend)
+        self._history, self._features = HistoryStage(history), FeaturesStage()
+        self._infer = InferStage(backend, aside=True)  # off the event loop where the backend is in-process
         self.queue_size, self.workers = queue_size, workers
         self._queue: asyncio.Queue[_Job] | None = None
         self._current: set[_Job] = set()  # jobs a worker is scoring now

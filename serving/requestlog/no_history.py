@@ -11,7 +11,8 @@ computes the online NE gain from those rows once labels have joined.
 
 Off the response path: the second inference is a task scheduled on the event loop after the response
 has been built, never awaited by the request; the record waits for it and is then offered to the
-sink. At most `max_in_flight` run at once; a request over that, or one whose second scoring fails, is
+sink. The model run goes through the backend's `infer_aside` (in process: a low-priority thread, the
+event loop free meanwhile). At most `max_in_flight` run at once; a request over that, or one whose second scoring fails, is
 logged without no-history scores and counted (`adrank_transfer_samples_total{outcome}`). The sample
 is the request log's hash of the request id, so with a rate at or below the log's every sampled
 request is also logged, and every replica and a replay agree on which requests were sampled.
@@ -88,7 +89,7 @@ class NoHistoryScorer:
     async def _score(self, ranking: Ranking, done: Done) -> None:
         await asyncio.sleep(0)  # let the request that scheduled this finish first
         try:
-            result = await self.backend.infer(ranking.handle, no_history_inputs(ranking))
+            result = await self.backend.infer_aside(ranking.handle, no_history_inputs(ranking))
             p_ctr = np.asarray(result.p_ctr, np.float32).reshape(-1)
             p_cvr = np.asarray(result.p_cvr, np.float32).reshape(-1)
         except Exception:  # noqa: BLE001 - a failed second scoring loses only the no-history scores

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from serving.backends.base import WARM_BATCH_ROWS, warm_inputs
-from serving.backends.embedded import LOADER_NICE, EmbeddedBackend
+from serving.backends.embedded import ASIDE_NICE, LOADER_NICE, EmbeddedBackend
 from serving.errors import ModelLoadError, ModelNotFound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
@@ -107,4 +107,39 @@ def test_a_hot_load_runs_in_a_nicer_thread_warms_on_serving_sized_batches_and_fr
         assert gc.get_freeze_count() > frozen  # the loaded heap is out of every later collection's walk
     finally:
         gc.unfreeze()
+        asyncio.run(backend.close())
+
+
+def test_an_aside_inference_runs_off_the_loop_in_a_nicer_thread_and_scores_as_infer_does(repo: Path):
+    """Shadow mirrors and the transfer sample run `infer_aside`: the same session, the same scores, but in a
+    low-priority thread, so the event loop is free while onnxruntime computes."""
+    backend = EmbeddedBackend(repo)
+    backend.load()
+    handle = backend.resolve("vm", 1)
+    serving_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+    session = backend._sessions[("vm", 1)]
+
+    class Recording:
+        def run(self, outputs, feed):
+            seen.append((threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            return session.run(outputs, feed)
+
+    backend._sessions = {("vm", 1): Recording()}
+    feed = warm_inputs(handle.manifest, 7)
+
+    async def both():
+        return await backend.infer(handle, feed), await backend.infer_aside(handle, feed)
+
+    try:
+        inline, aside = asyncio.run(both())
+        np.testing.assert_array_equal(inline.p_ctr, aside.p_ctr)
+        np.testing.assert_array_equal(inline.p_cvr, aside.p_cvr)
+        (loop_tid, loop_nice), (aside_tid, aside_nice) = seen
+        assert loop_tid == threading.get_native_id() and loop_nice == serving_nice  # infer: inline on the loop
+        assert aside_tid != loop_tid and aside_nice == min(19, serving_nice + ASIDE_NICE)
+        backend._sessions = {}
+        with pytest.raises(ModelNotFound, match="vm/1 is not loaded"):  # errors are the same typed ones
+            asyncio.run(backend.infer_aside(handle, feed))
+    finally:
         asyncio.run(backend.close())

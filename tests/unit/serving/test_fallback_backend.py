@@ -124,13 +124,14 @@ class LoadingSide(Side):
     async def load_version(self, name: str, version: int) -> ModelHandle:
         if self.load_error is not None:
             raise self.load_error
-        self._handles[(name, version)] = ModelHandle(name, version, None, None)  # type: ignore[arg-type]
-        return self._handles[(name, version)]
+        handle = ModelHandle(name, version, None, None)  # type: ignore[arg-type]
+        self._handles = {**self._handles, (name, version): handle}  # replaced, as the real backends do
+        return handle
 
     async def unload_version(self, name: str, version: int) -> None:
         if len([k for k in self._handles if k[0] == name]) == 1:
             raise ModelLoadError(f"{name}: {version} is the last version")
-        del self._handles[(name, version)]
+        self._handles = {k: v for k, v in self._handles.items() if k != (name, version)}
 
 
 def _loading():
@@ -177,3 +178,24 @@ def test_the_repository_both_sides_read_is_the_backends_repository(tmp_path) -> 
     assert backend.repository is None  # sides without one
     primary.repository = tmp_path / "repo"
     assert backend.repository == tmp_path / "repo"  # the rollout reads unloaded versions' manifests there
+
+
+def test_an_aside_inference_goes_to_each_sides_aside_path_and_falls_back_alike() -> None:
+    backend, primary, fallback, _ = _backend()
+    asides: list[str] = []
+
+    def recording(side: Side):
+        async def infer_aside(handle, inputs):
+            asides.append(side.name)
+            return await side.infer(handle, inputs)
+        return infer_aside
+
+    primary.infer_aside, fallback.infer_aside = recording(primary), recording(fallback)  # type: ignore[method-assign]
+    asyncio.run(backend.start())
+    result = asyncio.run(backend.infer_aside(backend.resolve("m", 2), {}))
+    assert result.backend == "triton" and result.p_ctr[0] == 2 and asides == ["triton"]
+    primary.error = BackendUnavailable("Triton at h:1: connection refused")
+    result = asyncio.run(backend.infer_aside(backend.resolve("m", 1), {}))
+    # the primary's aside path is tried and fails, then the fallback's answers: one failure counted
+    assert result.backend == "embedded" and asides == ["triton", "triton", "embedded"]
+    assert backend.breaker.consecutive_failures == 1
