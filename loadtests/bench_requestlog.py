@@ -158,6 +158,8 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
                     "writer_native_cpu_us_per_record":
                         _metric(text, "adrank_requestlog_writer_native_cpu_seconds_total") * 1e6 / max(1, handed),
                     "writer_native_max_us": _metric(text, "adrank_requestlog_writer_native_max_seconds") * 1e6,
+                    "writer_gate_waits": _metric(text, "adrank_requestlog_writer_gate_waits_total"),
+                    "writer_gate_timeouts": _metric(text, "adrank_requestlog_writer_gate_timeouts_total"),
                     "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
                     "feeder_slices_over": {
                         f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
@@ -309,6 +311,9 @@ def render(report: dict) -> str:
         lines.append(f"  besides, Parquet writes and publishes (lock released inside): "
                      f"{report['writer_native_cpu_us_per_record']:.1f} µs CPU per record, longest "
                      f"{report['writer_native_max_us']:.0f} µs")
+    if report.get("writer_gate_waits"):
+        lines.append(f"  slices that waited for an idle moment: {report['writer_gate_waits']:.0f}, of which "
+                     f"{report.get('writer_gate_timeouts', 0):.0f} went ahead after the longest wait")
     bound = report["config"]["max_ratio"]
     verdict = "PASS" if report["within_bound"] else "FAIL"
     lines.append(f"verdict: server p99 on/off {report['p99_ratio_server']:.3f} "

@@ -158,6 +158,15 @@ def logging_encode(sink: RequestLogSink, *, registry: CollectorRegistry | None =
     return wrapper
 
 
+def _requests_running(service: AdRankingService) -> Callable[[], bool] | None:
+    """The thread writer's gate: True while the admission policy counts a request in flight (None without
+    one: the writer then slices by time only)."""
+    admission = service.admission
+    if admission is None:
+        return None
+    return lambda: admission.in_flight > 0
+
+
 def attach_request_log(service: AdRankingService, config: ServerConfig
                        ) -> tuple[RequestLogSink | None, NoHistoryScorer | None]:
     """When `config.request_log` names a folder: a sink writing there (its counters in the service's
@@ -172,7 +181,7 @@ def attach_request_log(service: AdRankingService, config: ServerConfig
     sink = RequestLogSink(SinkConfig(folder=config.request_log, sample_rate=config.request_log_sample,
                                      queue_size=config.request_log_queue,
                                      max_file_age_s=config.request_log_rotate_s, writer=config.request_log_writer),
-                          registry=registry)
+                          registry=registry, busy=_requests_running(service))
     scorer = (NoHistoryScorer(service.backend, config.transfer_sample, registry=registry)
               if config.transfer_sample > 0 else None)
     service.pipeline = service.pipeline.wrap("encode", logging_encode(sink, registry=registry, no_history=scorer))

@@ -101,6 +101,15 @@ SLICE_TARGET_S = 250e-6
 """The thread writer hands the lock over at the first step boundary after this much CPU time: every
 hand-over to a thread that is not on a CPU costs a wake-up, so one per step (~40 per chunk) cost more, on a
 loaded 2-core host, than the steps themselves."""
+GATED_SLICE_S = 100e-6
+"""With a `busy` signal (the server's: a request is in flight), the hand-over target instead of
+SLICE_TARGET_S: each slice then starts when no request runs, so its length is what a request arriving
+during it can wait."""
+GATE_POLL_S = 200e-6
+"""How often a gated writer looks again whether the requests in flight have finished."""
+MAX_GATE_WAIT_S = 0.02
+"""The longest a gated writer waits for an idle moment before it takes one slice anyway: a server never
+idle still writes its log, one slice per 20 ms at least, and the bounded queue drops (counted) the rest."""
 SLICE_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 20e-3, 100e-3)
 log = logging.getLogger(__name__)
 _ROOT = Path(__file__).resolve().parents[2]
@@ -190,6 +199,8 @@ class SinkStats:
     feeder_max_slice_s: float = 0.0  # its longest stretch of CPU between two lock releases
     writer_native_cpu_s: float = 0.0  # thread writer: CPU time of its Parquet writes and publishes (lock released)
     writer_native_max_s: float = 0.0  # ...and the longest of them
+    gate_waits: int = 0  # thread writer with a busy signal: slices that waited for requests in flight to end
+    gate_timeouts: int = 0  # ...and of those, the ones that went ahead after MAX_GATE_WAIT_S
 
     @property
     def dropped_total(self) -> int:
@@ -226,6 +237,11 @@ class SinkMetrics:
                                   registry=self.registry)
         self.native_max = Gauge("adrank_requestlog_writer_native_max_seconds", "Longest CPU time of one Parquet "
                                 "write or publish of the in-process writer", registry=self.registry)
+        self.gate_waits = Counter("adrank_requestlog_writer_gate_waits", "In-process writer slices that waited for "
+                                  "the requests in flight to finish before taking the interpreter lock",
+                                  registry=self.registry)
+        self.gate_timeouts = Counter("adrank_requestlog_writer_gate_timeouts", "...of which went ahead after the "
+                                     "longest wait (the server was never idle meanwhile)", registry=self.registry)
         for reason in DROP_REASONS:
             self.dropped.labels(reason=reason)
 
@@ -317,8 +333,14 @@ class RequestLogSink:
     """
 
     def __init__(self, config: SinkConfig, *, registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock_ms: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock_ms: Callable[[], int] | None = None,
+                 busy: Callable[[], bool] | None = None) -> None:
         self.config = config
+        # thread writer: before each slice, wait (up to MAX_GATE_WAIT_S) while busy() says requests run
+        self._busy = busy
+        self._slice_target = SLICE_TARGET_S if busy is None else GATED_SLICE_S
+        self._gate_waits = 0
+        self._gate_timeouts = 0
         self.folder = Path(config.folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.folder, config.prefix)
@@ -464,7 +486,8 @@ class RequestLogSink:
                                   "writer_died": self._writer_died, "writer_down": self._writer_down},
                          written=done["written"], files=done["files"], queued=queued, pending=pending,
                          restarts=self._restarts, feeder_cpu_s=self._cpu_s, feeder_max_slice_s=self._max_slice_s,
-                         writer_native_cpu_s=self._native_cpu_s, writer_native_max_s=self._native_max_s)
+                         writer_native_cpu_s=self._native_cpu_s, writer_native_max_s=self._native_max_s,
+                         gate_waits=self._gate_waits, gate_timeouts=self._gate_timeouts)
 
     # --- the in-process writer (writer="thread") ----------------------------------------------------
 
@@ -474,6 +497,7 @@ class RequestLogSink:
         while True:
             self._wake.wait(self.config.poll_interval_s)
             self._wake.clear()
+            self._wait_idle()
             self._slice_start = time.thread_time()
             stopping = self._stop.is_set()
             with self._flush_cond:
@@ -507,7 +531,7 @@ class RequestLogSink:
         restart instead of ending, so the event loop could still wait a whole switch interval (5 ms).
         """
         now = time.thread_time()
-        if not native and now - self._slice_start < SLICE_TARGET_S:
+        if not native and now - self._slice_start < self._slice_target:
             return  # go on: the next step keeps this stretch short enough
         if native:
             self._native_cpu_s += now - self._slice_start
@@ -515,7 +539,25 @@ class RequestLogSink:
         else:
             self._account_cpu(now - self._slice_start)
         time.sleep(YIELD_S)
+        self._wait_idle()
         self._slice_start = time.thread_time()
+
+    def _wait_idle(self) -> None:
+        """With a `busy` signal: sleeps while requests are in flight, so the next slice of Python (which holds
+        the interpreter lock) starts in a gap between requests instead of in the middle of one. Bounded by
+        MAX_GATE_WAIT_S, and skipped when stopping or flushing (those wait for the log, not for traffic)."""
+        busy = self._busy
+        if busy is None or self._stop.is_set() or self._flush_asked > self._flush_done:
+            return
+        if not busy():
+            return
+        self._gate_waits += 1
+        deadline = time.monotonic() + MAX_GATE_WAIT_S
+        while busy():
+            if time.monotonic() >= deadline:
+                self._gate_timeouts += 1
+                return
+            time.sleep(GATE_POLL_S)
 
     # --- the writer process (writer="process") -------------------------------------------------------
 
@@ -669,6 +711,7 @@ class RequestLogSink:
         series = {"written": (s.written, m.written), "files": (s.files, m.files),
                   "sampled_out": (s.sampled_out, m.sampled_out), "restarts": (s.restarts, m.restarts),
                   "feeder_cpu": (s.feeder_cpu_s, m.feeder_cpu), "native_cpu": (s.writer_native_cpu_s, m.native_cpu),
+                  "gate_waits": (s.gate_waits, m.gate_waits), "gate_timeouts": (s.gate_timeouts, m.gate_timeouts),
                   **{r: (s.dropped[r], m.dropped.labels(reason=r)) for r in DROP_REASONS}}
         for key, (value, counter) in series.items():
             delta = value - self._exported.get(key, 0)

@@ -221,3 +221,30 @@ def test_a_full_queue_drops_a_lazy_record_without_building_it(tmp_path: Path) ->
     assert len(built) == accepted.count(True)  # a refused record was never built
     assert stats.offered == 20 and stats.written + stats.dropped_total == 20
     assert stats.dropped["queue_full"] == 20 - accepted.count(True)
+
+
+def test_a_gated_thread_writer_waits_while_requests_run_and_never_waits_forever(tmp_path: Path) -> None:
+    """With the server's busy signal the thread writer starts no slice while a request is in flight; while
+    requests never stop it still writes, one slice per MAX_GATE_WAIT_S; close() does not wait for idle."""
+    from serving.requestlog.sink import MAX_GATE_WAIT_S
+
+    busy = {"now": True}
+    registry = CollectorRegistry()
+    sink = RequestLogSink(SinkConfig(folder=str(tmp_path), queue_size=10_000, row_group_rows=50, poll_interval_s=0.005,
+                                     writer="thread"), registry=registry, busy=lambda: busy["now"])
+    for i in range(400):
+        assert sink.offer(make_record(f"r{i}", n=8))
+    t0 = time.monotonic()
+    sink.flush()  # a flush asks for the log now: it does not wait for idle
+    waited = sink.stats()
+    assert waited.written == 400 and waited.gate_waits >= 1 and waited.gate_timeouts >= 1  # busy throughout
+    assert time.monotonic() - t0 < 10.0
+    for i in range(400, 800):
+        assert sink.offer(make_record(f"r{i}", n=8))
+    time.sleep(20 * MAX_GATE_WAIT_S)  # never idle: the bounded wait still lets it write
+    busy["now"] = False
+    stats = sink.close()
+    assert stats.written == 800 and stats.dropped_total == 0
+    assert stats.gate_timeouts >= 2 and stats.gate_waits >= stats.gate_timeouts
+    assert _value(registry, "adrank_requestlog_writer_gate_waits_total") == stats.gate_waits
+    assert read_request_log(tmp_path).column("request_id").to_pylist() == [f"r{i}" for i in range(800)]
