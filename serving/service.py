@@ -26,8 +26,8 @@ from serving.history import HistoryProvider
 from serving.metrics import ServiceMetrics
 from serving.pipeline import Pipeline, RequestContext
 from serving.pipeline.admission import ConcurrencyLimit
-from serving.pipeline.decode_columns import ColumnsPayload
 from serving.pipeline.context import ARMS
+from serving.pipeline.decode_columns import ColumnsPayload
 from serving.pipeline.route import readiness
 
 Observer = Callable[[RequestContext, str, "ranking_pb2.ScoreResponse | None"], None]

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,25 +45,13 @@ from serving.backends.base import (
 )
 from serving.errors import InferenceFailed, InvalidRequest, ModelLoadError, ModelNotFound, RankingError
 from serving.model_repository import scan
+from serving.priority import lower_thread_priority
 
 log = logging.getLogger(__name__)
 LOADER_NICE = 10
 """How much nicer than the process the loader thread runs (0..19; Linux and other POSIX hosts)."""
 ASIDE_NICE = 10
 """How much nicer than the process the thread of `infer_aside` runs (shadow mirrors, the transfer sample)."""
-
-
-def lower_thread_priority(by: int = LOADER_NICE) -> int | None:
-    """Makes the calling thread `by` nicer than it is (Linux: per thread, by its native id). Returns the
-    new niceness, or None where the platform has no per-thread priority (the thread then loads as is)."""
-    try:
-        tid = threading.get_native_id()
-        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + by)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)
-        return nice
-    except (AttributeError, OSError) as exc:  # no setpriority (Windows), or refused: load at normal priority
-        log.info("loader thread keeps its priority: %s", exc)
-        return None
 
 
 def map_onnxruntime_error(exc: Exception, where: str) -> RankingError:

@@ -226,14 +226,20 @@ def test_a_full_queue_drops_a_lazy_record_without_building_it(tmp_path: Path) ->
 def test_a_gated_thread_writer_waits_while_requests_run_and_never_waits_forever(tmp_path: Path) -> None:
     """With the server's busy signal the thread writer starts no slice while a request is in flight; while
     requests never stop it still writes, one slice per MAX_GATE_WAIT_S; close() does not wait for idle."""
-    from serving.requestlog.sink import MAX_GATE_WAIT_S
+    import os
+    import threading
+
+    from serving.requestlog.sink import MAX_GATE_WAIT_S, WRITER_NICE
 
     busy = {"now": True}
     registry = CollectorRegistry()
     sink = RequestLogSink(SinkConfig(folder=str(tmp_path), queue_size=10_000, row_group_rows=50, poll_interval_s=0.005,
                                      writer="thread"), registry=registry, busy=lambda: busy["now"])
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     for i in range(400):
         assert sink.offer(make_record(f"r{i}", n=8))
+    # the writer thread yields the CPU to the serving threads: WRITER_NICE nicer than they are
+    assert os.getpriority(os.PRIO_PROCESS, sink._thread.native_id) == min(19, base + WRITER_NICE)
     t0 = time.monotonic()
     sink.flush()  # a flush asks for the log now: it does not wait for idle
     waited = sink.stats()
