@@ -55,6 +55,7 @@ class BenchConfig:
     seed: int = 0
     writer: str = "thread"  # the logging server's --request-log-writer (the server's default); or "process"
     max_ratio: float = 1.10  # the acceptance bound on the server's own p99, logging on / off
+    aa: bool = False  # the control: the second server runs without logging too (an A/A of the same comparison)
 
 
 def _free_port() -> int:
@@ -112,9 +113,10 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
     base = ["--repository", config.repository, "--model", config.model, "--cache-dir", config.cache_dir,
             "--drain-delay-s", "0"]
     on_metrics = _free_port()
-    on_args = [*base, "--request-log", str(log_dir), "--request-log-queue", str(config.queue),
-               "--transfer-sample", str(config.transfer_sample), "--metrics-port", str(on_metrics),
-               "--request-log-writer", config.writer]
+    on_args = [*base, "--metrics-port", str(on_metrics)]
+    if not config.aa:
+        on_args += ["--request-log", str(log_dir), "--request-log-queue", str(config.queue),
+                    "--transfer-sample", str(config.transfer_sample), "--request-log-writer", config.writer]
     requests = _requests(config, config.warmup + config.requests_per_block)
     load_before = os.getloadavg()
     lat: dict[str, dict[str, list]] = {"off": {"client": [], "server": []}, "on": {"client": [], "server": []}}
@@ -128,43 +130,16 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
                 client, server = asyncio.run(_block(targets[name], body, config.concurrency))
                 lat[name]["client"].append(client)
                 lat[name]["server"].append(server)
-        deadline = time.monotonic() + 10
-        while True:  # the queue empties within a writer pass or two once traffic stops
+        deadline, text = time.monotonic() + 10, ""
+        while not config.aa:  # the queue empties within a writer pass or two once traffic stops
             text = urllib.request.urlopen(f"http://127.0.0.1:{on_metrics}/metrics", timeout=5).read().decode()
             if _metric(text, "adrank_requestlog_queue_depth") == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
     load_after = os.getloadavg()
-    from models.data.requestlog import read_request_log
-
-    written = read_request_log(log_dir, columns=["request_id"]).num_rows  # the server published them on stop
-    sent = config.warmup + config.blocks * config.requests_per_block
-    from serving.requestlog import DROP_REASONS
-
-    dropped = {reason: _metric(text, rf'adrank_requestlog_records_dropped_total{{reason="{reason}"}}')
-               for reason in DROP_REASONS}
-    # the interpreter-lock time the log cost the serving process: CPU time of its request-log thread (the
-    # feeder that frames records for the writer process, or the in-process writer), which a busy machine
-    # does not inflate the way it inflates p99 (CPU time counts only while the thread runs)
-    handed = sent - dropped["queue_full"]
-    feeder_cpu_s = _metric(text, "adrank_requestlog_feeder_cpu_seconds_total")
-    report: dict = {"config": asdict(config), "load_before": load_before, "load_after": load_after,
-                    "sent_to_logging_server": sent,
-                    "written": written, "dropped": dropped,
-                    "feeder_cpu_us_per_record": feeder_cpu_s * 1e6 / max(1, handed),
-                    "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6,
-                    # thread writer: its Parquet writes and publishes, which release the lock inside (absent
-                    # from older trees, whose slices included them)
-                    "writer_native_cpu_us_per_record":
-                        _metric(text, "adrank_requestlog_writer_native_cpu_seconds_total") * 1e6 / max(1, handed),
-                    "writer_native_max_us": _metric(text, "adrank_requestlog_writer_native_max_seconds") * 1e6,
-                    "writer_gate_waits": _metric(text, "adrank_requestlog_writer_gate_waits_total"),
-                    "writer_gate_timeouts": _metric(text, "adrank_requestlog_writer_gate_timeouts_total"),
-                    "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
-                    "feeder_slices_over": {
-                        f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
-                        - _metric(text, rf'adrank_requestlog_feeder_slice_seconds_bucket{{le="{le}"}}')
-                        for le in (0.0001, 0.001)}}
+    report: dict = {"config": asdict(config), "load_before": load_before, "load_after": load_after}
+    if not config.aa:
+        report.update(_sink_figures(config, log_dir, text))
     for name in ("off", "on"):
         report[name] = {k: _pct(np.concatenate(v)) for k, v in lat[name].items()}
     report["p99_ratio_client"] = report["on"]["client"]["p99_us"] / report["off"]["client"]["p99_us"]
@@ -178,6 +153,39 @@ def run_bench(config: BenchConfig, log_dir: str | Path) -> dict:
         report[f"median_block_p99_ratio_{side}"] = float(np.median(pairs))
     report["within_bound"] = report["p99_ratio_server"] <= config.max_ratio
     return report
+
+
+def _sink_figures(config: BenchConfig, log_dir: str | Path, text: str) -> dict:
+    """The logging server's accounting and its request-log thread's CPU figures, from its /metrics `text`."""
+    from models.data.requestlog import read_request_log
+
+    written = read_request_log(log_dir, columns=["request_id"]).num_rows  # the server published them on stop
+    sent = config.warmup + config.blocks * config.requests_per_block
+    from serving.requestlog import DROP_REASONS
+
+    dropped = {reason: _metric(text, rf'adrank_requestlog_records_dropped_total{{reason="{reason}"}}')
+               for reason in DROP_REASONS}
+    # the interpreter-lock time the log cost the serving process: CPU time of its request-log thread (the
+    # feeder that frames records for the writer process, or the in-process writer), which a busy machine
+    # does not inflate the way it inflates p99 (CPU time counts only while the thread runs)
+    handed = sent - dropped["queue_full"]
+    feeder_cpu_s = _metric(text, "adrank_requestlog_feeder_cpu_seconds_total")
+    return {"sent_to_logging_server": sent,
+        "written": written, "dropped": dropped,
+        "feeder_cpu_us_per_record": feeder_cpu_s * 1e6 / max(1, handed),
+        "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6,
+        # thread writer: its Parquet writes and publishes, which release the lock inside (absent
+        # from older trees, whose slices included them)
+        "writer_native_cpu_us_per_record":
+            _metric(text, "adrank_requestlog_writer_native_cpu_seconds_total") * 1e6 / max(1, handed),
+        "writer_native_max_us": _metric(text, "adrank_requestlog_writer_native_max_seconds") * 1e6,
+        "writer_gate_waits": _metric(text, "adrank_requestlog_writer_gate_waits_total"),
+        "writer_gate_timeouts": _metric(text, "adrank_requestlog_writer_gate_timeouts_total"),
+        "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
+        "feeder_slices_over": {
+            f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
+            - _metric(text, rf'adrank_requestlog_feeder_slice_seconds_bucket{{le="{le}"}}')
+            for le in (0.0001, 0.001)}}
 
 
 def _probe_records(n_records: int, n_candidates: int, seed: int) -> list:
@@ -300,6 +308,9 @@ def render(report: dict) -> str:
     lines.append(f"p99 on/off, pooled: client {report['p99_ratio_client']:.3f}, server {report['p99_ratio_server']:.3f}"
                  f"; median over {len(report['block_p99_ratios_server'])} paired blocks: client "
                  f"{report['median_block_p99_ratio_client']:.3f}, server {report['median_block_p99_ratio_server']:.3f}")
+    if report["config"].get("aa"):
+        lines.append("A/A control: the second server ran without logging too (the first one's flags and a metrics port)")
+        return "\n".join([*lines, _verdict(report)])
     lines.append(f"logging server: {report['sent_to_logging_server']} sent, {report['written']} written, "
                  f"dropped {json.dumps(report['dropped'])}")
     over = report["feeder_slices_over"]
@@ -314,11 +325,43 @@ def render(report: dict) -> str:
     if report.get("writer_gate_waits"):
         lines.append(f"  slices that waited for an idle moment: {report['writer_gate_waits']:.0f}, of which "
                      f"{report.get('writer_gate_timeouts', 0):.0f} went ahead after the longest wait")
+    return "\n".join([*lines, _verdict(report)])
+
+
+def _verdict(report: dict) -> str:
     bound = report["config"]["max_ratio"]
     verdict = "PASS" if report["within_bound"] else "FAIL"
-    lines.append(f"verdict: server p99 on/off {report['p99_ratio_server']:.3f} "
-                 f"{'<=' if report['within_bound'] else '>'} {bound:.2f}: {verdict}")
-    return "\n".join(lines)
+    return (f"verdict: server p99 on/off {report['p99_ratio_server']:.3f} "
+            f"{'<=' if report['within_bound'] else '>'} {bound:.2f}: {verdict}")
+
+
+def summarise(reports: list[dict]) -> dict:
+    """Over repeated runs: each run's pooled server p99 ratio, their median, and the geometric mean with a
+    95 % t interval over runs (on log ratios: a ratio of 1.1 and one of 1/1.1 are the same distance from 1).
+    One run's ratio swings by ±15 % on a 2-core host with the same code (the `--aa` control shows how much);
+    the interval says what the runs together establish."""
+    from models.stats import paired_interval
+
+    ratios = np.array([r["p99_ratio_server"] for r in reports])
+    n = len(ratios)
+    log_mean = paired_interval(np.log(ratios))  # the runs are the pairs: on vs off within each run
+    bound = reports[0]["config"]["max_ratio"]
+    return {"runs": n, "ratios": ratios.round(4).tolist(), "median": float(np.median(ratios)),
+            "geometric_mean": float(np.exp(log_mean.mean)),
+            "interval_95": [float(np.exp(log_mean.low)), float(np.exp(log_mean.high))],
+            "within_bound": int((ratios <= bound).sum()), "bound": bound,
+            "median_block_ratio_median": float(np.median([r["median_block_p99_ratio_server"] for r in reports])),
+            "client_ratio_median": float(np.median([r["p99_ratio_client"] for r in reports]))}
+
+
+def render_summary(summary: dict, aa: bool) -> str:
+    lo, hi = summary["interval_95"]
+    what = "A/A control (both servers without logging)" if aa else "logging on / off"
+    return (f"{summary['runs']} runs, {what}: server p99 ratio per run {summary['ratios']}\n"
+            f"  median {summary['median']:.3f}; geometric mean {summary['geometric_mean']:.3f} [95 % {lo:.3f}, "
+            f"{hi:.3f}]; {summary['within_bound']} of {summary['runs']} runs ≤ {summary['bound']:.2f}; median "
+            f"of the runs' median block ratios {summary['median_block_ratio_median']:.3f}; client p99 ratio median "
+            f"{summary['client_ratio_median']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transfer-sample", type=float, default=BenchConfig.transfer_sample)
     p.add_argument("--writer", choices=("process", "thread"), default=BenchConfig.writer,
                    help="the logging server's --request-log-writer (default: the server's default, thread)")
+    p.add_argument("--runs", type=int, default=1, help="repeat the comparison; with more than one, the report "
+                   "ends with the runs' median and geometric mean ratio with a 95 %% interval (summarise)")
+    p.add_argument("--aa", action="store_true", help="the control: the second server runs without logging too")
     p.add_argument("--json", help="write the report here too")
     a = p.parse_args(argv)
     if a.conversion:
@@ -356,12 +402,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{', '.join(missing)} required (or --gil-probe)")
     config = BenchConfig(a.repository, a.cache_dir, a.model, a.catalog, requests_per_block=a.requests,
                          blocks=a.blocks, concurrency=a.concurrency, n_candidates=a.candidates, queue=a.queue,
-                         transfer_sample=a.transfer_sample, writer=a.writer)
-    with tempfile.TemporaryDirectory(prefix="bench-requestlog-") as tmp:
-        report = run_bench(config, Path(tmp) / "requestlog")
-    print(render(report))
+                         transfer_sample=a.transfer_sample, writer=a.writer, aa=a.aa)
+    reports = []
+    for i in range(a.runs):
+        with tempfile.TemporaryDirectory(prefix="bench-requestlog-") as tmp:
+            report = run_bench(config, Path(tmp) / "requestlog")
+        print((f"run {i + 1} of {a.runs}\n" if a.runs > 1 else "") + render(report), flush=True)
+        reports.append(report)
+    out: dict = reports[0]
+    if a.runs > 1:
+        out = {"summary": summarise(reports), "runs": reports}
+        print(render_summary(out["summary"], a.aa))
     if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=2))
+        Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
