@@ -43,9 +43,9 @@ records `CHUNK_ROWS` at a time with array operations and calls `_writer_step` be
 accounts the stretch (Python steps as slices, Parquet steps apart as native time) and sleeps 50 µs so a
 waiting thread takes the lock (`serving.requestlog.writer`).
 
-Two more rules keep the thread writer out of the requests' way (measured, docs/request-log.md: together
-they brought the server's p99 under overload from 1.12–1.26× to within 1.10× in most runs; the gate
-alone did not): its thread runs at `WRITER_NICE` (the OS gives the event loop's thread and the host's
+Two more rules keep the thread writer out of the requests' way (measured, docs/request-log.md, 12
+interleaved runs each: together they took the server's p99 under overload, logging on / off, from +16.5 %
+[+9.8, +23.5] to +1.3 % [−3.4, +6.3]; the gate alone did not): its thread runs at `WRITER_NICE` (the OS gives the event loop's thread and the host's
 other work the core first), and given the server's `busy` signal (a request is in flight) it starts each
 slice of Python only in a gap between requests (`_wait_idle`: polled every `GATE_POLL_S`, at most
 `MAX_GATE_WAIT_S`, then one slice anyway so a server that is never idle still writes; both counted), with
@@ -116,8 +116,8 @@ SLICE_TARGET_S: each slice then starts when no request runs, so its length is wh
 during it can wait."""
 WRITER_NICE = 19
 """How much nicer than the process the thread writer runs: measured (docs/request-log.md), the gate alone
-left the server's p99 12–25 % up under overload on 2 cores, the gate with the writer at nice 19 within
-10 % in most runs; a writer starved by a busy host fills its queue, and the overflow is dropped and counted."""
+left the server's p99 about 17 % up under overload on 2 cores, the gate with the writer at nice 19 about
+1 %; a writer starved by a busy host fills its queue, and the overflow is dropped and counted."""
 GATE_POLL_S = 200e-6
 """How often a gated writer looks again whether the requests in flight have finished."""
 MAX_GATE_WAIT_S = 0.02
