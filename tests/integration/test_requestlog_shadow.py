@@ -53,18 +53,21 @@ async def _offline_scores(repo: Path, rows: list[dict], version: int) -> list[tu
         await backend.close()
 
 
-def test_a_shadowed_request_is_logged_with_both_score_vectors(tiny_run: Path, tmp_path: Path) -> None:
-    repo, log_dir = tmp_path / "repo", tmp_path / "requestlog"
-    shutil.copytree(tiny_run / "model_repository", repo)
+def _serve_with_shadow(repo: Path, model: str, catalog_path: Path, tmp_path: Path,
+                       extra_args: list[str]) -> Path:
+    """Serves `model` v1 live with v2 (v1's graph, p_ctr × 3, exported while the server runs) shadowing at
+    50 %, sends warm-up traffic until mirrors are scored and then N_REQUESTS measured ones (ids "s-*"),
+    stops the server (which publishes the log) and returns the log folder."""
+    log_dir = tmp_path / "requestlog"
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{hash_token(SCORE_TOKEN)} score ranker\n{hash_token(ADMIN_TOKEN)} admin,score operator\n")
-    catalog = load_catalog(tiny_run / "catalog.npz")
+    catalog = load_catalog(catalog_path)
     ts = int(catalog["max_ts_ms"][0])
     args = ["--repository", str(repo), "--rollout-registry", str(tmp_path / "state"), "--auth-tokens", str(tokens),
-            "--rollout-poll-s", "0.2", "--request-log", str(log_dir), "--drain-delay-s", "0"]
+            "--rollout-poll-s", "0.2", "--request-log", str(log_dir), "--drain-delay-s", "0", *extra_args]
     with ServerProcess(args) as srv:
-        copy_version(repo, "vm", 1, 2, p_ctr_factor=3.0)
-        started = subprocess.run([sys.executable, "-m", "adrank", "rollout", "shadow", "--model", "vm", "--version",
+        copy_version(repo, model, 1, 2, p_ctr_factor=3.0)
+        started = subprocess.run([sys.executable, "-m", "adrank", "rollout", "shadow", "--model", model, "--version",
                                   "2", "--sample-rate", "0.5", "--target", srv.target], capture_output=True,
                                  text=True, timeout=60, env={**os.environ, "ADRANK_TOKEN": ADMIN_TOKEN})
         assert started.returncode == 0, started.stderr
@@ -72,17 +75,47 @@ def test_a_shadowed_request_is_logged_with_both_score_vectors(tiny_run: Path, tm
             stub, admin = ranking_pb2_grpc.AdRankingStub(ch), rollout_pb2_grpc.RolloutAdminStub(ch)
             deadline, i = time.monotonic() + 60, 0
             while True:  # warm-up until v2 is loaded and scoring mirrors
-                stub.Score(build_request(i % 50, 20, catalog, seed=i, request_time_ms=ts, request_id=f"w-{i}"),
-                           timeout=10, metadata=_auth(SCORE_TOKEN))
+                stub.Score(build_request(i % 50, 20, catalog, seed=i, request_time_ms=ts, request_id=f"w-{i}",
+                                         model=model), timeout=10, metadata=_auth(SCORE_TOKEN))
                 i += 1
-                s = admin.Status(rollout_pb2.RolloutTarget(model="vm"), timeout=5, metadata=_auth(ADMIN_TOKEN))
+                s = admin.Status(rollout_pb2.RolloutTarget(model=model), timeout=5, metadata=_auth(ADMIN_TOKEN))
                 if s.shadow.pairs > 0:
                     break
                 assert time.monotonic() < deadline, "the shadow never scored a mirror"
             for k in range(N_REQUESTS):
                 resp = stub.Score(build_request(k % 97, 20, catalog, seed=1000 + k, request_time_ms=ts,
-                                                request_id=f"s-{k}"), timeout=10, metadata=_auth(SCORE_TOKEN))
+                                                request_id=f"s-{k}", model=model),
+                                  timeout=10, metadata=_auth(SCORE_TOKEN))
                 assert (resp.served_by.model_version, resp.served_by.arm) == (1, "live")
+    return log_dir
+
+
+def test_a_loopfm_shadow_logs_the_snapshot_its_history_came_from(loopfm_run: dict, tmp_path: Path) -> None:
+    """With FM history read from a real cache, a mirrored request's row names the snapshot the shadow's
+    tensors were built from: live's (v2 reuses live's tensors), and not empty."""
+    repo = tmp_path / "repo"
+    shutil.copytree(loopfm_run["repo"], repo)
+    shutil.rmtree(repo / "vm_loopfm" / "2")  # the fixture's v2 names an fm_version the cache lacks
+    log_dir = _serve_with_shadow(repo, "vm_loopfm", loopfm_run["dir"] / "catalog.npz", tmp_path,
+                                 ["--cache-dir", str(loopfm_run["cache"])])
+    table = read_request_log(log_dir)
+    rows = [i for i, rid in enumerate(table.column("request_id").to_pylist()) if rid.startswith("s-")]
+    version = table.column("shadow_model_version").to_pylist()
+    shadow_snapshot, live_snapshot = (table.column(c).to_pylist() for c in ("shadow_snapshot_id", "snapshot_id"))
+    mirrored = [j for j in rows if version[j] == 2]
+    assert len(rows) == N_REQUESTS and 0.3 * N_REQUESTS <= len(mirrored) <= 0.7 * N_REQUESTS
+    assert all(live_snapshot[j] for j in rows)  # every live row read the cache's snapshot
+    for j in rows:
+        if j in mirrored:
+            assert shadow_snapshot[j] == live_snapshot[j] != ""
+        else:
+            assert shadow_snapshot[j] == ""
+
+
+def test_a_shadowed_request_is_logged_with_both_score_vectors(tiny_run: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_run / "model_repository", repo)
+    log_dir = _serve_with_shadow(repo, "vm", tiny_run / "catalog.npz", tmp_path, [])
     table = read_request_log(log_dir)  # the server published every record on stop
     measured = [r for r in logged_requests(table) if r["request_id"].startswith("s-")]
     assert len(measured) == N_REQUESTS
