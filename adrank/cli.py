@@ -48,13 +48,18 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _cmd_logs(a: argparse.Namespace) -> int:
-    """`logs join` is the label join (models.logjoin); more log verbs can join it here."""
+    """`logs join` is the label join (models.logjoin); `logs eval` scores later traffic (models.logeval)."""
     if a.rest[:1] == ["join"]:
         from models.logjoin import main as join
 
         return join(a.rest[1:])
+    if a.rest[:1] == ["eval"]:
+        from models.logeval import main as evaluate
+
+        return evaluate(a.rest[1:])
     print("usage: adrank logs join --request-log DIR --labels F --click-window S --conversion-window S "
-          "--out events.npz", file=sys.stderr)
+          "--out events.npz\n       adrank logs eval --checkpoint vm.pt --request-log DIR --labels F --truth F "
+          "[--context events.npz]", file=sys.stderr)
     return 2
 
 
@@ -87,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                ("simulate", "loadtests.simulate", "simulated users of the synthetic world against "
                                 "a server; writes labels"),
                                ("logs", _cmd_logs, "request-log tools: `logs join` (labels within attribution "
-                                "windows → EventLog)"),
+                                "windows → EventLog), `logs eval` (a VM on later traffic vs the oracle)"),
                                ("replay", "serving.replay", "re-score logged requests; share reproduced bit for bit"),
                                ("monitor", "models.monitor", "calibration and live transfer ratio per model version "
                                 "and arm from a joined log; --serve-metrics for Prometheus")):

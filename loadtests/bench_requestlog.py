@@ -309,7 +309,8 @@ def render(report: dict) -> str:
                  f"; median over {len(report['block_p99_ratios_server'])} paired blocks: client "
                  f"{report['median_block_p99_ratio_client']:.3f}, server {report['median_block_p99_ratio_server']:.3f}")
     if report["config"].get("aa"):
-        lines.append("A/A control: the second server ran without logging too (the first one's flags and a metrics port)")
+        lines.append("A/A control: the second server ran without logging too (the first one's flags and a "
+                     "metrics port)")
         return "\n".join([*lines, _verdict(report)])
     lines.append(f"logging server: {report['sent_to_logging_server']} sent, {report['written']} written, "
                  f"dropped {json.dumps(report['dropped'])}")

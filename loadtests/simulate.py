@@ -410,11 +410,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-k", type=int, default=3, help="impressions per request (top k of the response)")
     p.add_argument("--time-scale", type=float, default=60.0, help="simulated seconds per second of the run")
     p.add_argument("--concurrency", type=int, default=8, help="calls in flight")
+    p.add_argument("--after", default=None, help="summary.json of an earlier run: this run's simulated time "
+                   "starts where that one's ended (the next hour of the same world; give another --seed)")
     p.add_argument("--model", default="", help="model name to pin (default: the server's)")
     p.add_argument("--client-log", default=None, help="also log each exchange here (serving.requestlog format)")
     p.add_argument("--click-delay-median-s", type=float, default=DelayModel.click_median_s)
     p.add_argument("--conversion-delay-median-s", type=float, default=DelayModel.conversion_median_s)
     return p
+
+
+def start_after(summary_path: str | Path, seed: int, rps: float, time_scale: float) -> int:
+    """The simulated start of a run that continues the one `summary_path` describes: one request gap after
+    its last request. The same traffic seed would reuse its request ids, so it is refused."""
+    try:
+        earlier = json.loads(Path(summary_path).read_text())
+        last_ms, earlier_seed = int(earlier["last_ms"]), int(earlier["config"]["seed"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--after: {summary_path} is not a simulation summary ({exc})") from exc
+    if earlier_seed == seed:
+        raise ValueError(f"--after: the earlier run used --seed {seed} too; its request ids would repeat (give "
+                         "another --seed)")
+    return last_ms + round(1000.0 * time_scale / rps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         delays = DelayModel(click_median_s=a.click_delay_median_s, conversion_median_s=a.conversion_delay_median_s)
         config = SimulationConfig(world=SyntheticConfig(n_events=a.n_events, seed=a.world_seed), seed=a.seed,
                                   n_candidates=a.candidates, show_k=a.show_k, time_scale=a.time_scale,
-                                  concurrency=a.concurrency, model=a.model, delays=delays)
+                                  concurrency=a.concurrency, model=a.model, delays=delays,
+                                  start_ms=start_after(a.after, a.seed, a.rps, a.time_scale) if a.after else None)
         result = run_simulation(a.target, a.rps, a.duration, out=a.out, config=config, request_log=a.client_log,
                                 progress=True)
     except ValueError as exc:

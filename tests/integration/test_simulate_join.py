@@ -83,3 +83,45 @@ def test_simulate_against_the_real_server(tiny_run: Path, tmp_path: Path) -> Non
     assert set(log.column("model_name").to_pylist()) == {"vm"}
     assert all(len(o) == 3 for o in log.column("order").to_pylist())
     _check_join(result, tmp_path / "log")
+
+
+def test_a_vm_retrained_on_the_log_is_scored_on_the_next_stretch_against_the_oracle(tmp_path: Path) -> None:
+    """`logs eval`: a VM trained on one stretch of simulated traffic scores the stretch after it; the
+    oracle figures are the truth file's, recomputed here; context rows must be earlier; truth must match."""
+    import pyarrow.parquet as pq
+    import pytest
+
+    from loadtests.simulate import start_after
+    from models.logeval import evaluate_later_traffic
+    from models.metrics import summarize
+    from models.train import TrainConfig, fit_vm, prepare_vm_data, save_checkpoint
+
+    world = SyntheticConfig(n_events=10_000, seed=1)
+    first = SimulationConfig(world=world, seed=2, n_candidates=40, show_k=4, paced=False, time_scale=600)
+    a = run_simulation(None, 50, 40, out=tmp_path / "a", config=first, score=FakeRanker(), request_log=tmp_path / "la")
+    events = _check_join(a, tmp_path / "la")
+    events.save(tmp_path / "joined.npz")
+    tc = TrainConfig.for_dataset(events.source, epochs=1)
+    ckpt = save_checkpoint(fit_vm(prepare_vm_data(events, tc), train_config=tc, progress=False), tmp_path / "vm.pt")
+    start = start_after(tmp_path / "a" / "summary.json", 3, 50, 600)
+    assert start > a.last_ms
+    with pytest.raises(ValueError, match="request ids would repeat"):
+        start_after(tmp_path / "a" / "summary.json", 2, 50, 600)
+    nxt = SimulationConfig(world=world, seed=3, n_candidates=40, show_k=4, paced=False, time_scale=600, start_ms=start)
+    b = run_simulation(None, 50, 10, out=tmp_path / "b", config=nxt, score=FakeRanker(), request_log=tmp_path / "lb")
+    report = evaluate_later_traffic(ckpt, tmp_path / "lb", b.labels_path, b.truth_path, context=tmp_path / "joined.npz",
+                                    click_window_s=CLICK_W, conversion_window_s=CONV_W)
+    assert report["impressions"] == b.impressions and report["context_rows"] == len(events)
+    assert report["first_ms"] >= start
+    truth = pq.read_table(b.truth_path).to_pydict()
+    joined, _, ids = join_logs(tmp_path / "lb", b.labels_path, click_window_s=CLICK_W, conversion_window_s=CONV_W)
+    p_true = dict(zip(zip(truth["request_id"], truth["ad_id"], strict=True), truth["p_click"], strict=True))
+    oracle = summarize(joined["click"], np.array([p_true[(r, int(x))] for r, x in zip(ids, joined["ad_id"],
+                                                                                          strict=True)], np.float32))
+    assert report["oracle"]["ctr_auc"] == pytest.approx(oracle["auc"]) and report["oracle"]["ctr_ne"] < 1.0
+    lo, hi = report["model"]["ctr_auc_interval_95"]
+    assert lo <= report["model"]["ctr_auc"] <= hi and 0.0 <= lo <= hi <= 1.0
+    with pytest.raises(ValueError, match="must all be earlier"):  # the later stretch is no context for itself
+        evaluate_later_traffic(ckpt, tmp_path / "la", a.labels_path, a.truth_path, context=tmp_path / "joined.npz")
+    with pytest.raises(ValueError, match="no row in"):  # another simulation's truth file
+        evaluate_later_traffic(ckpt, tmp_path / "lb", b.labels_path, a.truth_path)
