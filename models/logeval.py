@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from models.data.schema import EventLog
 from models.features import FeatureSpec, features_from_events
-from models.logjoin import join_logs
+from models.logjoin import add_join_flags, join_logs
 from models.metrics import summarize
 from models.train import VMData, load_checkpoint, predict
 
@@ -129,13 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="adrank logs eval", description="Score later served traffic with a VM "
                                 "checkpoint: CTR AUC / NE against chance and the world's oracle.")
     p.add_argument("--checkpoint", required=True, help="vm.pt (e.g. what `train vm --from-log` wrote)")
-    p.add_argument("--request-log", required=True, help="request-log folder of the later traffic")
-    p.add_argument("--labels", required=True, help="labels.parquet of the later traffic (adrank simulate)")
+    add_join_flags(p, what=" of the later traffic")
     p.add_argument("--truth", required=True, help="truth.parquet of the same simulation (true p_click)")
     p.add_argument("--context", default=None, help="the EventLog of the earlier traffic (logs join): prepended "
                    "for the backward-looking features, not scored")
-    p.add_argument("--click-window", type=float, default=3_600.0)
-    p.add_argument("--conversion-window", type=float, default=7 * 86_400.0)
     p.add_argument("--json", default=None, help="write the report here too")
     try:
         a = p.parse_args(argv)

@@ -218,15 +218,21 @@ def join(request_log_dir: str | Path, labels: str | Path | pa.Table, click_windo
     return events
 
 
+def add_join_flags(p: argparse.ArgumentParser, *, what: str = "") -> None:
+    """The flags of a join: the request log, its labels and the two attribution windows (`logs join`,
+    `logs eval`). `what` qualifies the first two helps ("of the later traffic")."""
+    p.add_argument("--request-log", required=True, help=f"folder of request-log Parquet files{what}")
+    p.add_argument("--labels", required=True, help=f"labels.parquet{what} (adrank simulate writes one)")
+    p.add_argument("--click-window", type=float, default=3_600.0, help="seconds after the impression (default 1 h)")
+    p.add_argument("--conversion-window", type=float, default=7 * 86_400.0,
+                   help="seconds after the impression (default 7 days)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`adrank logs join --request-log DIR --labels FILE --out events.npz`: 0 on success, 2 on bad input."""
     p = argparse.ArgumentParser(prog="adrank logs join", description="Join the request log with delayed labels "
                                 "into an EventLog the trainer reads (train vm --events-file).")
-    p.add_argument("--request-log", required=True, help="folder of request-log Parquet files")
-    p.add_argument("--labels", required=True, help="labels.parquet (adrank simulate writes one)")
-    p.add_argument("--click-window", type=float, default=3_600.0, help="seconds after the impression (default 1 h)")
-    p.add_argument("--conversion-window", type=float, default=7 * 86_400.0,
-                   help="seconds after the impression (default 7 days)")
+    add_join_flags(p)
     p.add_argument("--out", required=True, help="the EventLog .npz to write")
     try:
         a = p.parse_args(argv)
