@@ -171,21 +171,21 @@ def _sink_figures(config: BenchConfig, log_dir: str | Path, text: str) -> dict:
     handed = sent - dropped["queue_full"]
     feeder_cpu_s = _metric(text, "adrank_requestlog_feeder_cpu_seconds_total")
     return {"sent_to_logging_server": sent,
-        "written": written, "dropped": dropped,
-        "feeder_cpu_us_per_record": feeder_cpu_s * 1e6 / max(1, handed),
-        "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6,
-        # thread writer: its Parquet writes and publishes, which release the lock inside (absent
-        # from older trees, whose slices included them)
-        "writer_native_cpu_us_per_record":
-            _metric(text, "adrank_requestlog_writer_native_cpu_seconds_total") * 1e6 / max(1, handed),
-        "writer_native_max_us": _metric(text, "adrank_requestlog_writer_native_max_seconds") * 1e6,
-        "writer_gate_waits": _metric(text, "adrank_requestlog_writer_gate_waits_total"),
-        "writer_gate_timeouts": _metric(text, "adrank_requestlog_writer_gate_timeouts_total"),
-        "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
-        "feeder_slices_over": {
-            f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
-            - _metric(text, rf'adrank_requestlog_feeder_slice_seconds_bucket{{le="{le}"}}')
-            for le in (0.0001, 0.001)}}
+            "written": written, "dropped": dropped,
+            "feeder_cpu_us_per_record": feeder_cpu_s * 1e6 / max(1, handed),
+            "feeder_max_slice_us": _metric(text, "adrank_requestlog_feeder_max_slice_seconds") * 1e6,
+            # thread writer: its Parquet writes and publishes, which release the lock inside (absent
+            # from older trees, whose slices included them)
+            "writer_native_cpu_us_per_record":
+                _metric(text, "adrank_requestlog_writer_native_cpu_seconds_total") * 1e6 / max(1, handed),
+            "writer_native_max_us": _metric(text, "adrank_requestlog_writer_native_max_seconds") * 1e6,
+            "writer_gate_waits": _metric(text, "adrank_requestlog_writer_gate_waits_total"),
+            "writer_gate_timeouts": _metric(text, "adrank_requestlog_writer_gate_timeouts_total"),
+            "feeder_slices": _metric(text, "adrank_requestlog_feeder_slice_seconds_count"),
+            "feeder_slices_over": {
+                f"{le * 1e6:.0f}us": _metric(text, "adrank_requestlog_feeder_slice_seconds_count")
+                - _metric(text, rf'adrank_requestlog_feeder_slice_seconds_bucket{{le="{le}"}}')
+                for le in (0.0001, 0.001)}}
 
 
 def _probe_records(n_records: int, n_candidates: int, seed: int) -> list:
@@ -341,15 +341,13 @@ def summarise(reports: list[dict]) -> dict:
     95 % t interval over runs (on log ratios: a ratio of 1.1 and one of 1/1.1 are the same distance from 1).
     One run's ratio swings by ±15 % on a 2-core host with the same code (the `--aa` control shows how much);
     the interval says what the runs together establish."""
-    from models.stats import paired_interval
+    from models.stats import ratio_interval
 
     ratios = np.array([r["p99_ratio_server"] for r in reports])
-    n = len(ratios)
-    log_mean = paired_interval(np.log(ratios))  # the runs are the pairs: on vs off within each run
+    mean, low, high = ratio_interval(ratios)  # the runs are the pairs: on vs off within each run
     bound = reports[0]["config"]["max_ratio"]
-    return {"runs": n, "ratios": ratios.round(4).tolist(), "median": float(np.median(ratios)),
-            "geometric_mean": float(np.exp(log_mean.mean)),
-            "interval_95": [float(np.exp(log_mean.low)), float(np.exp(log_mean.high))],
+    return {"runs": len(ratios), "ratios": ratios.round(4).tolist(), "median": float(np.median(ratios)),
+            "geometric_mean": mean, "interval_95": [low, high],
             "within_bound": int((ratios <= bound).sum()), "bound": bound,
             "median_block_ratio_median": float(np.median([r["median_block_p99_ratio_server"] for r in reports])),
             "client_ratio_median": float(np.median([r["p99_ratio_client"] for r in reports]))}

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -113,14 +114,12 @@ def summarise_runs(reports: list[dict], max_ratio: float = 1.2) -> dict:
     with a 95 % t interval over runs (on log ratios), beside the A/A's. One run's ratio swings by ±20 % on a
     shared 2-core host with no switch at all (its A/A); the interval says what the runs together establish.
     `holds` when the interval's upper end is within `max_ratio`."""
-    from models.stats import paired_interval
+    from models.stats import ratio_interval
 
     def over(values: list[float]) -> dict:
-        v = np.asarray(values, dtype=np.float64)
-        iv = paired_interval(np.log(v))
-        return {"per_run": [round(float(x), 3) for x in v], "geometric_mean": float(np.exp(iv.mean)),
-                "interval_95": [float(np.exp(iv.low)), float(np.exp(iv.high))],
-                "holds": bool(np.isfinite(iv.high) and np.exp(iv.high) <= max_ratio)}
+        mean, low, high = ratio_interval(values)
+        return {"per_run": [round(float(x), 3) for x in values], "geometric_mean": mean, "interval_95": [low, high],
+                "holds": math.isfinite(high) and high <= max_ratio}
 
     rows: dict[str, dict] = {}
     names = ["A/A (none)"] + [f["switch"] for f in reports[0]["switches"]]

@@ -93,3 +93,11 @@ def paired_interval(differences: np.ndarray | list[float]) -> PairedInterval:
     sd = float(kept.std(ddof=1))
     half = t_quantile_975(n - 1) * sd / math.sqrt(n)
     return PairedInterval(mean, mean - half, mean + half, n, sd, tuple(d.tolist()))
+
+
+def ratio_interval(ratios: np.ndarray | list[float]) -> tuple[float, float, float]:
+    """(geometric mean, low, high) of ratios over repeated runs, the 95 % t interval taken on their logs
+    (a ratio of 1.1 and one of 1/1.1 are the same distance from 1); NaN bounds below 2 runs. For benchmark
+    ratios read over runs (`loadtests.bench_requestlog.summarise`, `loadtests.rollout_acceptance.summarise_runs`)."""
+    d = paired_interval(np.log(np.asarray(ratios, dtype=np.float64)))
+    return math.exp(d.mean), math.exp(d.low), math.exp(d.high)

@@ -75,13 +75,15 @@ class InferenceBackend(abc.ABC):
     name: str = "abstract"
     _handles: dict[tuple[str, int], ModelHandle]
     _where: str = ""  # how NOT_FOUND messages describe where models are looked for
+    # models(): (the `_handles` dict it was built from, its length, the table)
+    _models_memo: tuple[object, int, dict[str, list[int]]] | None = None
 
     def models(self) -> dict[str, list[int]]:
         """Loaded versions per model name, ascending. Read-only: the table is kept until `_handles` is
         replaced (backends replace it by a new dict on every load and unload, never change it in place),
         so the route stage's two resolutions per request do not rebuild it each time."""
         handles = self._handles
-        memo = self.__dict__.get("_models_memo")
+        memo = self._models_memo
         if memo is not None and memo[0] is handles and memo[1] == len(handles):  # len: a change made in place
             return memo[2]
         out: dict[str, list[int]] = {}

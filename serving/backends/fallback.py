@@ -153,13 +153,14 @@ class FallbackBackend(InferenceBackend):
         return await self._infer(handle, inputs, aside=True)
 
     async def _infer(self, handle: ModelHandle, inputs: dict[str, np.ndarray], *, aside: bool) -> InferenceResult:
+        method = "infer_aside" if aside else "infer"  # the same path on whichever side answers
         if not self.has_fallback:
-            return await (self.primary.infer_aside if aside else self.primary.infer)(handle, inputs)
+            return await getattr(self.primary, method)(handle, inputs)
         if self.breaker.allow():
             was_closed = self.breaker.is_closed
             try:
                 await self._start_primary()
-                result = await (self.primary.infer_aside if aside else self.primary.infer)(handle, inputs)
+                result = await getattr(self.primary, method)(handle, inputs)
             except (*OUTAGE_ERRORS, ModelLoadError) as exc:
                 self.breaker.failure()
                 if was_closed and not self.breaker.is_closed:
@@ -170,6 +171,6 @@ class FallbackBackend(InferenceBackend):
                     log.info("%s backend answered the probe: breaker closed", self.primary.name)
                 self.breaker.success()
                 return dataclasses.replace(result, backend=result.backend or self.primary.name)
-        result = await (self.fallback.infer_aside if aside else self.fallback.infer)(handle, inputs)
+        result = await getattr(self.fallback, method)(handle, inputs)
         self.fallback_calls += 1
         return dataclasses.replace(result, backend=result.backend or self.fallback.name)

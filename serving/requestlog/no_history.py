@@ -12,10 +12,11 @@ computes the online NE gain from those rows once labels have joined.
 Off the response path: the second inference is a task scheduled on the event loop after the response
 has been built, never awaited by the request; the record waits for it and is then offered to the
 sink. The model run goes through the backend's `infer_aside` (in process: a low-priority thread, the
-event loop free meanwhile). At most `max_in_flight` run at once; a request over that, or one whose second scoring fails, is
-logged without no-history scores and counted (`adrank_transfer_samples_total{outcome}`). The sample
-is the request log's hash of the request id, so with a rate at or below the log's every sampled
-request is also logged, and every replica and a replay agree on which requests were sampled.
+event loop free meanwhile). At most `max_in_flight` run at once; a request over that, or one whose
+second scoring fails, is logged without no-history scores and counted
+(`adrank_transfer_samples_total{outcome}`). The sample is the request log's hash of the request id, so
+with a rate at or below the log's every sampled request is also logged, and every replica and a replay
+agree on which requests were sampled.
 """
 
 from __future__ import annotations

@@ -45,11 +45,12 @@ waiting thread takes the lock (`serving.requestlog.writer`).
 
 Two more rules keep the thread writer out of the requests' way (measured, docs/request-log.md, 12
 interleaved runs each: together they took the server's p99 under overload, logging on / off, from +16.5 %
-[+9.8, +23.5] to +1.3 % [−3.4, +6.3]; the gate alone did not): its thread runs at `WRITER_NICE` (the OS gives the event loop's thread and the host's
-other work the core first), and given the server's `busy` signal (a request is in flight) it starts each
-slice of Python only in a gap between requests (`_wait_idle`: polled every `GATE_POLL_S`, at most
-`MAX_GATE_WAIT_S`, then one slice anyway so a server that is never idle still writes; both counted), with
-slices of `GATED_SLICE_S`. Flushes and the final close do not wait for a gap.
+[+9.8, +23.5] to +1.3 % [−3.4, +6.3]; the gate alone did not): its thread runs at `WRITER_NICE` (the OS
+gives the event loop's thread and the host's other work the core first), and given the server's `busy`
+signal (a request is in flight) it starts each slice of Python only in a gap between requests
+(`_wait_idle`: polled every `GATE_POLL_S`, at most `MAX_GATE_WAIT_S`, then one slice anyway so a server
+that is never idle still writes; both counted), with slices of `GATED_SLICE_S`. Flushes and the final
+close do not wait for a gap.
 
 The writer process can die (OOM killer, a bug in a native library). The sink notices at its next
 pass (end of the process's report stream, or a broken pipe), counts the records it had handed over
@@ -561,17 +562,19 @@ class RequestLogSink:
         the interpreter lock) starts in a gap between requests instead of in the middle of one. Bounded by
         MAX_GATE_WAIT_S, and skipped when stopping or flushing (those wait for the log, not for traffic)."""
         busy = self._busy
-        if busy is None or self._stop.is_set() or self._flush_asked > self._flush_done:
-            return
-        if not busy():
+        if busy is None or self._log_wanted_now() or not busy():
             return
         self._gate_waits += 1
         deadline = time.monotonic() + MAX_GATE_WAIT_S
-        while busy():
+        while busy() and not self._log_wanted_now():
             if time.monotonic() >= deadline:
                 self._gate_timeouts += 1
                 return
             time.sleep(GATE_POLL_S)
+
+    def _log_wanted_now(self) -> bool:
+        """A flush or the close is waiting for the log: the writer goes on without waiting for a gap."""
+        return self._stop.is_set() or self._flush_asked > self._flush_done
 
     # --- the writer process (writer="process") -------------------------------------------------------
 
