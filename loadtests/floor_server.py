@@ -5,7 +5,10 @@ What a call to it costs a Python client is what gRPC, HTTP/2 and the client's ow
 for this request and response size; `adrank bench fastpath` reports every real path as a ratio to
 it (plus raw onnxruntime). Run by the bench in a child process, like the real server:
 
-    python -m loadtests.floor_server ROWS_RESPONSE_FILE COLUMNS_RESPONSE_FILE PORT_FILE
+    python -m loadtests.floor_server ROWS_RESPONSE_FILE COLUMNS_RESPONSE_FILE [BUSY_POLL_US] PORT_FILE
+
+With BUSY_POLL_US > 0 it runs on the same idle-polling event loop as `adrank serve --busy-poll-us`
+(serving/busy_poll.py), so a busy-polled server is compared with a busy-polled floor.
 """
 
 from __future__ import annotations
@@ -44,5 +47,8 @@ async def serve(port_file: str, rows_response: bytes, columns_response: bytes) -
 
 
 if __name__ == "__main__":
-    rows_file, columns_file, port_file = sys.argv[1:4]
-    asyncio.run(serve(port_file, Path(rows_file).read_bytes(), Path(columns_file).read_bytes()))
+    from serving import busy_poll
+
+    rows_file, columns_file, *rest = sys.argv[1:]
+    busy_us, port_file = (int(rest[0]), rest[1]) if len(rest) == 2 else (0, rest[0])
+    busy_poll.run(serve(port_file, Path(rows_file).read_bytes(), Path(columns_file).read_bytes()), busy_us)

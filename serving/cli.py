@@ -16,7 +16,6 @@ from models.paths import DEFAULT_RUN
 def _cmd_serve(a: argparse.Namespace) -> int:
     """Flags over ADRANK_* environment over ServerConfig defaults: a flag left out is None, so it
     leaves the environment's value in place."""
-    import asyncio
     from dataclasses import fields
 
     from serving.config import ConfigError, ServerConfig, resolved_workers
@@ -46,9 +45,10 @@ def _cmd_serve(a: argparse.Namespace) -> int:
             TokenTable.load(config.auth_tokens)
 
         return serve_workers(config, workers, ready_file=a.ready_file)
+    from serving import busy_poll
     from serving.server import serve_forever
 
-    asyncio.run(serve_forever(config, ready_file=a.ready_file))
+    busy_poll.run(serve_forever(config, ready_file=a.ready_file), config.busy_poll_us)
     return 0
 
 
@@ -114,9 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--cache-url", help="Redis embedding cache, redis://HOST:PORT/DB: cache_backend=redis, "
                        "cache_location=URL")
     sp.add_argument("--cache-refresh-s", type=float, help=flag_help("cache_refresh_s"))
-    for name in ("workers", "max_candidates", "max_message_bytes", "max_future_skew_ms", "intra_op_threads",
-                 "max_concurrent_rpcs", "metrics_port", "max_in_flight", "max_queued", "max_queue_wait_ms",
-                 "retry_after_ms", "max_deadline_ms", "cache_timeout_ms", "cache_breaker_failures",
+    for name in ("workers", "busy_poll_us", "max_candidates", "max_message_bytes", "max_future_skew_ms",
+                 "intra_op_threads", "max_concurrent_rpcs", "metrics_port", "max_in_flight", "max_queued",
+                 "max_queue_wait_ms", "retry_after_ms", "max_deadline_ms", "cache_timeout_ms", "cache_breaker_failures",
                  "triton_breaker_failures", "access_log_failures_per_s"):
         sp.add_argument("--" + name.replace("_", "-"), type=int, help=flag_help(name))
     for name in ("drain_delay_s", "drain_timeout_s", "cache_breaker_cooldown_s", "readiness_interval_s",

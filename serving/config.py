@@ -94,6 +94,10 @@ class ServerConfig:
     workers: int = _field(0, "Serving processes on the one port (SO_REUSEPORT), each with its own event loop and "
                           "onnxruntime session; metrics on metrics_port add them up. 0: one per core.",
                           between=(0, 256))
+    busy_poll_us: int = _field(0, "After each wake-up the event loop polls without waiting for up to this long "
+                               "before it blocks (serving/busy_poll.py): lower latency at low load for a core kept "
+                               "busy; 0: off. Give each worker a core of its own when it is on; µs.",
+                               between=(0, 100_000))
     max_concurrent_rpcs: int = _field(256, "Calls served at the same time; beyond it gRPC answers "
                                       "RESOURCE_EXHAUSTED immediately instead of queueing without bound.",
                                       between=(1, 1_000_000))

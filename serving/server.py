@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from protos.adrank.v1 import ranking_pb2
+from serving import busy_poll
 from serving.backends.base import InferenceBackend, freeze_heap
 from serving.config import ServerConfig
 from serving.security import bind_port, server_interceptors
@@ -312,6 +313,7 @@ async def serve_forever(config: ServerConfig, *, ready_file: str | None = None,
 
     configure(config.log_format)
     server = RankingServer(config, backend, worker=worker)
+    busy_poll.register_metrics(server.service.metrics.registry)  # on --busy-poll-us only
     port = await server.start()
     if config.metrics_port is not None and worker is None:
         start_http_server(config.metrics_port, addr=config.host, registry=server.service.metrics.registry)

@@ -192,13 +192,12 @@ def serve_workers(config: ServerConfig, n: int, *, ready_file: str | None = None
 
 def _worker_main(argv: list[str]) -> int:
     """One worker: `python -m serving.workers INDEX READY_FILE`, its config as JSON on stdin."""
-    import asyncio
-
+    from serving import busy_poll
     from serving.server import serve_forever
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s w{argv[0]} %(name)s: %(message)s")
     config = ServerConfig(**json.loads(sys.stdin.read()))
-    asyncio.run(serve_forever(config, ready_file=argv[1], worker=int(argv[0])))
+    busy_poll.run(serve_forever(config, ready_file=argv[1], worker=int(argv[0])), config.busy_poll_us)
     return 0
 
 

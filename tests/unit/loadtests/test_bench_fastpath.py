@@ -50,6 +50,24 @@ def test_targets_are_judged_against_the_floors_of_the_same_run():
     assert not got["server-side time, columns"] and not got["client p50, columns"]
 
 
+def test_busy_polled_paths_are_judged_against_a_busy_polled_floor():
+    r = _results(busy_poll_us=300, transport_floor_busy={"rows": _lat(200.0), "columns": _lat(250.0)},
+                 paths={**_results()["paths"], "embedded columns 1w, busy poll": _lat(420.0, 110.0),
+                        "embedded rows 1w, busy poll": _lat(800.0, 450.0)})
+    got = {name: met for name, _, _, met in targets(r)}
+    # 420 / (250 + 100) = 1.2 against its own floor (against the plain one, 300 + 100, it would be 1.05)
+    assert got["client p50, columns, busy poll 300 µs"] is True
+    assert got["server-side time, columns, busy poll 300 µs"] is True  # 110 / 100
+    assert got["adrank ScoreColumns, busy poll 300 µs vs direct Triton + assembly"] is True  # 420 < 540
+    table = {row["path"]: row for row in rows_table(r)}
+    assert table["embedded columns 1w, busy poll"]["vs_floor"] == 420 / 350
+    assert table["embedded rows 1w, busy poll"]["vs_floor"] == 800 / 300
+    assert table["transport floor, columns response size, busy poll (floor)"]["client_p50_us"] == 250.0
+    slow = _results(busy_poll_us=300, transport_floor_busy={"rows": _lat(200.0), "columns": _lat(200.0)},
+                    paths={**_results()["paths"], "embedded columns 1w, busy poll": _lat(420.0, 110.0)})
+    assert {n: m for n, _, _, m in targets(slow)}["client p50, columns, busy poll 300 µs"] is False  # 420 / 300
+
+
 def test_every_path_is_a_ratio_to_transport_floor_plus_raw_onnxruntime():
     table = {row["path"]: row for row in rows_table(_results())}
     assert table["embedded rows 1w"]["vs_floor"] == 900 / 400 and table["embedded rows 1w"]["server_vs_ort"] == 5.0
