@@ -1,20 +1,20 @@
 """Idle polling for the serving event loop: keep the core busy for a short while after each wake-up.
 
 A server that answers one request and then blocks in `epoll_wait` lets its core go idle; on a virtual
-machine the vCPU halts, and the next request meets cold caches and a core that has to be woken. Measured
-in process (the pipeline and onnxruntime on a 200-candidate request, the 2-core machine): back to back a
-call takes ≈ 220 µs; with 0.5–2 ms of *sleep* between calls, as between sequential requests in a server,
-250–550 µs; with the same gaps *spent spinning*, ≈ 227 µs again (docs/benchmarks.md, "Idle polling").
+machine the vCPU halts, and the next request meets cold caches and a core that has to be woken.
+`python -m loadtests.bench_idle` measures it in process (the pipeline on a 200-candidate request, no
+gRPC): after 0.5 ms asleep between calls, as between sequential requests, a call takes 1.28–1.37× its
+back-to-back time; after the same 0.5 ms spent spinning, 1.02–1.04× (docs/benchmarks.md, "Idle polling").
 
-`BusyPollSelector` is an epoll selector that, asked to wait, first polls without waiting for up to
-`spin_s`, and only then blocks for the rest of the timeout. This is Seastar's `--idle-poll-time-us` and
-the idea behind Linux's `SO_BUSY_POLL`: it trades CPU for latency at low load — a worker spins for up to
-`spin_s` after every wake-up (a request, a timer), so an idle server costs that much per wake-up and a
-server that never idles (at capacity) costs nothing extra. Off by default (`busy_poll_us = 0`); turn it
-on where each worker has a core to itself.
+`BusyPollSelector` is the platform's selector (epoll on Linux) that, asked to wait, first polls without
+waiting for up to `spin_s`, and only then blocks for the rest of the timeout. This is Seastar's
+`--idle-poll-time-us` and the idea behind Linux's `SO_BUSY_POLL`: it trades CPU for latency at low
+load — a worker spins for up to `spin_s` after every wake-up (a request, a timer), so an idle server
+costs that much per wake-up and a server that never idles (at capacity) costs nothing extra. Off by
+default (`busy_poll_us = 0`); turn it on where each worker has a core to itself.
 
-Each poll is a real `epoll_wait(0)` system call, which releases the interpreter lock, so gRPC's poller
-thread and the server's background threads still get it between polls.
+Each poll is a real `epoll_wait(0)` system call (kqueue's on macOS), which releases the interpreter lock,
+so gRPC's poller thread and the server's background threads still get it between polls.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 T = TypeVar("T")
 
 
-class BusyPollSelector(selectors.EpollSelector):
+class BusyPollSelector(selectors.DefaultSelector):  # epoll on Linux, kqueue on macOS
     """`select(timeout)`: poll without waiting for up to `spin_s` (never beyond `timeout`), then block.
 
     Counts what the spinning costs and what it finds (`spins`, `hits`, `spin_s_total`), for /metrics."""
