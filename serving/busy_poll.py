@@ -104,6 +104,8 @@ def loop_factory(busy_poll_us: int) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def run(main: Coroutine[Any, Any, T], busy_poll_us: int) -> T:
-    """`asyncio.run(main)` on the loop `loop_factory(busy_poll_us)` makes."""
+    """`asyncio.run(main)`, on a `BusyPollEventLoop` when `busy_poll_us` > 0 (off: exactly asyncio.run)."""
+    if busy_poll_us <= 0:
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=loop_factory(busy_poll_us)) as runner:
         return runner.run(main)
