@@ -35,12 +35,17 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedding_cache.latency import percentiles
 from loadtests import bench_serve
 from loadtests.bench_serve import timed_us
+
+if TYPE_CHECKING:
+    from serving.config import ServerConfig
+    from serving.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY_SUFFIX = ", busy poll"  # the paths served on the idle-polling event loop (serving/busy_poll.py)
@@ -90,21 +95,29 @@ def captured(run_dir: Path, request) -> dict:
     return {**seen, "session": session}
 
 
-def in_process_stages(run_dir: Path, payloads: dict, n: int) -> dict:
-    """`Pipeline.run` in process (embedded backend, no gRPC), rows and columns: the server timer's
-    `timing.total_us` p50 and each stage's p50 as the pipeline records it (`ctx.timings`)."""
+def in_process_pipeline(run_dir: Path) -> tuple[ServerConfig, Pipeline]:
+    """The server's pipeline built in process on the embedded backend (one onnxruntime thread), with its
+    metrics and admission, as `adrank serve` builds it."""
     from serving.backends.embedded import EmbeddedBackend
     from serving.config import ServerConfig
     from serving.metrics import ServiceMetrics
-    from serving.pipeline import STAGE_NAMES, Pipeline, RequestContext
-    from serving.pipeline.decode_columns import ColumnsPayload
+    from serving.pipeline import Pipeline
     from serving.service import admission_for
 
     repo = run_dir / "model_repository"
     config = ServerConfig(model_repository=str(repo))
     backend = EmbeddedBackend(repo, intra_op_threads=1)
     backend.load()
-    pipeline = Pipeline.build(config, backend, metrics=ServiceMetrics(), admission=admission_for(config))
+    return config, Pipeline.build(config, backend, metrics=ServiceMetrics(), admission=admission_for(config))
+
+
+def in_process_stages(run_dir: Path, payloads: dict, n: int) -> dict:
+    """`Pipeline.run` in process (embedded backend, no gRPC), rows and columns: the server timer's
+    `timing.total_us` p50 and each stage's p50 as the pipeline records it (`ctx.timings`)."""
+    from serving.pipeline import STAGE_NAMES, RequestContext
+    from serving.pipeline.decode_columns import ColumnsPayload
+
+    config, pipeline = in_process_pipeline(run_dir)
     out = {}
     for wire, payload in (("rows", payloads["rows"]), ("columns", ColumnsPayload(payloads["columns"]))):
         async def loop(payload=payload) -> tuple[np.ndarray, dict]:
@@ -152,7 +165,7 @@ def _server_args(run_dir: Path, workers: int, extra: list[str] | None = None) ->
 def latency_paths(run_dir: Path, payloads: dict, n: int, workers: int, triton_url: str | None = None,
                   busy_poll_us: int = 0) -> dict:
     """Rows and columns through real servers: embedded with 1 and `workers` workers, or Triton with 1; with
-    `busy_poll_us` > 0, one embedded worker on the idle-polling event loop (`--busy-poll-us`) only."""
+    `busy_poll_us` > 0, one worker on the idle-polling event loop (`--busy-poll-us`) only."""
     from protos.adrank.v1 import ranking_pb2
     from serving.process import ServerProcess
 
@@ -163,7 +176,7 @@ def latency_paths(run_dir: Path, payloads: dict, n: int, workers: int, triton_ur
     tag, suffix = "triton" if triton_url else "embedded", ""
     counts = (1,) if triton_url else tuple(dict.fromkeys((1, workers)))
     if busy_poll_us > 0:
-        extra, suffix, counts = ["--busy-poll-us", str(busy_poll_us)], BUSY_SUFFIX, (1,)
+        extra, suffix, counts = [*extra, "--busy-poll-us", str(busy_poll_us)], BUSY_SUFFIX, (1,)
     for w in counts:
         with ServerProcess(_server_args(run_dir, w, extra)) as srv:
             out[f"{tag} rows {w}w{suffix}"] = sequential(srv.target, *rows, n)

@@ -51,23 +51,15 @@ def timed_p50(call: Callable[[], float | None], n: int, gap_s: float, wait: Call
 
 def measure(run_dir: Path, n: int, gaps_s: list[float], repeats: int) -> list[dict]:
     from loadtests import bench_serve
-    from loadtests.bench_fastpath import captured
-    from serving.backends.embedded import EmbeddedBackend
+    from loadtests.bench_fastpath import captured, in_process_pipeline
     from serving.client import to_columns
-    from serving.config import ServerConfig
-    from serving.metrics import ServiceMetrics
-    from serving.pipeline import Pipeline, RequestContext
+    from serving.pipeline import RequestContext
     from serving.pipeline.decode_columns import ColumnsPayload
-    from serving.service import admission_for
 
     request = bench_serve._request(run_dir)
     cap = captured(run_dir, request)
     session, tensors = cap["session"], cap["tensors"]
-    repo = run_dir / "model_repository"
-    config = ServerConfig(model_repository=str(repo))
-    backend = EmbeddedBackend(repo, intra_op_threads=1)
-    backend.load()
-    pipeline = Pipeline.build(config, backend, metrics=ServiceMetrics(), admission=admission_for(config))
+    _, pipeline = in_process_pipeline(run_dir)
     payload = ColumnsPayload(to_columns(request).SerializeToString())
     loop = asyncio.new_event_loop()
 

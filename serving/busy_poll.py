@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -96,16 +96,9 @@ def register_metrics(registry: CollectorRegistry) -> BusyPollCollector | None:
     return BusyPollCollector(selector, registry) if selector is not None else None
 
 
-def loop_factory(busy_poll_us: int) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The event loop `adrank serve` runs on: asyncio's default, or a `BusyPollEventLoop`."""
-    if busy_poll_us <= 0:
-        return asyncio.new_event_loop
-    return lambda: BusyPollEventLoop(busy_poll_us / 1e6)
-
-
 def run(main: Coroutine[Any, Any, T], busy_poll_us: int) -> T:
     """`asyncio.run(main)`, on a `BusyPollEventLoop` when `busy_poll_us` > 0 (off: exactly asyncio.run)."""
     if busy_poll_us <= 0:
         return asyncio.run(main)
-    with asyncio.Runner(loop_factory=loop_factory(busy_poll_us)) as runner:
+    with asyncio.Runner(loop_factory=lambda: BusyPollEventLoop(busy_poll_us / 1e6)) as runner:
         return runner.run(main)
